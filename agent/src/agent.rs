@@ -1,0 +1,163 @@
+//! The running agent: loaded probes, one consumer task per ring, and a broadcast channel
+//! of decoded records that every sink (the printer today; exporters and the local API
+//! later) subscribes to independently.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use aya::{maps::RingBuf, Ebpf};
+use hostscope_common::tcp::{TCP_EVENTS_MAP, TCP_STATS_MAP};
+use tokio::{
+    sync::{broadcast, watch},
+    task::JoinHandle,
+};
+
+use crate::{
+    events::{self, Clock, Record},
+    loader::{self, LoadError, LoaderConfig, ProbeStatus},
+    ring,
+    stats::{self, AgentStats, Counters},
+};
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub loader: LoaderConfig,
+    /// Upper bound on how long a record waits in a ring before we read it.
+    pub poll_interval: Duration,
+    /// Records buffered per subscriber before a slow one starts missing them (counted).
+    pub channel_capacity: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            loader: LoaderConfig::default(),
+            poll_interval: Duration::from_millis(50),
+            channel_capacity: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("no probe family could be attached:\n{0}")]
+    NothingAttached(String),
+    #[error("ring buffer {name}: {source}")]
+    Ring {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+pub type SharedRecord = Arc<Record>;
+
+pub struct Agent {
+    ebpf: Ebpf,
+    report: Vec<ProbeStatus>,
+    records: broadcast::Sender<SharedRecord>,
+    counters: Arc<Counters>,
+    shutdown: watch::Sender<bool>,
+    consumers: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Agent {
+    /// Loads and attaches the probes and starts consuming; must run inside tokio.
+    pub fn start(config: &AgentConfig) -> Result<Agent, AgentError> {
+        let probes = loader::load(&config.loader)?;
+        let mut ebpf = probes.ebpf;
+        if !probes.tcp_attached {
+            let lines: Vec<String> = probes.report.iter().map(|s| s.to_string()).collect();
+            return Err(AgentError::NothingAttached(lines.join("\n")));
+        }
+        let (records, _) = broadcast::channel(config.channel_capacity);
+        let counters = Arc::new(Counters::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let clock = Clock::now();
+
+        let mut consumers = Vec::new();
+        if probes.tcp_attached {
+            let map = ebpf.take_map(TCP_EVENTS_MAP).ok_or(AgentError::Ring {
+                name: TCP_EVENTS_MAP,
+                source: aya::maps::MapError::InvalidName {
+                    name: TCP_EVENTS_MAP.to_string(),
+                },
+            })?;
+            let ring = RingBuf::try_from(map).map_err(|source| AgentError::Ring {
+                name: TCP_EVENTS_MAP,
+                source,
+            })?;
+            let tx = records.clone();
+            let c = counters.clone();
+            consumers.push(tokio::spawn(ring::consume(
+                ring,
+                config.poll_interval,
+                shutdown_rx.clone(),
+                move |bytes| match events::tcp::decode(bytes, &clock) {
+                    Ok(r) => {
+                        c.records_decoded.fetch_add(1, Ordering::Relaxed);
+                        // No subscriber is not an error: records are simply not shown.
+                        let _ = tx.send(Arc::new(Record::Tcp(r)));
+                    }
+                    Err(_) => {
+                        c.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            )));
+        }
+        Ok(Agent {
+            ebpf,
+            report: probes.report,
+            records,
+            counters,
+            shutdown,
+            consumers,
+        })
+    }
+
+    /// A new stream of every record decoded from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SharedRecord> {
+        self.records.subscribe()
+    }
+
+    pub fn report(&self) -> &[ProbeStatus] {
+        &self.report
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn stats(&self) -> AgentStats {
+        let (records_decoded, decode_errors, records_lagged) =
+            stats::snapshot_counters(&self.counters);
+        let mut kernel = std::collections::BTreeMap::new();
+        if let Some(c) = stats::read_kernel_counters(&self.ebpf, TCP_STATS_MAP) {
+            kernel.insert("tcp", c);
+        }
+        AgentStats {
+            kernel,
+            records_decoded,
+            decode_errors,
+            records_lagged,
+            programs: stats::read_program_costs(&self.ebpf),
+        }
+    }
+
+    /// Drains the rings one last time, stops the consumers and detaches the probes.
+    pub async fn stop(mut self) -> AgentStats {
+        let _ = self.shutdown.send(true);
+        for task in self.consumers.drain(..) {
+            let _ = task.await;
+        }
+        self.stats()
+    }
+}

@@ -1,0 +1,223 @@
+//! `hostscope dump <map>`: the probes' pinned maps decoded with the shared types, while
+//! the agent runs or after it exited.
+
+use std::{io::Write, path::Path};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use hostscope_common::{
+    stats::Stat,
+    tcp::{TcpConfig, TcpConn, TCP_CONFIG_MAP, TCP_CONNS_MAP, TCP_STATS_MAP},
+};
+use serde::Serialize;
+
+use crate::{
+    events::{
+        comm_string,
+        tcp::{endpoints, state_name},
+    },
+    output::write_json,
+};
+
+/// Every map `dump` knows how to decode.
+pub const DUMPABLE: &[(&str, &str)] = &[
+    (TCP_CONNS_MAP, "TCP connections being tracked"),
+    (TCP_STATS_MAP, "TCP probe counters, summed over CPUs"),
+    (TCP_CONFIG_MAP, "TCP probe runtime configuration"),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DumpFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("unknown map {name:?}; known maps: {known}")]
+    Unknown { name: String, known: String },
+    #[error("no pinned map at {path}: start `hostscope run` (pinning is on by default) first")]
+    NotPinned { path: String },
+    #[error("opening {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading {name}: {source}")]
+    Read {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnRow {
+    pub conn_id: u64,
+    pub direction: &'static str,
+    pub state: &'static str,
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub age_ms: f64,
+    pub established: bool,
+    pub syn_retransmits: u32,
+    pub retransmits: u32,
+    pub resets_sent: u32,
+    pub resets_received: u32,
+}
+
+fn conn_row(c: &TcpConn, now_ns: u64) -> ConnRow {
+    let (local, remote) = endpoints(c);
+    ConnRow {
+        conn_id: c.conn_id,
+        direction: if c.direction == hostscope_common::tcp::DIR_PASSIVE {
+            "passive"
+        } else {
+            "active"
+        },
+        state: state_name(c.state),
+        local,
+        remote,
+        pid: c.pid,
+        comm: comm_string(&c.comm),
+        cgroup_id: c.cgroup_id,
+        age_ms: now_ns.saturating_sub(c.start_ns) as f64 / 1e6,
+        established: c.established_ns != 0,
+        syn_retransmits: c.syn_retrans,
+        retransmits: c.retrans,
+        resets_sent: c.rst_sent,
+        resets_received: c.rst_recv,
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer, CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn dump(
+    pin_dir: &Path,
+    name: &str,
+    format: DumpFormat,
+    out: &mut impl Write,
+) -> Result<(), DumpError> {
+    let Some(&(name, _)) = DUMPABLE.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) else {
+        return Err(unknown(name));
+    };
+    let path = pin_dir.join(name);
+    let shown = path.display().to_string();
+    if !path.exists() {
+        return Err(DumpError::NotPinned { path: shown });
+    }
+    let data = MapData::from_pin(&path).map_err(|source| DumpError::Open {
+        path: shown.clone(),
+        source,
+    })?;
+    let map = Map::from_map_data(data).map_err(|source| DumpError::Open {
+        path: shown,
+        source,
+    })?;
+    let read = |source| DumpError::Read { name, source };
+    match name {
+        TCP_CONNS_MAP => {
+            let conns: HashMap<_, u64, TcpConn> = HashMap::try_from(map).map_err(read)?;
+            let now = monotonic_ns();
+            let mut rows = Vec::new();
+            for entry in conns.iter() {
+                let (_, c) = entry.map_err(read)?;
+                rows.push(conn_row(&c, now));
+            }
+            rows.sort_by_key(|r| r.conn_id);
+            match format {
+                DumpFormat::Json => rows.iter().try_for_each(|r| write_json(out, r))?,
+                DumpFormat::Table => write_conn_table(out, &rows)?,
+            }
+        }
+        TCP_STATS_MAP => {
+            let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(read)?;
+            let mut values = std::collections::BTreeMap::new();
+            for stat in Stat::ALL {
+                let v = stats.get(&(stat as u32), 0).map_err(read)?;
+                values.insert(stat.name(), v.iter().sum::<u64>());
+            }
+            match format {
+                DumpFormat::Json => write_json(out, &values)?,
+                DumpFormat::Table => {
+                    for (k, v) in values {
+                        writeln!(out, "{k:<24} {v}")?;
+                    }
+                }
+            }
+        }
+        TCP_CONFIG_MAP => {
+            let config: Array<_, TcpConfig> = Array::try_from(map).map_err(read)?;
+            let c = config.get(&0, 0).map_err(read)?;
+            #[derive(Serialize)]
+            struct View {
+                wakeup_bytes: u64,
+                keep_until_destroy: bool,
+            }
+            let view = View {
+                wakeup_bytes: c.ring.wakeup_bytes,
+                keep_until_destroy: c.keep_until_destroy != 0,
+            };
+            match format {
+                DumpFormat::Json => write_json(out, &view)?,
+                DumpFormat::Table => writeln!(
+                    out,
+                    "wakeup_bytes        {}\nkeep_until_destroy  {}",
+                    view.wakeup_bytes, view.keep_until_destroy
+                )?,
+            }
+        }
+        other => return Err(unknown(other)),
+    }
+    Ok(())
+}
+
+fn unknown(name: &str) -> DumpError {
+    DumpError::Unknown {
+        name: name.to_string(),
+        known: DUMPABLE
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn write_conn_table(out: &mut impl Write, rows: &[ConnRow]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<18} {:<7} {:<11} {:<40} {:<40} {:>7} {:<16} {:>10} {:>4} {:>5} {:>3}",
+        "CONN", "DIR", "STATE", "LOCAL", "REMOTE", "PID", "COMM", "AGE_MS", "SYNR", "RETX", "RST"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:<#18x} {:<7} {:<11} {:<40} {:<40} {:>7} {:<16} {:>10.1} {:>4} {:>5} {:>3}",
+            r.conn_id,
+            r.direction,
+            r.state,
+            r.local.to_string(),
+            r.remote.to_string(),
+            r.pid,
+            r.comm,
+            r.age_ms,
+            r.syn_retransmits,
+            r.retransmits,
+            r.resets_sent + r.resets_received
+        )?;
+    }
+    writeln!(out, "{} connections", rows.len())
+}

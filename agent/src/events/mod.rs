@@ -1,0 +1,80 @@
+//! Decoding of ring-buffer records into the agent's records, one module per family.
+pub mod tcp;
+
+use serde::Serialize;
+
+/// Everything the agent emits, tagged by family in JSON (`{"type":"tcp",…}`).
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Tcp(tcp::TcpRecord),
+}
+
+impl std::fmt::Display for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Record::Tcp(r) => r.fmt(f),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{family} record of {len} bytes, expected {expected}")]
+    Size {
+        family: &'static str,
+        len: usize,
+        expected: usize,
+    },
+    #[error("{family} record with unknown kind {kind}")]
+    Kind { family: &'static str, kind: u32 },
+}
+
+/// Converts the probes' CLOCK_MONOTONIC timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    realtime_minus_monotonic_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let read = |id| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: valid pointer; these clocks always exist on Linux.
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        let mono = read(libc::CLOCK_MONOTONIC);
+        let real = read(libc::CLOCK_REALTIME);
+        Clock {
+            realtime_minus_monotonic_ns: real - mono,
+        }
+    }
+
+    pub fn unix_ns(&self, monotonic_ns: u64) -> u64 {
+        (monotonic_ns as i128 + self.realtime_minus_monotonic_ns).max(0) as u64
+    }
+}
+
+/// `HH:MM:SS.uuuuuu` (UTC) for text output.
+pub fn format_time_of_day(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let micros = (unix_ns % 1_000_000_000) / 1_000;
+    let day = secs % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        day / 3600,
+        (day / 60) % 60,
+        day % 60,
+        micros
+    )
+}
+
+/// `comm` bytes up to the first NUL.
+pub fn comm_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}

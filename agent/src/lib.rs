@@ -1,0 +1,12 @@
+//! hostscope: eBPF host telemetry. The binary (`main.rs`) is a thin CLI over this library,
+//! which the integration tests in `tests/` drive directly.
+pub mod agent;
+pub mod dump;
+pub mod events;
+pub mod kernel;
+pub mod loader;
+pub mod output;
+pub mod ring;
+pub mod stats;
+
+pub use agent::{Agent, AgentConfig};

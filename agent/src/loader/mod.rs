@@ -1,0 +1,175 @@
+//! Loads the embedded eBPF object and attaches each probe family independently: a
+//! family (or one of its programs) that the running kernel cannot take is reported as
+//! not attached, with the reason, and never stops the others.
+
+pub mod tcp;
+
+use std::path::{Path, PathBuf};
+
+use aya::{Ebpf, EbpfLoader};
+use serde::Serialize;
+
+use crate::kernel::{btf::KernelBtf, mounts, tracefs::Tracefs};
+
+/// The probes, built by build.rs.
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hostscope-probes"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "the eBPF object could not be loaded (are we root, with CAP_BPF and CAP_PERFMON?): {0}"
+    )]
+    Object(#[source] aya::EbpfError),
+    #[error("tracefs is not available: {0}")]
+    Tracefs(#[source] mounts::MountError),
+    #[error("map {name} missing from the eBPF object")]
+    MissingMap { name: &'static str },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("pinning map {name} at {path}: {source}")]
+    Pin {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bpffs for pinning: {0}")]
+    Bpffs(#[source] mounts::MountError),
+}
+
+/// Whether one program is attached, attached with reduced data, or not at all, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum AttachState {
+    Attached,
+    Degraded(String),
+    NotAttached(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProbeStatus {
+    pub family: &'static str,
+    pub program: &'static str,
+    pub hook: String,
+    #[serde(flatten)]
+    pub state: AttachState,
+}
+
+impl std::fmt::Display for ProbeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (word, why) = match &self.state {
+            AttachState::Attached => ("attached", None),
+            AttachState::Degraded(w) => ("attached, degraded", Some(w)),
+            AttachState::NotAttached(w) => ("NOT attached", Some(w)),
+        };
+        write!(
+            f,
+            "{:<4} {:<20} {:<34} {word}",
+            self.family, self.program, self.hook
+        )?;
+        if let Some(w) = why {
+            write!(f, ": {w}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    /// Where to pin the maps `hostscope dump` reads; None disables pinning.
+    pub pin_dir: Option<PathBuf>,
+    pub tcp_ring_bytes: u32,
+    pub wakeup_bytes: u64,
+}
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/hostscope";
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
+            tcp_ring_bytes: hostscope_common::tcp::TCP_EVENTS_RING_BYTES,
+            wakeup_bytes: hostscope_common::RingConfig::DEFAULT.wakeup_bytes,
+        }
+    }
+}
+
+pub struct LoadedProbes {
+    pub ebpf: Ebpf,
+    pub report: Vec<ProbeStatus>,
+    pub tcp_attached: bool,
+}
+
+/// Loads and attaches every family.
+pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
+    // Rust eBPF cannot count on locked-memory limits being raisable (EPERM without
+    // CAP_SYS_RESOURCE); since 5.11 BPF memory is charged to the memcg instead.
+    raise_memlock_best_effort();
+    let tracefs = Tracefs::new(mounts::ensure_tracefs().map_err(LoadError::Tracefs)?);
+    let btf = KernelBtf::load();
+    let tcp_plan = tcp::plan(btf.as_ref().ok(), btf.as_ref().err(), &tracefs);
+
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global(
+            hostscope_common::tcp::TCP_OFFSETS_GLOBAL,
+            &tcp_plan.offsets,
+            true,
+        )
+        .map_max_entries(hostscope_common::tcp::TCP_EVENTS_MAP, config.tcp_ring_bytes);
+    let mut ebpf = loader.load(PROBES_OBJECT).map_err(LoadError::Object)?;
+
+    let mut report = Vec::new();
+    let tcp_attached = tcp::attach(&mut ebpf, &tcp_plan, config, &mut report)?;
+
+    if let Some(dir) = &config.pin_dir {
+        pin_maps(&mut ebpf, dir, tcp::PINNED_MAPS)?;
+    }
+    Ok(LoadedProbes {
+        ebpf,
+        report,
+        tcp_attached,
+    })
+}
+
+/// Pins fresh maps of this run, replacing pins a previous run left behind, so that
+/// `hostscope dump` reads them while we run and after we exit.
+fn pin_maps(ebpf: &mut Ebpf, dir: &Path, names: &[&'static str]) -> Result<(), LoadError> {
+    mounts::ensure_bpffs(dir).map_err(LoadError::Bpffs)?;
+    std::fs::create_dir_all(dir).map_err(|source| LoadError::Pin {
+        name: "(directory)",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for &name in names {
+        let path = dir.join(name);
+        let pin_err = |source| LoadError::Pin {
+            name,
+            path: path.clone(),
+            source,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(pin_err(e)),
+        }
+        let map = ebpf.map(name).ok_or(LoadError::MissingMap { name })?;
+        map.pin(&path)
+            .map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
+    }
+    Ok(())
+}
+
+fn raise_memlock_best_effort() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer; failure is expected and harmless.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}

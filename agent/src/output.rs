@@ -1,0 +1,66 @@
+//! The built-in sink: records printed live, as readable lines or JSON lines.
+
+use std::{
+    io::Write,
+    sync::{atomic::Ordering, Arc},
+};
+
+use serde::Serialize;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::{agent::SharedRecord, stats::Counters};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+    /// Print nothing per record (benchmarks, or when only the stats matter).
+    None,
+}
+
+/// Prints records on a dedicated thread until the channel closes or stdout goes away
+/// (e.g. `| head`). Missed records are counted, never silently skipped.
+pub fn spawn_printer(
+    mut rx: broadcast::Receiver<SharedRecord>,
+    format: OutputFormat,
+    counters: Arc<Counters>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        loop {
+            let record = match rx.blocking_recv() {
+                Ok(r) => r,
+                Err(RecvError::Lagged(n)) => {
+                    counters.records_lagged.fetch_add(n, Ordering::Relaxed);
+                    continue;
+                }
+                Err(RecvError::Closed) => break,
+            };
+            let written = match format {
+                OutputFormat::Text => writeln!(out, "{record}"),
+                OutputFormat::Json => write_json(&mut out, &*record),
+                OutputFormat::None => Ok(()),
+            };
+            let flushed = if rx.is_empty() { out.flush() } else { Ok(()) };
+            if written.and(flushed).is_err() {
+                break;
+            }
+        }
+        let _ = out.flush();
+    })
+}
+
+pub fn write_json(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+/// A JSON line with a `type` tag for values that are not records (status, stats).
+#[derive(Serialize)]
+pub struct Tagged<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    #[serde(flatten)]
+    pub value: &'a T,
+}

@@ -1,0 +1,49 @@
+//! Ring-buffer consumption on tokio. The probes wake us only when enough data is pending
+//! (see probes/src/ring.rs), so we also drain on a short timer: a lone event waits at
+//! most one `poll_interval`, and a burst is drained as soon as it crosses the threshold.
+
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::watch,
+};
+
+/// Feeds every record of `ring` to `on_record` until `shutdown` turns true, then drains
+/// what is left once more.
+pub async fn consume(
+    ring: RingBuf<MapData>,
+    poll_interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut on_record: impl FnMut(&[u8]) + Send,
+) -> std::io::Result<()> {
+    // SAFETY: the RingBuf owns its map fd and never swaps it; the AsyncFd owns the
+    // RingBuf, so the fd stays open and the same for the AsyncFd's whole life.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
+    let mut tick = tokio::time::interval(poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut on_record);
+                guard.clear_ready();
+            }
+            _ = tick.tick() => drain(fd.get_mut(), &mut on_record),
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    drain(fd.get_mut(), &mut on_record);
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, on_record: &mut impl FnMut(&[u8])) {
+    while let Some(item) = ring.next() {
+        on_record(&item);
+    }
+}

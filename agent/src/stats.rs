@@ -1,0 +1,113 @@
+//! The agent's account of itself: per-family kernel counters (events emitted, lost to a
+//! full ring, untracked, …), userspace counters, and per-program kernel cost when
+//! `kernel.bpf_stats_enabled` is on.
+
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aya::{maps::PerCpuArray, Ebpf};
+use hostscope_common::stats::Stat;
+use serde::Serialize;
+
+/// Counters kept by the agent's own tasks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub records_decoded: AtomicU64,
+    pub decode_errors: AtomicU64,
+    /// Records a slow consumer (printer, exporter) missed from the broadcast channel.
+    pub records_lagged: AtomicU64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProgramCost {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgentStats {
+    /// family -> counter -> value, summed over CPUs.
+    pub kernel: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    pub records_decoded: u64,
+    pub decode_errors: u64,
+    pub records_lagged: u64,
+    /// Empty unless bpf_stats are enabled.
+    pub programs: Vec<ProgramCost>,
+}
+
+impl AgentStats {
+    /// Events the kernel side could not deliver, plus records userspace dropped.
+    pub fn total_lost(&self) -> u64 {
+        let kernel: u64 = self
+            .kernel
+            .values()
+            .map(|c| c.get(Stat::RingFull.name()).copied().unwrap_or(0))
+            .sum();
+        kernel + self.decode_errors + self.records_lagged
+    }
+}
+
+impl std::fmt::Display for AgentStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "agent: {} records, {} decode errors, {} lagged",
+            self.records_decoded, self.decode_errors, self.records_lagged
+        )?;
+        for (family, counters) in &self.kernel {
+            write!(f, "; {family}:")?;
+            for (name, value) in counters {
+                write!(f, " {name}={value}")?;
+            }
+        }
+        for p in &self.programs {
+            if p.run_count > 0 {
+                write!(
+                    f,
+                    "; {} {} ns/run",
+                    p.program,
+                    p.run_time_ns / p.run_count.max(1)
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sums a family's per-CPU stats array. A map that cannot be read yields no entry.
+pub fn read_kernel_counters(ebpf: &Ebpf, map_name: &str) -> Option<BTreeMap<&'static str, u64>> {
+    let array: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(map_name)?).ok()?;
+    let mut out = BTreeMap::new();
+    for stat in Stat::ALL {
+        let total = array
+            .get(&(stat as u32), 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0);
+        out.insert(stat.name(), total);
+    }
+    Some(out)
+}
+
+pub fn read_program_costs(ebpf: &Ebpf) -> Vec<ProgramCost> {
+    ebpf.programs()
+        .filter_map(|(name, program)| {
+            let info = program.info().ok()?;
+            Some(ProgramCost {
+                program: name.to_string(),
+                run_count: info.run_count(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+            })
+        })
+        .collect()
+}
+
+pub fn snapshot_counters(c: &Counters) -> (u64, u64, u64) {
+    (
+        c.records_decoded.load(Ordering::Relaxed),
+        c.decode_errors.load(Ordering::Relaxed),
+        c.records_lagged.load(Ordering::Relaxed),
+    )
+}

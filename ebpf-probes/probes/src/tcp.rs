@@ -1,0 +1,355 @@
+//! TCP socket latency and lifecycle.
+//!
+//! Why these hooks: kprobes are not available everywhere (absent on our CI kernel), while
+//! the classic tracepoints `sock:inet_sock_set_state` (every TCP state change, with the
+//! 4-tuple, since 4.16) and `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`,
+//! `tcp:tcp_receive_reset`, `tcp:tcp_destroy_sock` exist on every kernel we target.
+//! Fields of `struct sock` / `struct tcp_sock` that no tracepoint carries (`sk_err`,
+//! `srtt_us`, `bytes_acked`, `bytes_received`, `total_retrans`) are read with offsets the
+//! agent resolved from the running kernel's BTF (`TCP_OFFSETS`).
+//!
+//! One record per establishment, failure, close and reset; per-connection state lives in
+//! `TCP_CONNS` so nothing is emitted for the other state changes.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+    EbpfContext,
+};
+use hostscope_common::{
+    stats::{Stat, STAT_COUNT},
+    tcp::*,
+};
+
+use crate::ring::{bump, wakeup_flags};
+
+#[map(name = "TCP_CONNS")]
+static TCP_CONNS: HashMap<u64, TcpConn> = HashMap::with_max_entries(TCP_CONNS_MAX, 0);
+
+#[map(name = "TCP_EVENTS")]
+static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(TCP_EVENTS_RING_BYTES, 0);
+
+#[map(name = "TCP_STATS")]
+static TCP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+#[map(name = "TCP_CONFIG")]
+static TCP_CONFIG: Array<TcpConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "TCP_CONN_SEQ")]
+static TCP_CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[unsafe(no_mangle)]
+static TCP_OFFSETS: TcpOffsets = TcpOffsets::ABSENT;
+
+/// Reads one load-time offset; volatile so the compiler cannot fold it to `ABSENT`.
+macro_rules! offset {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const TCP_OFFSETS.$field) }
+    };
+}
+
+#[inline(always)]
+fn read_kernel<T>(base: u64, offset: u32) -> Option<T> {
+    if offset == OFFSET_ABSENT || base == 0 {
+        return None;
+    }
+    match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(&TCP_STATS, Stat::ReadFailed);
+            None
+        }
+    }
+}
+
+#[tracepoint]
+pub fn tcp_state_change(ctx: TracePointContext) -> u32 {
+    // One copy of the record: the compiler would otherwise address context fields
+    // through derived pointers, which the verifier rejects for tracepoint contexts.
+    let Ok(args) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const InetSockSetStateArgs) })
+    else {
+        bump(&TCP_STATS, Stat::ReadFailed);
+        return 0;
+    };
+    let args = &args;
+    if args.protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let sk = args.skaddr;
+    let old = args.oldstate as u32;
+    let new = args.newstate as u32;
+    match new {
+        TCP_SYN_SENT => open(args, DIR_ACTIVE),
+        TCP_SYN_RECV if old == TCP_LISTEN => open(args, DIR_PASSIVE),
+        TCP_ESTABLISHED => established(args, old),
+        TCP_CLOSE => closed(args, old),
+        TCP_FIN_WAIT1 | TCP_LAST_ACK => closing_by_owner(sk, new),
+        _ => {
+            if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
+                unsafe { (*conn).state = new };
+            }
+        }
+    }
+    0
+}
+
+/// Active opens run in the connecting process; passive children are created in
+/// softirq context, where the current task is unrelated, so their owner stays unknown
+/// until the application acts on the socket (see `closing_by_owner`).
+#[inline(always)]
+fn open(args: &InetSockSetStateArgs, direction: u16) {
+    let mut conn = TcpConn::ZERO;
+    conn.conn_id = next_conn_id();
+    conn.start_ns = unsafe { bpf_ktime_get_ns() };
+    conn.family = args.family;
+    conn.direction = direction;
+    conn.state = args.newstate as u32;
+    set_endpoints(&mut conn, args);
+    if direction == DIR_ACTIVE {
+        set_owner(&mut conn);
+    }
+    if TCP_CONNS.insert(args.skaddr, conn, 0).is_err() {
+        bump(&TCP_STATS, Stat::ConnMapFull);
+    }
+}
+
+/// The local port (and, unbound, address) of an active open is chosen after SYN_SENT is
+/// entered, so the endpoints are refreshed at every reported transition.
+#[inline(always)]
+fn set_endpoints(conn: &mut TcpConn, args: &InetSockSetStateArgs) {
+    conn.sport = args.sport;
+    conn.dport = args.dport;
+    if args.family == AF_INET6 {
+        conn.saddr = args.saddr_v6;
+        conn.daddr = args.daddr_v6;
+    } else {
+        conn.saddr[..4].copy_from_slice(&args.saddr);
+        conn.daddr[..4].copy_from_slice(&args.daddr);
+    }
+}
+
+#[inline(always)]
+fn set_owner(conn: &mut TcpConn) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    conn.pid = (pid_tgid >> 32) as u32;
+    conn.tid = pid_tgid as u32;
+    conn.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    conn.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+}
+
+#[inline(always)]
+fn next_conn_id() -> u64 {
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    let seq = match TCP_CONN_SEQ.get_ptr_mut(0) {
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
+    };
+    (cpu << 48) | (seq & 0xffff_ffff_ffff)
+}
+
+#[inline(always)]
+fn established(args: &InetSockSetStateArgs, old: u32) {
+    let sk = args.skaddr;
+    let Some(conn) = TCP_CONNS.get_ptr_mut(sk) else {
+        if old == TCP_SYN_SENT || old == TCP_SYN_RECV {
+            bump(&TCP_STATS, Stat::Untracked);
+        }
+        return;
+    };
+    let conn = unsafe { &mut *conn };
+    conn.established_ns = unsafe { bpf_ktime_get_ns() };
+    conn.state = TCP_ESTABLISHED;
+    set_endpoints(conn, args);
+    let srtt = read_kernel::<u32>(sk, offset!(srtt_us)).unwrap_or(0) >> 3;
+    emit(TCP_EVENT_CONNECT, conn, old, TCP_ESTABLISHED, 0, srtt, None);
+}
+
+/// `close()` / `shutdown()` drive these transitions from the owning process, the first
+/// reliable moment to learn who owns a passively opened connection.
+#[inline(always)]
+fn closing_by_owner(sk: u64, new: u32) {
+    let Some(conn) = TCP_CONNS.get_ptr_mut(sk) else {
+        return;
+    };
+    let conn = unsafe { &mut *conn };
+    conn.state = new;
+    if conn.pid == 0 {
+        set_owner(conn);
+    }
+}
+
+#[inline(always)]
+fn closed(args: &InetSockSetStateArgs, old: u32) {
+    let sk = args.skaddr;
+    let Some(conn) = TCP_CONNS.get_ptr_mut(sk) else {
+        if old != TCP_LISTEN && old != TCP_CLOSE {
+            bump(&TCP_STATS, Stat::Untracked);
+        }
+        return;
+    };
+    let conn = unsafe { &mut *conn };
+    conn.closed_ns = unsafe { bpf_ktime_get_ns() };
+    conn.state = TCP_CLOSE;
+    // A connect that failed before a port was bound still reports its destination.
+    if args.sport != 0 {
+        set_endpoints(conn, args);
+    }
+    let sk_err = read_kernel::<i32>(sk, offset!(sk_err)).unwrap_or(0) as u32;
+    let srtt = read_kernel::<u32>(sk, offset!(srtt_us)).unwrap_or(0) >> 3;
+    let totals = CloseTotals {
+        retrans: read_kernel::<u32>(sk, offset!(total_retrans)).unwrap_or(0),
+        bytes_acked: read_kernel::<u64>(sk, offset!(bytes_acked)).unwrap_or(0),
+        bytes_received: read_kernel::<u64>(sk, offset!(bytes_received)).unwrap_or(0),
+    };
+    let kind = if conn.established_ns == 0 {
+        TCP_EVENT_CONNECT_FAILED
+    } else {
+        TCP_EVENT_CLOSE
+    };
+    emit(kind, conn, old, TCP_CLOSE, sk_err, srtt, Some(totals));
+    let keep = TCP_CONFIG
+        .get(0)
+        .map(|c| c.keep_until_destroy != 0)
+        .unwrap_or(false);
+    if !keep {
+        let _ = TCP_CONNS.remove(sk);
+    }
+}
+
+struct CloseTotals {
+    retrans: u32,
+    bytes_acked: u64,
+    bytes_received: u64,
+}
+
+#[inline(always)]
+fn emit(
+    kind: u32,
+    conn: &TcpConn,
+    old: u32,
+    new: u32,
+    sk_err: u32,
+    srtt_us: u32,
+    totals: Option<CloseTotals>,
+) {
+    let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
+        bump(&TCP_STATS, Stat::RingFull);
+        return;
+    };
+    let (retrans, acked, received) = match totals {
+        Some(t) => (t.retrans, t.bytes_acked, t.bytes_received),
+        None => (0, 0, 0),
+    };
+    entry.write(TcpEvent {
+        kind,
+        sk_err,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        srtt_us,
+        total_retrans: retrans,
+        bytes_acked: acked,
+        bytes_received: received,
+        old_state: old,
+        new_state: new,
+        conn: *conn,
+    });
+    let flags = wakeup_flags(
+        &TCP_EVENTS,
+        TCP_CONFIG.get(0).map(|c| &c.ring),
+        &TCP_STATS,
+        core::mem::size_of::<TcpEvent>() as u64,
+    );
+    entry.submit(flags);
+    bump(&TCP_STATS, Stat::EventsEmitted);
+}
+
+/// Reads a tracepoint field at an offset found in the running kernel's format file.
+#[inline(always)]
+fn tp_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    if offset == OFFSET_ABSENT {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+#[tracepoint]
+pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
+    let Some(sk) = tp_field::<u64>(&ctx, offset!(retransmit_skaddr)) else {
+        return 0;
+    };
+    // Newer kernels also trace failed attempts; only count what went on the wire.
+    if tp_field::<i32>(&ctx, offset!(retransmit_err)).unwrap_or(0) != 0 {
+        return 0;
+    }
+    let state = tp_field::<i32>(&ctx, offset!(retransmit_state)).unwrap_or(0) as u32;
+    if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
+        let conn = unsafe { &mut *conn };
+        if state == TCP_SYN_SENT {
+            conn.syn_retrans += 1;
+        } else {
+            conn.retrans += 1;
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_reset_sent(ctx: TracePointContext) -> u32 {
+    // A reset for a packet that matched no socket (a closed port) has no skaddr.
+    let Some(sk) = tp_field::<u64>(&ctx, offset!(send_reset_skaddr)) else {
+        return 0;
+    };
+    if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
+        let conn = unsafe { &mut *conn };
+        conn.rst_sent += 1;
+        emit(
+            TCP_EVENT_RESET_SENT,
+            conn,
+            conn.state,
+            conn.state,
+            0,
+            0,
+            None,
+        );
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_reset_received(ctx: TracePointContext) -> u32 {
+    let Some(sk) = tp_field::<u64>(&ctx, offset!(receive_reset_skaddr)) else {
+        return 0;
+    };
+    if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
+        let conn = unsafe { &mut *conn };
+        conn.rst_recv += 1;
+        // A reset answering our SYN is reported by the connect-failed record itself.
+        if conn.state != TCP_SYN_SENT {
+            emit(
+                TCP_EVENT_RESET_RECEIVED,
+                conn,
+                conn.state,
+                conn.state,
+                0,
+                0,
+                None,
+            );
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_destroy(ctx: TracePointContext) -> u32 {
+    if let Some(sk) = tp_field::<u64>(&ctx, offset!(destroy_skaddr)) {
+        let _ = TCP_CONNS.remove(sk);
+    }
+    0
+}
