@@ -1,7 +1,408 @@
-//! `cargo xtask bench`: figures printed, never asserted.
-#[derive(clap::Args)]
-pub struct BenchArgs {}
+//! `cargo xtask bench`: what hostscope costs, printed next to a peer measured in the same
+//! run. Figures are printed, never asserted.
+//!
+//! TCP: a loopback connect/accept/close storm timed with no tracer, with hostscope, and
+//! with the peer (libbpf-tools `tcplife`, plus `tcpconnlat` when it can attach, else a
+//! bpftrace connect-latency script on `sock:inet_sock_set_state`), in interleaved rounds.
+//! Kernel cost per program comes from `kernel.bpf_stats_enabled` (ns per run).
 
-pub fn bench(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::cmd::{cargo, output, run, workspace_root};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Connections per storm.
+    #[arg(long, default_value_t = 20_000)]
+    connections: usize,
+    /// Interleaved rounds per mode (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+const CONNLAT_BT: &str = r#"
+tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->newstate == 2/ {
+  @start[args->skaddr] = nsecs;
+}
+tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->oldstate == 2/ {
+  $s = @start[args->skaddr];
+  if ($s) { printf("%d %s %d us\n", pid, comm, (nsecs - $s) / 1000); }
+  delete(@start[args->skaddr]);
+}
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    None,
+    Hostscope,
+    Peer,
+}
+
+struct Tracer {
+    children: Vec<Child>,
+    programs: Vec<u32>,
+    stderr_file: Option<PathBuf>,
+}
+
+/// Per-program totals from `bpftool prog show -j`.
+fn prog_stats() -> BTreeMap<u32, (String, u64, u64)> {
+    let Some(text) = output(Command::new("bpftool").args(["prog", "show", "-j"])) else {
+        return BTreeMap::new();
+    };
+    let Ok(serde_json::Value::Array(progs)) = serde_json::from_str(&text) else {
+        return BTreeMap::new();
+    };
+    progs
+        .iter()
+        .filter_map(|p| {
+            let id = p.get("id")?.as_u64()? as u32;
+            let name = p.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+            let ns = p.get("run_time_ns").and_then(|v| v.as_u64()).unwrap_or(0);
+            let cnt = p.get("run_cnt").and_then(|v| v.as_u64()).unwrap_or(0);
+            Some((id, (name.to_string(), ns, cnt)))
+        })
+        .collect()
+}
+
+fn sysctl(key: &str, value: &str) -> Option<String> {
+    let old = output(Command::new("sysctl").args(["-n", key]))?;
+    output(Command::new("sysctl").args(["-q", "-w", &format!("{key}={value}")]))?;
+    Some(old.trim().to_string())
+}
+
+/// The connect/close storm: the server closes first so the client's ports are not held
+/// in TIME_WAIT across rounds.
+fn storm(n: usize) -> anyhow::Result<Duration> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        for _ in 0..n {
+            let (s, _) = listener.accept()?;
+            drop(s);
+        }
+        Ok(())
+    });
+    let start = Instant::now();
+    let mut buf = [0u8; 1];
+    for _ in 0..n {
+        let mut c = TcpStream::connect(addr)?;
+        let _ = c.read(&mut buf);
+    }
+    let elapsed = start.elapsed();
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("storm server panicked"))??;
+    Ok(elapsed)
+}
+
+fn start_tracer(mode: Mode, bin: &Path, peer: &PeerPlan) -> anyhow::Result<Tracer> {
+    let before: Vec<u32> = prog_stats().keys().copied().collect();
+    let mut children = Vec::new();
+    let mut stderr_file = None;
+    match mode {
+        Mode::None => {}
+        Mode::Hostscope => {
+            let path = std::env::temp_dir().join("hostscope-bench.stderr");
+            let f = std::fs::File::create(&path)?;
+            children.push(
+                Command::new(bin)
+                    .args([
+                        "run",
+                        "--output",
+                        "text",
+                        "--no-pin",
+                        "--stats-interval",
+                        "0",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(f)
+                    .spawn()
+                    .context("starting hostscope")?,
+            );
+            stderr_file = Some(path);
+        }
+        Mode::Peer => {
+            for argv in &peer.commands {
+                children.push(
+                    Command::new(&argv[0])
+                        .args(&argv[1..])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .with_context(|| format!("starting {}", argv[0]))?,
+                );
+            }
+        }
+    }
+    // Wait until every tracer has its programs loaded (or give up after 20 s).
+    let expected = match mode {
+        Mode::None => 0,
+        Mode::Hostscope => 5,
+        Mode::Peer => peer.min_programs,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let programs = loop {
+        let now: Vec<u32> = prog_stats()
+            .keys()
+            .copied()
+            .filter(|id| !before.contains(id))
+            .collect();
+        if now.len() >= expected || Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if programs.len() < expected {
+        bail!(
+            "{mode:?}: only {} of {expected} programs loaded",
+            programs.len()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(Tracer {
+        children,
+        programs,
+        stderr_file,
+    })
+}
+
+#[derive(Default)]
+struct Usage {
+    rss_peak_kb: u64,
+    cpu_s: f64,
+}
+
+fn usage(pid: u32) -> Usage {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_peak_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command: utime and stime are 14th and 15th overall.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Usage {
+        rss_peak_kb,
+        cpu_s: (ticks(11) + ticks(12)) as f64 / hz,
+    }
+}
+
+fn stop(tracer: Tracer) -> Option<String> {
+    for mut c in tracer.children {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if c.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    tracer
+        .stderr_file
+        .and_then(|p| std::fs::read_to_string(p).ok())
+}
+
+/// What the peer runs on this kernel.
+struct PeerPlan {
+    name: String,
+    commands: Vec<Vec<String>>,
+    min_programs: usize,
+}
+
+/// `tcpconnlat` needs kprobes; where it cannot attach, a bpftrace script on the
+/// tracepoint measures the same thing.
+fn plan_peer() -> anyhow::Result<PeerPlan> {
+    if !Path::new("/usr/sbin/tcplife").exists() {
+        bail!("libbpf-tools is not installed (cargo xtask setup installs it)");
+    }
+    let mut probe = Command::new("/usr/sbin/tcpconnlat")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let connlat_ok = match probe.as_mut() {
+        Ok(child) => {
+            std::thread::sleep(Duration::from_secs(2));
+            let alive = child.try_wait().ok().flatten().is_none();
+            let _ = child.kill();
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            let _ = child.wait();
+            if !alive {
+                let why = err.lines().last().unwrap_or("exited").to_string();
+                println!("peer note: tcpconnlat cannot attach on this kernel ({why}); using a bpftrace connect-latency script instead");
+            }
+            alive
+        }
+        Err(_) => false,
+    };
+    let mut commands = vec![vec!["/usr/sbin/tcplife".to_string()]];
+    let (name, min_programs) = if connlat_ok {
+        commands.push(vec!["/usr/sbin/tcpconnlat".to_string()]);
+        ("tcplife + tcpconnlat".to_string(), 2)
+    } else {
+        let script = std::env::temp_dir().join("hostscope-connlat.bt");
+        std::fs::File::create(&script)?.write_all(CONNLAT_BT.as_bytes())?;
+        commands.push(vec![
+            "bpftrace".to_string(),
+            script.to_string_lossy().into_owned(),
+        ]);
+        ("tcplife + bpftrace connlat".to_string(), 2)
+    };
+    Ok(PeerPlan {
+        name,
+        commands,
+        min_programs,
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "-p", "hostscope"]))?;
+    let bin = workspace_root().join("target/release/hostscope");
+    let peer = plan_peer()?;
+    let old_stats =
+        sysctl("kernel.bpf_stats_enabled", "1").context("enabling kernel.bpf_stats_enabled")?;
+    let result = bench_tcp(&args, &bin, &peer);
+    let _ = sysctl("kernel.bpf_stats_enabled", &old_stats);
+    result
+}
+
+fn bench_tcp(args: &BenchArgs, bin: &Path, peer: &PeerPlan) -> anyhow::Result<()> {
+    let n = args.connections;
+    println!(
+        "== TCP connect/close storm: {n} loopback connections, {} interleaved rounds, median",
+        args.rounds
+    );
+    storm(1000)?; // warm-up
+    let mut times: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut prog_cost: BTreeMap<(Mode, String), (u64, u64)> = BTreeMap::new();
+    let mut usages = Vec::new();
+    let mut last_stats = String::new();
+    for round in 0..args.rounds {
+        for mode in [Mode::None, Mode::Hostscope, Mode::Peer] {
+            let tracer = start_tracer(mode, bin, peer)?;
+            let elapsed = storm(n)?;
+            std::thread::sleep(Duration::from_millis(300));
+            let stats = prog_stats();
+            for id in &tracer.programs {
+                if let Some((name, ns, cnt)) = stats.get(id) {
+                    let e = prog_cost.entry((mode, name.clone())).or_default();
+                    e.0 += ns;
+                    e.1 += cnt;
+                }
+            }
+            if mode == Mode::Hostscope {
+                if let Some(c) = tracer.children.first() {
+                    usages.push(usage(c.id()));
+                }
+            }
+            if let Some(text) = stop(tracer) {
+                if let Some(line) = text.lines().rev().find(|l| l.starts_with("agent:")) {
+                    last_stats = line.to_string();
+                }
+            }
+            times.entry(mode).or_default().push(elapsed.as_secs_f64());
+            eprintln!("round {round} {mode:?}: {:.3} s", elapsed.as_secs_f64());
+        }
+    }
+    let base = median(
+        times
+            .get_mut(&Mode::None)
+            .map(|v| v.as_mut_slice())
+            .unwrap_or(&mut []),
+    );
+    let label = |m: Mode| match m {
+        Mode::None => "no tracer".to_string(),
+        Mode::Hostscope => "hostscope".to_string(),
+        Mode::Peer => peer.name.clone(),
+    };
+    println!(
+        "{:<30} {:>10} {:>12} {:>10} {:>16}",
+        "mode", "time", "per conn", "slowdown", "BPF ns per conn"
+    );
+    let mut slowdowns = BTreeMap::new();
+    for (mode, v) in times.iter_mut() {
+        let t = median(v);
+        let bpf_ns: u64 = prog_cost
+            .iter()
+            .filter(|((m, _), _)| m == mode)
+            .map(|(_, (ns, _))| ns)
+            .sum();
+        let per_conn_bpf = bpf_ns as f64 / (n * args.rounds) as f64;
+        slowdowns.insert(*mode, t / base);
+        println!(
+            "{:<30} {:>8.3} s {:>9.1} µs {:>9.2}x {:>16.0}",
+            label(*mode),
+            t,
+            t / n as f64 * 1e6,
+            t / base,
+            per_conn_bpf
+        );
+    }
+    if let (Some(h), Some(p)) = (slowdowns.get(&Mode::Hostscope), slowdowns.get(&Mode::Peer)) {
+        println!(
+            "hostscope slowdown / peer slowdown: {:.2} (target ≤ 1.00; the VM is noisy, ratios within ~0.1 are not separable)",
+            h / p
+        );
+    }
+    println!("per program (bpf_stats, all rounds):");
+    println!(
+        "{:<12} {:<18} {:>12} {:>10}",
+        "tracer", "program", "runs", "ns/run"
+    );
+    for ((mode, name), (ns, cnt)) in &prog_cost {
+        println!(
+            "{:<12} {:<18} {:>12} {:>10.0}",
+            format!("{mode:?}"),
+            name,
+            cnt,
+            *ns as f64 / (*cnt).max(1) as f64
+        );
+    }
+    if !usages.is_empty() {
+        let peak = usages.iter().map(|u| u.rss_peak_kb).max().unwrap_or(0);
+        let cpu: Vec<f64> = usages.iter().map(|u| u.cpu_s).collect();
+        println!(
+            "hostscope agent: peak RSS {:.1} MB, CPU {:.2} s per {n}-connection storm (mean of {} rounds, includes start-up)",
+            peak as f64 / 1024.0,
+            cpu.iter().sum::<f64>() / cpu.len() as f64,
+            cpu.len()
+        );
+    }
+    if !last_stats.is_empty() {
+        println!("hostscope's own counters, last round: {last_stats}");
+    }
+    Ok(())
 }

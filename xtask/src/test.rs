@@ -12,5 +12,7 @@ pub fn test() -> anyhow::Result<()> {
         "-p",
         "xtask",
     ]))?;
+    // tests/tests/cli.rs drives the binary as users do.
+    run(cargo().args(["build", "-p", "hostscope"]))?;
     run(cargo().args(["test", "-p", "hostscope-tests", "--", "--test-threads=1"]))
 }

@@ -111,8 +111,12 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
     // CAP_SYS_RESOURCE); since 5.11 BPF memory is charged to the memcg instead.
     raise_memlock_best_effort();
     let tracefs = Tracefs::new(mounts::ensure_tracefs().map_err(LoadError::Tracefs)?);
-    let btf = KernelBtf::load();
-    let tcp_plan = tcp::plan(btf.as_ref().ok(), btf.as_ref().err(), &tracefs);
+    // The parsed kernel BTF is large (tens of MB); it is dropped before aya parses its
+    // own copy, so the two never coexist.
+    let tcp_plan = {
+        let btf = KernelBtf::load();
+        tcp::plan(btf.as_ref().ok(), btf.as_ref().err(), &tracefs)
+    };
 
     let mut loader = EbpfLoader::new();
     loader
@@ -130,6 +134,9 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
     if let Some(dir) = &config.pin_dir {
         pin_maps(&mut ebpf, dir, tcp::PINNED_MAPS)?;
     }
+    // Hand the start-up parsing memory back to the system rather than keep it as heap.
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { libc::malloc_trim(0) };
     Ok(LoadedProbes {
         ebpf,
         report,

@@ -1,0 +1,178 @@
+//! The `hostscope` binary as a user runs it: `run --output json` with live records,
+//! `dump` of pinned maps while it runs and after it exited, and clear errors on bad input.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv4Addr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use hostscope_tests::{closed_port, privileged};
+
+/// Built by `cargo xtask test` before the integration tests run.
+fn bin() -> PathBuf {
+    let path = std::env::var_os("HOSTSCOPE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostscope")
+        });
+    assert!(
+        path.exists(),
+        "{} missing: build it with `cargo build -p hostscope` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+fn dump(pin_dir: &PathBuf, map: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(bin())
+        .args(["dump", map, "--format", "json", "--pin-dir"])
+        .arg(pin_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dump {map}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("dump prints JSON lines"))
+        .collect()
+}
+
+#[test]
+fn run_json_streams_records_and_dump_reads_pinned_maps() {
+    if !privileged("run_json_streams_records_and_dump_reads_pinned_maps") {
+        return;
+    }
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/hostscope-test-{}", std::process::id()));
+    let mut child = Command::new(bin())
+        .args([
+            "run",
+            "--output",
+            "json",
+            "--duration",
+            "6",
+            "--poll-ms",
+            "20",
+            "--pin-dir",
+        ])
+        .arg(&pin_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    // Ready once every probe reported its status.
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines
+        .iter()
+        .filter(|v: &&serde_json::Value| v["type"] == "probe_status")
+        .count()
+        < 5
+    {
+        let v = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("probe status lines");
+        lines.push(v);
+    }
+    assert!(
+        lines
+            .iter()
+            .all(|v| v["state"] == "attached" && v["family"] == "tcp"),
+        "{lines:?}"
+    );
+
+    let refused = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert!(TcpStream::connect(refused).is_err());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (_held_server, _) = listener.accept().unwrap();
+
+    // While the agent runs, the pinned connection map shows the open connection.
+    let local = held.local_addr().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let conns = dump(&pin_dir, "TCP_CONNS");
+        if conns
+            .iter()
+            .any(|c| c["local"] == local.as_str() && c["state"] == "ESTABLISHED")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{local} not in TCP_CONNS: {conns:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let status = child.wait().unwrap();
+    assert!(status.success(), "hostscope run exited with {status}");
+    reader.join().unwrap();
+    lines.extend(rx.try_iter());
+    let failed = lines
+        .iter()
+        .find(|v| {
+            v["type"] == "tcp"
+                && v["event"] == "connect_failed"
+                && v["remote"] == refused.to_string().as_str()
+        })
+        .unwrap_or_else(|| panic!("no connect_failed for {refused} in {lines:#?}"));
+    assert_eq!(failed["failure"]["reason"], "refused");
+    assert_eq!(failed["pid"], std::process::id());
+    let stats = lines
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "agent_stats")
+        .expect("final agent_stats line");
+    assert_eq!(stats["kernel"]["tcp"]["events_lost_ring_full"], 0);
+
+    // After exit the pins remain, and dump reads them.
+    let counters = dump(&pin_dir, "TCP_STATS");
+    assert!(
+        counters[0]["events_emitted"].as_u64().unwrap() >= 2,
+        "{counters:?}"
+    );
+    let config = dump(&pin_dir, "TCP_CONFIG");
+    assert_eq!(config[0]["keep_until_destroy"], true);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+}
+
+fn fails_with(args: &[&str], expected: &str) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(expected),
+        "{args:?}: stderr {err:?} lacks {expected:?}"
+    );
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    fails_with(&["run", "--ring-bytes", "1000"], "not a power of two");
+    fails_with(&["run", "--output", "xml"], "invalid value 'xml'");
+    fails_with(&["dump", "NOPE"], "known maps: TCP_CONNS");
+    fails_with(
+        &["dump", "TCP_CONNS", "--pin-dir", "/nonexistent/hostscope"],
+        "no pinned map at /nonexistent/hostscope/TCP_CONNS",
+    );
+}
