@@ -46,6 +46,9 @@ struct RunArgs {
     /// Size of the TCP event ring in bytes (a power of two, at least one page).
     #[arg(long, default_value_t = hostscope_common::tcp::TCP_EVENTS_RING_BYTES, value_parser = parse_ring_bytes)]
     ring_bytes: u32,
+    /// Connections tracked at once (beyond it, new ones are counted, not tracked).
+    #[arg(long, default_value_t = hostscope_common::tcp::TCP_CONNS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// Pending bytes that make a probe wake the agent (0: wake on every event).
     #[arg(long, default_value_t = hostscope_common::RingConfig::DEFAULT.wakeup_bytes)]
     wakeup_bytes: u64,
@@ -108,6 +111,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         loader: LoaderConfig {
             pin_dir: (!args.no_pin).then(|| args.pin_dir.clone()),
             tcp_ring_bytes: args.ring_bytes,
+            tcp_max_conns: args.max_connections,
             wakeup_bytes: args.wakeup_bytes,
         },
         poll_interval: Duration::from_millis(args.poll_ms),

@@ -397,3 +397,146 @@ fn burst_of_10000_connections_loses_nothing() {
     assert_eq!(stats.records_lagged, 0);
     assert_eq!(stats.total_lost(), 0);
 }
+
+fn config(edit: impl FnOnce(&mut hostscope::AgentConfig)) -> hostscope::AgentConfig {
+    let mut c = hostscope::AgentConfig {
+        loader: hostscope::loader::LoaderConfig {
+            pin_dir: None,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    edit(&mut c);
+    c
+}
+
+#[test]
+fn ring_overflow_is_counted_not_silent() {
+    if !privileged("ring_overflow_is_counted_not_silent") {
+        return;
+    }
+    // One page of ring, no wakeups, drained every 3 s: a burst must overflow it.
+    let mut h = Harness::start_with(config(|c| {
+        c.loader.tcp_ring_bytes = 4096;
+        c.loader.wakeup_bytes = u64::MAX;
+        c.poll_interval = Duration::from_secs(3);
+    }));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    for _ in 0..200 {
+        let c = TcpStream::connect(server).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        drop((c, s));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = h.stop();
+    let tcp = &stats.kernel["tcp"];
+    let lost = tcp["events_lost_ring_full"];
+    let emitted = tcp["events_emitted"];
+    assert!(lost > 0, "a 4 KiB ring cannot hold 800 records: {stats}");
+    // Everything the probes wrote reached userspace; the rest is counted.
+    assert_eq!(stats.records_decoded, emitted, "{stats}");
+    assert!(emitted + lost >= 800, "{stats}");
+    assert_eq!(stats.total_lost(), lost);
+}
+
+#[test]
+fn full_connection_map_is_counted() {
+    if !privileged("full_connection_map_is_counted") {
+        return;
+    }
+    let mut h = Harness::start_with(config(|c| c.loader.tcp_max_conns = 8));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    // Held open: 20 active plus 20 passive sockets want entries in an 8-entry map.
+    let held: Vec<_> = (0..20)
+        .map(|_| {
+            let c = TcpStream::connect(server).unwrap();
+            let (s, _) = listener.accept().unwrap();
+            (c, s)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = h.stop();
+    drop(held);
+    assert!(stats.kernel["tcp"]["conn_map_full"] >= 30, "{stats}");
+}
+
+#[test]
+fn kernel_offsets_match_an_independent_reader() {
+    if !privileged("kernel_offsets_match_an_independent_reader") {
+        return;
+    }
+    use hostscope::kernel::btf::KernelBtf;
+    let btf = KernelBtf::load().expect("kernel BTF");
+    let dump = std::process::Command::new("bpftool")
+        .args([
+            "btf",
+            "dump",
+            "file",
+            "/sys/kernel/btf/vmlinux",
+            "format",
+            "raw",
+        ])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    let text = String::from_utf8_lossy(&dump.stdout);
+    // bpftool lists direct members as `'name' type_id=N bits_offset=B` under the struct.
+    let bpftool_offset = |structure: &str, member: &str| -> u32 {
+        let header = format!("STRUCT '{structure}' size=");
+        let body = text.split(&header).nth(1).expect("struct in bpftool dump");
+        body.lines()
+            .skip(1)
+            .take_while(|l| l.starts_with('\t'))
+            .find(|l| l.trim_start().starts_with(&format!("'{member}' ")))
+            .and_then(|l| l.split("bits_offset=").nth(1))
+            .and_then(|b| b.split_whitespace().next())
+            .and_then(|b| b.parse::<u32>().ok())
+            .map(|bits| bits / 8)
+            .unwrap_or_else(|| panic!("{structure}.{member} not in bpftool dump"))
+    };
+    for (structure, member, size) in [
+        ("sock", "sk_err", 4),
+        ("tcp_sock", "srtt_us", 4),
+        ("tcp_sock", "total_retrans", 4),
+        ("tcp_sock", "bytes_acked", 8),
+        ("tcp_sock", "bytes_received", 8),
+    ] {
+        let ours = btf.member(structure, member, size).unwrap();
+        assert_eq!(
+            ours.offset,
+            bpftool_offset(structure, member),
+            "{structure}.{member}"
+        );
+    }
+    assert!(btf.member("tcp_sock", "no_such_member", 4).is_err());
+    assert!(
+        btf.member("tcp_sock", "srtt_us", 8).is_err(),
+        "size mismatch is refused"
+    );
+}
+
+#[test]
+fn tracepoint_layouts_of_the_running_kernel_are_accepted() {
+    if !privileged("tracepoint_layouts_of_the_running_kernel_are_accepted") {
+        return;
+    }
+    use hostscope::{
+        kernel::{btf::KernelBtf, mounts, tracefs::Tracefs},
+        loader::tcp,
+    };
+    let tracefs = Tracefs::new(mounts::ensure_tracefs().unwrap());
+    let btf = KernelBtf::load().unwrap();
+    let plan = tcp::plan(Some(&btf), None, &tracefs);
+    assert!(plan.unavailable.is_empty(), "{:?}", plan.unavailable);
+    assert!(plan.missing_fields.is_empty(), "{:?}", plan.missing_fields);
+    // A layout that moved is refused, not misread.
+    let mut format = tracefs.format("sock", "inet_sock_set_state").unwrap();
+    format
+        .fields
+        .iter_mut()
+        .find(|f| f.name == "dport")
+        .unwrap()
+        .offset += 2;
+    assert!(tcp::check_state_change_layout(&format).is_err());
+}

@@ -84,6 +84,8 @@ pub struct LoaderConfig {
     /// Where to pin the maps `hostscope dump` reads; None disables pinning.
     pub pin_dir: Option<PathBuf>,
     pub tcp_ring_bytes: u32,
+    /// Connections tracked at once; beyond it new ones are counted as `conn_map_full`.
+    pub tcp_max_conns: u32,
     pub wakeup_bytes: u64,
 }
 
@@ -94,6 +96,7 @@ impl Default for LoaderConfig {
         LoaderConfig {
             pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             tcp_ring_bytes: hostscope_common::tcp::TCP_EVENTS_RING_BYTES,
+            tcp_max_conns: hostscope_common::tcp::TCP_CONNS_MAX,
             wakeup_bytes: hostscope_common::RingConfig::DEFAULT.wakeup_bytes,
         }
     }
@@ -125,7 +128,8 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
             &tcp_plan.offsets,
             true,
         )
-        .map_max_entries(hostscope_common::tcp::TCP_EVENTS_MAP, config.tcp_ring_bytes);
+        .map_max_entries(hostscope_common::tcp::TCP_EVENTS_MAP, config.tcp_ring_bytes)
+        .map_max_entries(hostscope_common::tcp::TCP_CONNS_MAP, config.tcp_max_conns);
     let mut ebpf = loader.load(PROBES_OBJECT).map_err(LoadError::Object)?;
 
     let mut report = Vec::new();
