@@ -7,10 +7,18 @@ use std::{
     time::Duration,
 };
 
-use aya::{maps::RingBuf, Ebpf};
-use hostscope_common::tcp::{TCP_EVENTS_MAP, TCP_STATS_MAP};
+use aya::{
+    maps::{Array, HashMap, RingBuf},
+    Ebpf,
+};
+use hostscope_common::{
+    tcp::{TCP_EVENTS_MAP, TCP_STATS_MAP},
+    tls::{
+        TLS_FAILURES_MAP, TLS_FLOWS_MAP, TLS_LIB_EVENTS_MAP, TLS_STATS_MAP, TLS_WIRE_EVENTS_MAP,
+    },
+};
 use tokio::{
-    sync::{broadcast, watch},
+    sync::{broadcast, mpsc, watch},
     task::JoinHandle,
 };
 
@@ -19,6 +27,10 @@ use crate::{
     loader::{self, LoadError, LoaderConfig, ProbeStatus},
     ring,
     stats::{self, AgentStats, Counters},
+    tls::{
+        task::{TlsInput, TlsMaps, TrackerTask},
+        tracker::TrackerStats,
+    },
 };
 
 #[derive(Clone, Debug)]
@@ -58,6 +70,9 @@ pub type SharedRecord = Arc<Record>;
 
 pub struct Agent {
     ebpf: Ebpf,
+    tls: loader::tls::TlsAttachments,
+    tls_stats: Arc<std::sync::Mutex<TrackerStats>>,
+    tracker: Option<JoinHandle<()>>,
     report: Vec<ProbeStatus>,
     records: broadcast::Sender<SharedRecord>,
     counters: Arc<Counters>,
@@ -70,7 +85,8 @@ impl Agent {
     pub fn start(config: &AgentConfig) -> Result<Agent, AgentError> {
         let probes = loader::load(&config.loader)?;
         let mut ebpf = probes.ebpf;
-        if !probes.tcp_attached {
+        let tls_up = probes.tls.wire || !probes.tls.libraries.is_empty();
+        if !probes.tcp_attached && !tls_up {
             let lines: Vec<String> = probes.report.iter().map(|s| s.to_string()).collect();
             return Err(AgentError::NothingAttached(lines.join("\n")));
         }
@@ -109,8 +125,70 @@ impl Agent {
                 },
             )));
         }
+        let tls_stats = Arc::new(std::sync::Mutex::new(TrackerStats::default()));
+        let mut tracker = None;
+        if tls_up {
+            let (tx, rx) = mpsc::channel(config.channel_capacity);
+            for (name, wire) in [(TLS_WIRE_EVENTS_MAP, true), (TLS_LIB_EVENTS_MAP, false)] {
+                let map = ebpf.take_map(name).ok_or(AgentError::Ring {
+                    name,
+                    source: aya::maps::MapError::InvalidName {
+                        name: name.to_string(),
+                    },
+                })?;
+                let ring =
+                    RingBuf::try_from(map).map_err(|source| AgentError::Ring { name, source })?;
+                let tx = tx.clone();
+                let c = counters.clone();
+                consumers.push(tokio::spawn(ring::consume(
+                    ring,
+                    config.poll_interval,
+                    shutdown_rx.clone(),
+                    move |bytes| {
+                        let input = if wire {
+                            events::tls::decode_wire(bytes).map(TlsInput::Wire)
+                        } else {
+                            events::tls::decode_lib(bytes).map(TlsInput::Lib)
+                        };
+                        match input {
+                            // A full channel means the tracker fell behind: counted.
+                            Ok(i) => {
+                                if tx.try_send(i).is_err() {
+                                    c.records_lagged.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            Err(_) => {
+                                c.decode_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    },
+                )));
+            }
+            let flows = ebpf
+                .take_map(TLS_FLOWS_MAP)
+                .and_then(|m| HashMap::try_from(m).ok());
+            let failures = ebpf
+                .take_map(TLS_FAILURES_MAP)
+                .and_then(|m| Array::try_from(m).ok());
+            tracker = Some(tokio::spawn(
+                TrackerTask {
+                    input: rx,
+                    tcp: records.subscribe(),
+                    out: records.clone(),
+                    maps: TlsMaps { flows, failures },
+                    clock,
+                    counters: counters.clone(),
+                    stats: tls_stats.clone(),
+                    shutdown: shutdown_rx.clone(),
+                }
+                .run(),
+            ));
+        }
         Ok(Agent {
             ebpf,
+            tls: probes.tls,
+            tls_stats,
+            tracker,
             report: probes.report,
             records,
             counters,
@@ -143,13 +221,26 @@ impl Agent {
         if let Some(c) = stats::read_kernel_counters(&self.ebpf, TCP_STATS_MAP) {
             kernel.insert("tcp", c);
         }
+        if let Some(c) = stats::read_kernel_counters(&self.ebpf, TLS_STATS_MAP) {
+            kernel.insert("tls", c);
+        }
         AgentStats {
             kernel,
             records_decoded,
             decode_errors,
             records_lagged,
             programs: stats::read_program_costs(&self.ebpf),
+            tls: self.tls_stats.lock().map(|s| s.clone()).unwrap_or_default(),
         }
+    }
+
+    /// Attaches the OpenSSL probes to libraries that appeared since the last call (new
+    /// containers, newly started programs with their own copy).
+    pub fn refresh(&mut self) -> Vec<String> {
+        loader::tls::refresh(&mut self.ebpf, &mut self.tls)
+            .into_iter()
+            .map(|(p, e)| format!("{p}: {e}"))
+            .collect()
     }
 
     /// Drains the rings one last time, stops the consumers and detaches the probes.
@@ -157,6 +248,9 @@ impl Agent {
         let _ = self.shutdown.send(true);
         for task in self.consumers.drain(..) {
             let _ = task.await;
+        }
+        if let Some(t) = self.tracker.take() {
+            let _ = t.await;
         }
         self.stats()
     }

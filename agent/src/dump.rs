@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     events::{
-        comm_string,
+        comm_string, monotonic_ns,
         tcp::{endpoints, state_name},
     },
     output::write_json,
@@ -93,16 +93,6 @@ fn conn_row(c: &TcpConn, now_ns: u64) -> ConnRow {
         resets_sent: c.rst_sent,
         resets_received: c.rst_recv,
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer, CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub fn dump(

@@ -8,5 +8,6 @@ pub mod loader;
 pub mod output;
 pub mod ring;
 pub mod stats;
+pub mod tls;
 
 pub use agent::{Agent, AgentConfig};

@@ -36,6 +36,7 @@ pub struct AgentStats {
     pub records_lagged: u64,
     /// Empty unless bpf_stats are enabled.
     pub programs: Vec<ProgramCost>,
+    pub tls: crate::tls::tracker::TrackerStats,
 }
 
 impl AgentStats {
@@ -56,6 +57,15 @@ impl std::fmt::Display for AgentStats {
             f,
             "agent: {} records, {} decode errors, {} lagged",
             self.records_decoded, self.decode_errors, self.records_lagged
+        )?;
+        write!(
+            f,
+            "; tls handshakes={} failures={} stream_gaps={} truncated={} lib_unmatched={}",
+            self.tls.handshakes,
+            self.tls.failures,
+            self.tls.stream_gaps,
+            self.tls.truncated_captures,
+            self.tls.lib_events_unmatched
         )?;
         for (family, counters) in &self.kernel {
             write!(f, "; {family}:")?;

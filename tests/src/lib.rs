@@ -4,6 +4,8 @@
 //! Every test triggers real kernel activity (sockets, packets) and expects the records
 //! the real probes produce.
 
+pub mod tls;
+
 use std::{
     net::{IpAddr, SocketAddr, TcpListener},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -129,6 +131,55 @@ impl Harness {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// TLS handshake records matching `pred`, waiting until at least `n` (or panics).
+    pub fn wait_tls(
+        &self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&hostscope::events::tls::TlsRecord) -> bool,
+    ) -> Vec<hostscope::events::tls::TlsRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<_> = self
+                .records
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|r| match &**r {
+                    Record::Tls(t) if pred(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .collect();
+            if found.len() >= n {
+                return found;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "expected {n} matching TLS records within {timeout:?}, got {}; all records:\n{}",
+                    found.len(),
+                    self.all_lines()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every record so far, one line each (for failure messages).
+    pub fn all_lines(&self) -> String {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// All records so far.
+    pub fn records(&self) -> Vec<SharedRecord> {
+        self.records.lock().unwrap().clone()
     }
 
     /// Stops the agent (final drain) and returns its counters.

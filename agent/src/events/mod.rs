@@ -1,5 +1,6 @@
 //! Decoding of ring-buffer records into the agent's records, one module per family.
 pub mod tcp;
+pub mod tls;
 
 use serde::Serialize;
 
@@ -8,12 +9,16 @@ use serde::Serialize;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     Tcp(tcp::TcpRecord),
+    Tls(tls::TlsRecord),
+    TlsCertificate(tls::TlsCertificateRecord),
 }
 
 impl std::fmt::Display for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Record::Tcp(r) => r.fmt(f),
+            Record::Tls(r) => r.fmt(f),
+            Record::TlsCertificate(r) => r.fmt(f),
         }
     }
 }
@@ -57,6 +62,17 @@ impl Clock {
     pub fn unix_ns(&self, monotonic_ns: u64) -> u64 {
         (monotonic_ns as i128 + self.realtime_minus_monotonic_ns).max(0) as u64
     }
+}
+
+/// CLOCK_MONOTONIC now, in the probes' time base (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer, CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// `HH:MM:SS.uuuuuu` (UTC) for text output.

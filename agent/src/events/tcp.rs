@@ -105,8 +105,10 @@ pub struct TcpRecord {
     pub comm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
-    /// TCP state at the event (`ESTABLISHED`, `SYN_SENT`, …).
+    /// TCP state at the event (`ESTABLISHED`, `SYN_SENT`, …) and the one before it; at
+    /// close, `CLOSE_WAIT`/`LAST_ACK` before means the peer closed first.
     pub state: &'static str,
+    pub previous_state: &'static str,
     /// Active connect: SYN sent → ESTABLISHED.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_latency_us: Option<f64>,
@@ -226,6 +228,7 @@ pub fn from_event(ev: &TcpEvent, clock: &Clock) -> Result<TcpRecord, DecodeError
         comm: (c.pid != 0).then(|| comm_string(&c.comm)),
         cgroup_id: (c.pid != 0).then_some(c.cgroup_id),
         state: state_name(ev.new_state),
+        previous_state: state_name(ev.old_state),
         connect_latency_us: match (event, direction) {
             (TcpEventKind::Connect, Direction::Active) => us_between(c.start_ns, c.established_ns),
             _ => None,

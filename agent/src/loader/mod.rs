@@ -3,6 +3,7 @@
 //! not attached, with the reason, and never stops the others.
 
 pub mod tcp;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 
@@ -106,6 +107,7 @@ pub struct LoadedProbes {
     pub ebpf: Ebpf,
     pub report: Vec<ProbeStatus>,
     pub tcp_attached: bool,
+    pub tls: tls::TlsAttachments,
 }
 
 /// Loads and attaches every family.
@@ -134,9 +136,11 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
 
     let mut report = Vec::new();
     let tcp_attached = tcp::attach(&mut ebpf, &tcp_plan, config, &mut report)?;
+    let tls = tls::attach(&mut ebpf, config, &mut report)?;
 
     if let Some(dir) = &config.pin_dir {
         pin_maps(&mut ebpf, dir, tcp::PINNED_MAPS)?;
+        pin_maps(&mut ebpf, dir, tls::PINNED_MAPS)?;
     }
     // Hand the start-up parsing memory back to the system rather than keep it as heap.
     // SAFETY: malloc_trim only releases free memory.
@@ -145,6 +149,7 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
         ebpf,
         report,
         tcp_attached,
+        tls,
     })
 }
 

@@ -160,7 +160,7 @@ pub fn attach(
                     ))
                 }
                 Ok(()) => AttachState::Attached,
-                Err(e) => AttachState::NotAttached(describe(&e)),
+                Err(e) => AttachState::NotAttached(describe_error(&e)),
             }
         };
         let up = !matches!(state, AttachState::NotAttached(_));
@@ -203,7 +203,7 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: TcpHook) -> Result<(), ProgramError>
 }
 
 /// One line for the report; the verifier log, when there is one, is cut to its end.
-fn describe(e: &ProgramError) -> String {
+pub(crate) fn describe_error(e: &ProgramError) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -5,6 +5,7 @@
 
 pub mod stats;
 pub mod tcp;
+pub mod tls;
 
 /// Length of `task_struct.comm`.
 pub const TASK_COMM_LEN: usize = 16;

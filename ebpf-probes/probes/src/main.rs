@@ -7,6 +7,8 @@
 mod ring;
 #[cfg(target_arch = "bpf")]
 mod tcp;
+#[cfg(target_arch = "bpf")]
+mod tls;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

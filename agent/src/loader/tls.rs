@@ -1,0 +1,287 @@
+//! TLS family: the wire probes on the cgroup v2 root and the OpenSSL uprobes on every
+//! libssl.so.3 / libcrypto.so.3 on the host, including ones that appear later (new
+//! containers): `refresh` attaches to libraries not seen before.
+
+use std::{
+    collections::HashSet,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::Array,
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, UProbe},
+    Ebpf,
+};
+use hostscope_common::{tls::*, RingConfig};
+
+use super::{AttachState, LoadError, LoaderConfig, ProbeStatus};
+use crate::kernel::mounts;
+
+/// Maps `hostscope dump` can read after pinning.
+pub const PINNED_MAPS: &[&str] = &[TLS_FAILURES_MAP, TLS_STATS_MAP];
+
+/// Where distributions put the system OpenSSL; processes' own copies are found in
+/// `/proc/<pid>/maps`.
+const SYSTEM_LIBSSL: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "/usr/lib/aarch64-linux-gnu/libssl.so.3",
+    "/usr/lib64/libssl.so.3",
+    "/usr/lib/libssl.so.3",
+    "/lib/x86_64-linux-gnu/libssl.so.3",
+];
+
+/// The uprobe programs and where each attaches.
+fn uprobe_plan() -> Vec<(&'static str, Lib, Vec<&'static str>)> {
+    vec![
+        (TLS_SSL_CALL_PROGRAM, Lib::Ssl, SSL_CALL_SYMBOLS.to_vec()),
+        (
+            TLS_SSL_CALL_RETURN_PROGRAM,
+            Lib::Ssl,
+            SSL_CALL_SYMBOLS.to_vec(),
+        ),
+        (TLS_SSL_FREE_PROGRAM, Lib::Ssl, vec![SSL_FREE_SYMBOL]),
+        (
+            TLS_VERIFY_ERROR_RETURN_PROGRAM,
+            Lib::Crypto,
+            vec![VERIFY_ERROR_SYMBOL],
+        ),
+    ]
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lib {
+    Ssl,
+    Crypto,
+}
+
+/// State kept across refreshes: libraries already attached (by device and inode).
+#[derive(Default)]
+pub struct TlsAttachments {
+    pub wire: bool,
+    pub uprobes_loaded: bool,
+    seen: HashSet<(u64, u64)>,
+    pub libraries: Vec<PathBuf>,
+}
+
+pub fn attach(
+    ebpf: &mut Ebpf,
+    config: &LoaderConfig,
+    report: &mut Vec<ProbeStatus>,
+) -> Result<TlsAttachments, LoadError> {
+    let mut state = TlsAttachments::default();
+    let cgroup_root = mounts::find("cgroup2").ok().flatten();
+    let mut wire_up = 0;
+    for (program, kind, direction) in [
+        (
+            TLS_WIRE_EGRESS_PROGRAM,
+            CgroupSkbAttachType::Egress,
+            "egress",
+        ),
+        (
+            TLS_WIRE_INGRESS_PROGRAM,
+            CgroupSkbAttachType::Ingress,
+            "ingress",
+        ),
+    ] {
+        let hook = match &cgroup_root {
+            Some(root) => format!("cgroup_skb/{direction} on {}", root.display()),
+            None => format!("cgroup_skb/{direction}"),
+        };
+        let result = match &cgroup_root {
+            None => Err("no cgroup v2 mount in /proc/self/mountinfo".to_string()),
+            Some(root) => attach_cgroup_skb(ebpf, program, root, kind)
+                .map_err(|e| super::tcp::describe_error(&e)),
+        };
+        if result.is_ok() {
+            wire_up += 1;
+        }
+        report.push(ProbeStatus {
+            family: "tls",
+            program,
+            hook,
+            state: match result {
+                Ok(()) => AttachState::Attached,
+                Err(why) => AttachState::NotAttached(why),
+            },
+        });
+    }
+    state.wire = wire_up == 2;
+
+    // Load the uprobe programs once; attach them per library.
+    let mut load_errors = Vec::new();
+    for (program, _, _) in uprobe_plan() {
+        let loaded = ebpf
+            .program_mut(program)
+            .ok_or(ProgramError::UnexpectedProgramType)
+            .and_then(<&mut UProbe>::try_from)
+            .and_then(|p| p.load());
+        if let Err(e) = loaded {
+            load_errors.push((program, super::tcp::describe_error(&e)));
+        }
+    }
+    state.uprobes_loaded = load_errors.is_empty();
+    let attached = if state.uprobes_loaded {
+        refresh(ebpf, &mut state)
+    } else {
+        Vec::new()
+    };
+    for (program, lib, symbols) in uprobe_plan() {
+        let hook = format!(
+            "uprobe {}:{}",
+            if lib == Lib::Ssl {
+                "libssl.so.3"
+            } else {
+                "libcrypto.so.3"
+            },
+            if symbols.len() > 1 {
+                "SSL_{do_handshake,connect,accept,read,write}[_ex]".to_string()
+            } else {
+                symbols[0].to_string()
+            }
+        );
+        let state_line = if let Some((_, why)) = load_errors.iter().find(|(p, _)| *p == program) {
+            AttachState::NotAttached(why.clone())
+        } else if state.libraries.is_empty() {
+            AttachState::NotAttached(
+                "no libssl.so.3 on this host yet; attached when one appears".to_string(),
+            )
+        } else {
+            let errors: Vec<&String> = attached
+                .iter()
+                .filter(|(p, _)| *p == program)
+                .map(|(_, e)| e)
+                .collect();
+            if errors.is_empty() {
+                AttachState::Attached
+            } else {
+                AttachState::Degraded(format!(
+                    "some symbols missing: {}",
+                    errors
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ))
+            }
+        };
+        report.push(ProbeStatus {
+            family: "tls",
+            program,
+            hook: format!("{hook} ({} libraries)", state.libraries.len()),
+            state: state_line,
+        });
+    }
+    if state.wire || !state.libraries.is_empty() {
+        set_config(
+            ebpf,
+            TlsConfig {
+                ring: RingConfig {
+                    wakeup_bytes: config.wakeup_bytes,
+                },
+            },
+        )?;
+    }
+    Ok(state)
+}
+
+fn attach_cgroup_skb(
+    ebpf: &mut Ebpf,
+    program: &str,
+    root: &Path,
+    kind: CgroupSkbAttachType,
+) -> Result<(), ProgramError> {
+    let prog: &mut CgroupSkb = ebpf
+        .program_mut(program)
+        .ok_or(ProgramError::UnexpectedProgramType)?
+        .try_into()?;
+    prog.load()?;
+    let cgroup = std::fs::File::open(root).map_err(ProgramError::IOError)?;
+    // The default (single) mode: AllowMultiple is refused on some kernels (EINVAL).
+    prog.attach(cgroup, kind, CgroupAttachMode::default())?;
+    Ok(())
+}
+
+/// libssl.so.3 files on the host: the system ones and those mapped by any process
+/// (through `/proc/<pid>/root`, so containers' copies are found too).
+pub fn discover_libssl() -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = SYSTEM_LIBSSL
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for entry in procs.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+                continue;
+            };
+            for line in maps.lines() {
+                if let Some(path) = line.split_whitespace().nth(5) {
+                    if path.ends_with("/libssl.so.3") {
+                        found.push(PathBuf::from(format!("/proc/{pid}/root{path}")));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Attaches the uprobes to libraries not attached before. Returns (program, error) for
+/// symbols that could not be attached.
+pub fn refresh(ebpf: &mut Ebpf, state: &mut TlsAttachments) -> Vec<(&'static str, String)> {
+    let mut errors = Vec::new();
+    if !state.uprobes_loaded {
+        return errors;
+    }
+    for libssl in discover_libssl() {
+        let Ok(meta) = std::fs::metadata(&libssl) else {
+            continue;
+        };
+        if !state.seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        let libcrypto = libssl.with_file_name("libcrypto.so.3");
+        for (program, lib, symbols) in uprobe_plan() {
+            let target = if lib == Lib::Ssl { &libssl } else { &libcrypto };
+            let Some(prog) = ebpf.program_mut(program) else {
+                continue;
+            };
+            let Ok(prog) = <&mut UProbe>::try_from(prog) else {
+                continue;
+            };
+            for symbol in symbols {
+                if let Err(e) = prog.attach(
+                    symbol,
+                    target,
+                    aya::programs::uprobe::UProbeScope::AllProcesses,
+                ) {
+                    errors.push((program, format!("{symbol} in {}: {e}", target.display())));
+                }
+            }
+        }
+        state.libraries.push(libssl);
+    }
+    errors
+}
+
+pub fn set_config(ebpf: &mut Ebpf, config: TlsConfig) -> Result<(), LoadError> {
+    let map = ebpf.map_mut(TLS_CONFIG_MAP).ok_or(LoadError::MissingMap {
+        name: TLS_CONFIG_MAP,
+    })?;
+    let mut array: Array<_, TlsConfig> = Array::try_from(map).map_err(|source| LoadError::Map {
+        name: TLS_CONFIG_MAP,
+        source,
+    })?;
+    array.set(0, config, 0).map_err(|source| LoadError::Map {
+        name: TLS_CONFIG_MAP,
+        source,
+    })
+}

@@ -1,0 +1,687 @@
+//! Joins the TLS sources into one record per handshake: wire events (per socket cookie)
+//! give the parameters, the timing and cleartext alerts; OpenSSL events give the
+//! verification error that TLS 1.3 hides; TCP records give the owner, the connection id
+//! and the end of connections that close mid-handshake.
+//!
+//! Deterministic and clock-free (callers pass CLOCK_MONOTONIC `now`), so it is tested
+//! without a kernel.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use hostscope_common::tls::{
+    LIB_HANDSHAKE_ABANDONED, LIB_HANDSHAKE_DONE, WIRE_APP_DATA_HEADER, WIRE_NOT_TLS, WIRE_RECORDS,
+};
+
+use super::{
+    parser::{self, CertificateInfo, ClientHello, HandshakeReader, RecordReader, ServerHello},
+    reason::{self, FailureReason},
+};
+use crate::events::{
+    tcp::{TcpEventKind, TcpRecord},
+    tls::*,
+    Clock, Record,
+};
+
+/// How long a failure waits for the other sources (OpenSSL's reason, late wire events
+/// from another ring) before it is reported.
+pub const GRACE_NS: u64 = 300_000_000;
+/// How long a success waits for the TCP record that names its owner.
+pub const SETTLE_NS: u64 = 100_000_000;
+/// A handshake without progress for this long is reported as stalled.
+pub const STALL_NS: u64 = 30_000_000_000;
+/// TLS 1.3 alert encrypted without padding: 2 bytes + content type + 16-byte AEAD tag.
+const ENCRYPTED_ALERT_LEN: usize = 19;
+
+#[derive(Clone, Debug, Default)]
+struct Owner {
+    conn_id: Option<u64>,
+    pid: Option<u32>,
+    comm: Option<String>,
+    cgroup_id: Option<u64>,
+}
+
+/// What the TCP records said about a 4-tuple. Kept for `TCP_MEMORY_NS` after the close,
+/// because the rings are read by different tasks: a TLS event may be handled after the
+/// TCP record of the same connection's close.
+#[derive(Clone, Debug, Default)]
+struct TcpView {
+    owner: Owner,
+    closed: Option<(u64, FailureReason)>,
+}
+
+const TCP_MEMORY_NS: u64 = 5_000_000_000;
+
+#[derive(Debug)]
+struct Flow {
+    role: Role,
+    local: SocketAddr,
+    remote: SocketAddr,
+    start_ns: u64,
+    last_ns: u64,
+    readers: [RecordReader; 2],
+    handshake: [HandshakeReader; 2],
+    ccs: [bool; 2],
+    client_hello: Option<ClientHello>,
+    server_hello: Option<ServerHello>,
+    cert: Option<CertificateInfo>,
+    outcome: Option<(Outcome, Option<TlsFailure>, u64)>,
+    /// TCP ended before an outcome: (when, reason), decided after the grace period.
+    closed: Option<(u64, FailureReason)>,
+    lib: Option<LibEvent>,
+    owner: Owner,
+}
+
+impl Flow {
+    fn dir_index(egress: bool) -> usize {
+        if egress {
+            0
+        } else {
+            1
+        }
+    }
+    /// Index of the direction the client sends in.
+    fn client_index(&self) -> usize {
+        Self::dir_index(self.role == Role::Client)
+    }
+}
+
+/// Counters the tracker keeps about what it could not use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TrackerStats {
+    pub handshakes: u64,
+    pub failures: u64,
+    pub stream_gaps: u64,
+    pub not_tls_bytes: u64,
+    pub truncated_captures: u64,
+    pub lib_events_unmatched: u64,
+}
+
+/// What one step produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub records: Vec<Record>,
+    /// Failures to remember in the pinned failure map.
+    pub failures: Vec<TlsRecord>,
+    /// Socket cookies whose kernel-side flow can be forgotten.
+    pub forget: Vec<u64>,
+}
+
+pub struct Tracker {
+    clock: Clock,
+    flows: HashMap<u64, Flow>,
+    tcp: HashMap<(SocketAddr, SocketAddr), TcpView>,
+    lib_pending: Vec<LibEvent>,
+    certs: HashMap<String, i64>,
+    pub stats: TrackerStats,
+}
+
+impl Tracker {
+    pub fn new(clock: Clock) -> Tracker {
+        Tracker {
+            clock,
+            flows: HashMap::new(),
+            tcp: HashMap::new(),
+            lib_pending: Vec::new(),
+            certs: HashMap::new(),
+            stats: TrackerStats::default(),
+        }
+    }
+
+    pub fn on_wire(&mut self, ev: WireEvent, out: &mut Output) {
+        if ev.truncated {
+            self.stats.truncated_captures += 1;
+        }
+        if !self.flows.contains_key(&ev.cookie) {
+            // Only a ClientHello opens a flow (the probe starts there too); later events
+            // of a flow already reported are ignored.
+            let client_hello = ev.kind == WIRE_RECORDS
+                && ev.data.first() == Some(&parser::CONTENT_HANDSHAKE)
+                && ev.data.get(5) == Some(&parser::HS_CLIENT_HELLO);
+            if !client_hello {
+                return;
+            }
+            let view = self
+                .tcp
+                .get(&(ev.local, ev.remote))
+                .cloned()
+                .unwrap_or_default();
+            self.flows.insert(
+                ev.cookie,
+                Flow {
+                    role: if ev.egress {
+                        Role::Client
+                    } else {
+                        Role::Server
+                    },
+                    local: ev.local,
+                    remote: ev.remote,
+                    start_ns: ev.ts_ns,
+                    last_ns: ev.ts_ns,
+                    readers: Default::default(),
+                    handshake: Default::default(),
+                    ccs: [false; 2],
+                    client_hello: None,
+                    server_hello: None,
+                    cert: None,
+                    outcome: None,
+                    closed: view.closed,
+                    lib: None,
+                    owner: view.owner,
+                },
+            );
+        }
+        let Some(flow) = self.flows.get_mut(&ev.cookie) else {
+            return;
+        };
+        flow.last_ns = ev.ts_ns;
+        let di = Flow::dir_index(ev.egress);
+        let from_client = di == flow.client_index();
+        match ev.kind {
+            WIRE_RECORDS => {
+                let mut records = Vec::new();
+                match flow.readers[di].push(ev.seq, &ev.data, &mut records) {
+                    Ok(()) => {}
+                    Err(parser::WireError::Gap) => self.stats.stream_gaps += 1,
+                    Err(parser::WireError::NotTls) => {
+                        self.stats.not_tls_bytes += 1;
+                        if !from_client && flow.server_hello.is_none() {
+                            decide_failure(
+                                flow,
+                                ev.ts_ns,
+                                FailureReason::NotTls,
+                                FailureSource::Connection,
+                                "peer is not speaking TLS".into(),
+                                None,
+                            );
+                        }
+                    }
+                }
+                for rec in records {
+                    on_record(
+                        flow,
+                        &mut self.certs,
+                        di,
+                        from_client,
+                        rec,
+                        ev.ts_ns,
+                        &self.clock,
+                        out,
+                    );
+                }
+            }
+            WIRE_APP_DATA_HEADER => {
+                let len = ev
+                    .data
+                    .get(3..5)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+                    .unwrap_or(0);
+                let tls13 = flow
+                    .server_hello
+                    .as_ref()
+                    .is_some_and(|sh| sh.version == parser::TLS1_3);
+                if flow.outcome.is_none() && flow.server_hello.is_some() {
+                    if from_client && tls13 && len == ENCRYPTED_ALERT_LEN {
+                        decide_failure(
+                            flow,
+                            ev.ts_ns,
+                            FailureReason::EncryptedAlert,
+                            FailureSource::AlertSent,
+                            "encrypted alert from the client".into(),
+                            None,
+                        );
+                    } else if !from_client
+                        && tls13
+                        && len == ENCRYPTED_ALERT_LEN
+                        && flow.readers_quiet_client()
+                    {
+                        // A server alert right after its flight: it rejected us.
+                        decide_failure(
+                            flow,
+                            ev.ts_ns,
+                            FailureReason::EncryptedAlert,
+                            FailureSource::AlertReceived,
+                            "encrypted alert from the server".into(),
+                            None,
+                        );
+                    } else if from_client || !tls13 {
+                        flow.outcome = Some((Outcome::Success, None, ev.ts_ns));
+                    }
+                }
+            }
+            WIRE_NOT_TLS => {
+                self.stats.not_tls_bytes += 1;
+                if flow.outcome.is_none() {
+                    decide_failure(
+                        flow,
+                        ev.ts_ns,
+                        FailureReason::NotTls,
+                        FailureSource::Connection,
+                        "peer is not speaking TLS".into(),
+                        None,
+                    );
+                }
+            }
+            _ => {}
+        }
+        self.try_match_lib();
+        self.flush(ev.ts_ns, out);
+    }
+
+    pub fn on_lib(&mut self, ev: LibEvent, now: u64, out: &mut Output) {
+        self.lib_pending.push(ev);
+        self.try_match_lib();
+        self.flush(now, out);
+    }
+
+    pub fn on_tcp(&mut self, r: &TcpRecord, now: u64, out: &mut Output) {
+        let key = (r.local, r.remote);
+        let owner = Owner {
+            conn_id: Some(r.conn_id),
+            pid: r.pid,
+            comm: r.comm.clone(),
+            cgroup_id: r.cgroup_id,
+        };
+        let ended = matches!(
+            r.event,
+            TcpEventKind::Close | TcpEventKind::ConnectFailed | TcpEventKind::ResetReceived
+        );
+        let closed = ended.then(|| {
+            let by_peer = r.event == TcpEventKind::ResetReceived
+                || matches!(r.previous_state, "CLOSE_WAIT" | "LAST_ACK")
+                || r.resets_received > 0;
+            let reason = if by_peer {
+                FailureReason::PeerClosed
+            } else {
+                FailureReason::Aborted
+            };
+            (now, reason)
+        });
+        for flow in self.flows.values_mut() {
+            if flow.local == r.local && flow.remote == r.remote {
+                if flow.owner.conn_id.is_none() || flow.owner.pid.is_none() {
+                    flow.owner = owner.clone();
+                }
+                if flow.outcome.is_none() && flow.closed.is_none() {
+                    flow.closed = closed;
+                }
+            }
+        }
+        let view = self.tcp.entry(key).or_default();
+        if view.owner.pid.is_none() || view.owner.conn_id != owner.conn_id {
+            view.owner = owner;
+        }
+        if view.closed.is_none() {
+            view.closed = closed;
+        }
+        self.flush(now, out);
+    }
+
+    /// Periodic: reports failures whose grace period ended and stalled handshakes.
+    pub fn tick(&mut self, now: u64, out: &mut Output) {
+        self.try_match_lib();
+        // Library events nobody claimed: report failures on their own.
+        let mut keep = Vec::new();
+        for ev in std::mem::take(&mut self.lib_pending) {
+            if now.saturating_sub(ev.ts_ns) < GRACE_NS {
+                keep.push(ev);
+            } else if ev.kind == LIB_HANDSHAKE_DONE || ev.verify_error == 0 {
+                // Nothing precise to add (an SSL freed mid-way may well have succeeded:
+                // `openssl s_client` handshakes inside a zero-length SSL_write).
+                self.stats.lib_events_unmatched += 1;
+            } else {
+                let rec = lib_only_record(&ev, &self.clock);
+                self.stats.failures += 1;
+                out.failures.push(rec.clone());
+                out.records.push(Record::Tls(rec));
+            }
+        }
+        self.lib_pending = keep;
+        self.tcp.retain(|_, v| {
+            v.closed
+                .is_none_or(|(at, _)| now.saturating_sub(at) < TCP_MEMORY_NS)
+        });
+        for flow in self.flows.values_mut() {
+            if flow.outcome.is_none() {
+                if let Some((at, reason)) = flow.closed {
+                    if now.saturating_sub(at) >= GRACE_NS {
+                        let detail = match reason {
+                            FailureReason::PeerClosed => "the peer closed the connection",
+                            _ => "the connection was closed by this side",
+                        };
+                        decide_failure(
+                            flow,
+                            at,
+                            reason,
+                            FailureSource::Connection,
+                            detail.into(),
+                            None,
+                        );
+                    }
+                } else if now.saturating_sub(flow.last_ns) >= STALL_NS {
+                    decide_failure(
+                        flow,
+                        now,
+                        FailureReason::Stalled,
+                        FailureSource::Connection,
+                        "no handshake progress".into(),
+                        None,
+                    );
+                }
+            }
+        }
+        self.flush(now, out);
+    }
+
+    /// Attaches pending OpenSSL events to the flow of the same process.
+    fn try_match_lib(&mut self) {
+        let mut unmatched = Vec::new();
+        for ev in std::mem::take(&mut self.lib_pending) {
+            let best = self
+                .flows
+                .iter_mut()
+                .filter(|(_, f)| f.lib.is_none() && f.owner.pid == Some(ev.pid))
+                .filter(|(_, f)| f.start_ns <= ev.ts_ns)
+                .max_by_key(|(_, f)| f.start_ns)
+                .map(|(c, _)| *c);
+            match best {
+                Some(cookie) => {
+                    if let Some(flow) = self.flows.get_mut(&cookie) {
+                        apply_lib(flow, ev);
+                    }
+                }
+                None => unmatched.push(ev),
+            }
+        }
+        self.lib_pending = unmatched;
+    }
+
+    /// Emits decided flows: successes at once, failures after the grace period.
+    fn flush(&mut self, now: u64, out: &mut Output) {
+        let ready: Vec<u64> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| match &f.outcome {
+                Some((Outcome::Success, _, at)) => {
+                    f.owner.conn_id.is_some() && now.saturating_sub(*at) >= SETTLE_NS
+                        || now.saturating_sub(*at) >= GRACE_NS
+                }
+                Some((Outcome::Failure, _, at)) => now.saturating_sub(*at) >= GRACE_NS,
+                None => false,
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for cookie in ready {
+            if let Some(flow) = self.flows.remove(&cookie) {
+                let rec = flow_record(&flow, &self.clock);
+                self.stats.handshakes += 1;
+                if rec.outcome == Outcome::Failure {
+                    self.stats.failures += 1;
+                    out.failures.push(rec.clone());
+                }
+                out.records.push(Record::Tls(rec));
+                out.forget.push(cookie);
+            }
+        }
+    }
+
+    pub fn open_flows(&self) -> usize {
+        self.flows.len()
+    }
+}
+
+impl Flow {
+    /// True while the client has sent nothing encrypted (no CCS either).
+    fn readers_quiet_client(&self) -> bool {
+        !self.ccs[self.client_index()]
+    }
+}
+
+fn decide_failure(
+    flow: &mut Flow,
+    at: u64,
+    reason: FailureReason,
+    source: FailureSource,
+    detail: String,
+    alert: Option<u8>,
+) {
+    if flow.outcome.is_some() {
+        return;
+    }
+    flow.outcome = Some((
+        Outcome::Failure,
+        Some(TlsFailure {
+            reason,
+            source,
+            detail,
+            alert,
+            verify_error: None,
+        }),
+        at,
+    ));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_record(
+    flow: &mut Flow,
+    certs: &mut HashMap<String, i64>,
+    di: usize,
+    from_client: bool,
+    rec: parser::Record,
+    ts: u64,
+    clock: &Clock,
+    out: &mut Output,
+) {
+    match rec.content_type {
+        parser::CONTENT_CHANGE_CIPHER_SPEC => flow.ccs[di] = true,
+        parser::CONTENT_ALERT => {
+            if flow.outcome.is_some() {
+                return;
+            }
+            let source = if di == 0 {
+                FailureSource::AlertSent
+            } else {
+                FailureSource::AlertReceived
+            };
+            match parser::parse_alert(&rec.payload) {
+                Some((level, desc)) if level == 2 || desc == 0 => {
+                    let (reason, name) = reason::from_alert(desc);
+                    decide_failure(flow, ts, reason, source, name.into(), Some(desc));
+                }
+                Some(_) => {}
+                None => decide_failure(
+                    flow,
+                    ts,
+                    FailureReason::EncryptedAlert,
+                    source,
+                    "encrypted alert".into(),
+                    None,
+                ),
+            }
+        }
+        parser::CONTENT_HANDSHAKE => {
+            if flow.ccs[di] {
+                // Encrypted Finished (TLS ≤ 1.2): the server's ends the handshake.
+                if !from_client && flow.outcome.is_none() {
+                    flow.outcome = Some((Outcome::Success, None, ts));
+                }
+                return;
+            }
+            let mut msgs = Vec::new();
+            flow.handshake[di].push(&rec.payload, &mut msgs);
+            for m in msgs {
+                match m.msg_type {
+                    parser::HS_CLIENT_HELLO if from_client && flow.client_hello.is_none() => {
+                        flow.client_hello = parser::parse_client_hello(&m.body);
+                    }
+                    parser::HS_SERVER_HELLO if !from_client => {
+                        if let Some(sh) = parser::parse_server_hello(&m.body) {
+                            if !sh.hello_retry_request {
+                                flow.server_hello = Some(sh);
+                            }
+                        }
+                    }
+                    parser::HS_CERTIFICATE if !from_client && flow.cert.is_none() => {
+                        flow.cert = parser::parse_certificate(&m.body);
+                        if let Some(cert) = &flow.cert {
+                            let server = if flow.role == Role::Client {
+                                flow.remote
+                            } else {
+                                flow.local
+                            };
+                            let name = flow
+                                .client_hello
+                                .as_ref()
+                                .and_then(|c| c.server_name.clone())
+                                .unwrap_or_else(|| server.ip().to_string());
+                            if certs.insert(name.clone(), cert.not_after_unix)
+                                != Some(cert.not_after_unix)
+                            {
+                                let now_unix = (clock.unix_ns(ts) / 1_000_000_000) as i64;
+                                out.records
+                                    .push(Record::TlsCertificate(TlsCertificateRecord {
+                                        timestamp_unix_ns: clock.unix_ns(ts),
+                                        server_name: name,
+                                        server,
+                                        subject: cert.subject.clone(),
+                                        issuer: cert.issuer.clone(),
+                                        not_after_unix: cert.not_after_unix,
+                                        expires_in_s: cert.not_after_unix - now_unix,
+                                    }));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Folds an OpenSSL event into a flow: its verification error is the most precise
+/// reason for a failure this side decided (alert sent, encrypted alert, abort).
+fn apply_lib(flow: &mut Flow, ev: LibEvent) {
+    let verify = (ev.verify_error != 0).then(|| reason::from_verify_error(ev.verify_error));
+    match (&mut flow.outcome, verify) {
+        (None, Some((reason, name))) if ev.kind != LIB_HANDSHAKE_DONE => {
+            flow.outcome = Some((
+                Outcome::Failure,
+                Some(TlsFailure {
+                    reason,
+                    source: FailureSource::X509Verify,
+                    detail: name.into(),
+                    alert: None,
+                    verify_error: Some(ev.verify_error),
+                }),
+                ev.ts_ns,
+            ));
+        }
+        (Some((Outcome::Failure, Some(f), _)), Some((reason, name)))
+            if f.source != FailureSource::AlertReceived =>
+        {
+            f.reason = reason;
+            f.source = FailureSource::X509Verify;
+            f.detail = name.into();
+            f.verify_error = Some(ev.verify_error);
+        }
+        (None, None) if ev.kind == LIB_HANDSHAKE_ABANDONED => {}
+        _ => {}
+    }
+    if flow.owner.pid.is_none() {
+        flow.owner.pid = Some(ev.pid);
+        flow.owner.comm = Some(ev.comm.clone());
+        flow.owner.cgroup_id = Some(ev.cgroup_id);
+    }
+    flow.lib = Some(ev);
+}
+
+fn flow_record(flow: &Flow, clock: &Clock) -> TlsRecord {
+    let (outcome, failure, at) =
+        flow.outcome
+            .clone()
+            .unwrap_or((Outcome::Failure, None, flow.last_ns));
+    let ch = flow.client_hello.as_ref();
+    let sh = flow.server_hello.as_ref();
+    let mut offered: Vec<u16> = ch
+        .map(|c| {
+            if c.supported_versions.is_empty() {
+                vec![c.legacy_version]
+            } else {
+                c.supported_versions.clone()
+            }
+        })
+        .unwrap_or_default();
+    offered.sort_unstable_by(|a, b| b.cmp(a));
+    let now_unix = (clock.unix_ns(at) / 1_000_000_000) as i64;
+    let mut sources = vec!["wire"];
+    if flow.lib.is_some() {
+        sources.push("openssl");
+    }
+    TlsRecord {
+        outcome,
+        timestamp_unix_ns: clock.unix_ns(at),
+        role: Some(flow.role),
+        local: Some(flow.local),
+        remote: Some(flow.remote),
+        conn_id: flow.owner.conn_id,
+        pid: flow.owner.pid,
+        comm: flow.owner.comm.clone(),
+        cgroup_id: flow.owner.cgroup_id,
+        server_name: ch.and_then(|c| c.server_name.clone()),
+        offered_versions: offered.into_iter().map(parser::version_name).collect(),
+        version: sh.map(|s| parser::version_name(s.version)),
+        cipher: sh.map(|s| parser::cipher_name(s.cipher_suite)),
+        alpn_offered: ch.map(|c| c.alpn.clone()).unwrap_or_default(),
+        alpn: sh.and_then(|s| s.alpn.clone()),
+        duration_us: (at >= flow.start_ns).then(|| (at - flow.start_ns) as f64 / 1000.0),
+        failure,
+        cert_subject: flow.cert.as_ref().map(|c| c.subject.clone()),
+        cert_not_after_unix: flow.cert.as_ref().map(|c| c.not_after_unix),
+        cert_expires_in_s: flow.cert.as_ref().map(|c| c.not_after_unix - now_unix),
+        sources,
+    }
+}
+
+fn lib_only_record(ev: &LibEvent, clock: &Clock) -> TlsRecord {
+    let failure = if ev.verify_error != 0 {
+        let (reason, name) = reason::from_verify_error(ev.verify_error);
+        TlsFailure {
+            reason,
+            source: FailureSource::X509Verify,
+            detail: name.into(),
+            alert: None,
+            verify_error: Some(ev.verify_error),
+        }
+    } else {
+        TlsFailure {
+            reason: FailureReason::Aborted,
+            source: FailureSource::Connection,
+            detail: "SSL freed before its handshake completed".into(),
+            alert: None,
+            verify_error: None,
+        }
+    };
+    TlsRecord {
+        outcome: Outcome::Failure,
+        timestamp_unix_ns: clock.unix_ns(ev.ts_ns),
+        role: None,
+        local: None,
+        remote: None,
+        conn_id: None,
+        pid: Some(ev.pid),
+        comm: Some(ev.comm.clone()),
+        cgroup_id: Some(ev.cgroup_id),
+        server_name: None,
+        offered_versions: Vec::new(),
+        version: None,
+        cipher: None,
+        alpn_offered: Vec::new(),
+        alpn: None,
+        duration_us: (ev.ts_ns >= ev.start_ns).then(|| (ev.ts_ns - ev.start_ns) as f64 / 1000.0),
+        failure: Some(failure),
+        cert_subject: None,
+        cert_not_after_unix: None,
+        cert_expires_in_s: None,
+        sources: vec!["openssl"],
+    }
+}
