@@ -7,6 +7,7 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use hostscope_common::{
     stats::Stat,
     tcp::{TcpConfig, TcpConn, TCP_CONFIG_MAP, TCP_CONNS_MAP, TCP_STATS_MAP},
+    tls::{TlsFailureSlot, TLS_FAILURES_MAP, TLS_STATS_MAP},
 };
 use serde::Serialize;
 
@@ -23,6 +24,11 @@ pub const DUMPABLE: &[(&str, &str)] = &[
     (TCP_CONNS_MAP, "TCP connections being tracked"),
     (TCP_STATS_MAP, "TCP probe counters, summed over CPUs"),
     (TCP_CONFIG_MAP, "TCP probe runtime configuration"),
+    (
+        TLS_FAILURES_MAP,
+        "the most recent TLS handshake failures (up to 64)",
+    ),
+    (TLS_STATS_MAP, "TLS probe counters, summed over CPUs"),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -133,7 +139,22 @@ pub fn dump(
                 DumpFormat::Table => write_conn_table(out, &rows)?,
             }
         }
-        TCP_STATS_MAP => {
+        TLS_FAILURES_MAP => {
+            let slots: Array<_, TlsFailureSlot> = Array::try_from(map).map_err(read)?;
+            let mut rows = Vec::new();
+            for slot in slots.iter() {
+                let slot = slot.map_err(read)?;
+                if slot.unix_ns != 0 {
+                    rows.push(failure_row(&slot));
+                }
+            }
+            rows.sort_by_key(|r| r.unix_ns);
+            match format {
+                DumpFormat::Json => rows.iter().try_for_each(|r| write_json(out, r))?,
+                DumpFormat::Table => write_failure_table(out, &rows)?,
+            }
+        }
+        TCP_STATS_MAP | TLS_STATS_MAP => {
             let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(read)?;
             let mut values = std::collections::BTreeMap::new();
             for stat in Stat::ALL {
@@ -173,6 +194,76 @@ pub fn dump(
         other => return Err(unknown(other)),
     }
     Ok(())
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailureRow {
+    pub unix_ns: u64,
+    pub time: String,
+    pub reason: String,
+    /// Alert description, or 256 + OpenSSL X509_V_ERR code.
+    pub raw_code: u32,
+    pub remote: Option<std::net::SocketAddr>,
+    pub server_name: String,
+    pub version: String,
+    pub pid: u32,
+    pub comm: String,
+    pub cert_not_after_unix: Option<i64>,
+}
+
+fn failure_row(s: &TlsFailureSlot) -> FailureRow {
+    let remote = match s.family {
+        hostscope_common::tcp::AF_INET => Some(std::net::SocketAddr::new(
+            std::net::Ipv4Addr::new(s.remote[0], s.remote[1], s.remote[2], s.remote[3]).into(),
+            s.remote_port,
+        )),
+        hostscope_common::tcp::AF_INET6 => Some(std::net::SocketAddr::new(
+            std::net::Ipv6Addr::from(s.remote).into(),
+            s.remote_port,
+        )),
+        _ => None,
+    };
+    FailureRow {
+        unix_ns: s.unix_ns,
+        time: crate::events::format_time_of_day(s.unix_ns),
+        reason: comm_string(&s.reason),
+        raw_code: s.raw_code,
+        remote,
+        server_name: comm_string(&s.sni),
+        version: if s.version == 0 {
+            String::new()
+        } else {
+            crate::tls::parser::version_name(s.version)
+        },
+        pid: s.pid,
+        comm: comm_string(&s.comm),
+        cert_not_after_unix: (s.cert_not_after_unix != 0).then_some(s.cert_not_after_unix),
+    }
+}
+
+fn write_failure_table(out: &mut impl Write, rows: &[FailureRow]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<15} {:<26} {:>5} {:<40} {:<30} {:<8} {:>7} {:<16}",
+        "TIME(UTC)", "REASON", "CODE", "REMOTE", "SERVER_NAME", "VERSION", "PID", "COMM"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:<15} {:<26} {:>5} {:<40} {:<30} {:<8} {:>7} {:<16}",
+            r.time,
+            r.reason,
+            r.raw_code,
+            r.remote
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.server_name,
+            r.version,
+            r.pid,
+            r.comm
+        )?;
+    }
+    writeln!(out, "{} failures", rows.len())
 }
 
 fn unknown(name: &str) -> DumpError {

@@ -117,7 +117,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(args.poll_ms),
         ..AgentConfig::default()
     };
-    let agent = Agent::start(&config).context("starting the agent")?;
+    let mut agent = Agent::start(&config).context("starting the agent")?;
     for status in agent.report() {
         match args.output {
             OutputFormat::Json => println!(
@@ -144,10 +144,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::pin!(stop);
     let mut ticker = tokio::time::interval(Duration::from_secs(args.stats_interval.max(1)));
     ticker.tick().await;
+    // New OpenSSL copies (new containers, new programs) get their uprobes.
+    let mut rescan = tokio::time::interval(Duration::from_secs(5));
+    rescan.tick().await;
     loop {
         tokio::select! {
             _ = &mut stop => break,
             _ = ticker.tick(), if args.stats_interval > 0 => print_stats(&agent.stats(), args.output)?,
+            _ = rescan.tick() => {
+                for problem in agent.refresh() {
+                    eprintln!("tls uprobes: {problem}");
+                }
+            }
         }
     }
     let stats = agent.stop().await;

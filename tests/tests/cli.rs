@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hostscope_tests::{closed_port, privileged};
+use hostscope_tests::{closed_port, privileged, tls};
 
 /// Built by `cargo xtask test` before the integration tests run.
 fn bin() -> PathBuf {
@@ -105,6 +105,10 @@ fn run_json_streams_records_and_dump_reads_pinned_maps() {
     let held = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (_held_server, _) = listener.accept().unwrap();
 
+    let expired = tls::Server::start(&tls::pki().expired(), &["-tls1_2"]);
+    let (_, ok) = tls::s_client(expired.addr, &[]);
+    assert!(!ok);
+
     // While the agent runs, the pinned connection map shows the open connection.
     let local = held.local_addr().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -150,6 +154,19 @@ fn run_json_streams_records_and_dump_reads_pinned_maps() {
         counters[0]["events_emitted"].as_u64().unwrap() >= 2,
         "{counters:?}"
     );
+    let failures = dump(&pin_dir, "TLS_FAILURES");
+    let f = failures
+        .iter()
+        .find(|f| f["remote"] == expired.addr.to_string().as_str())
+        .unwrap_or_else(|| panic!("no failure to {} in {failures:?}", expired.addr));
+    assert_eq!(f["reason"], "certificate_expired");
+    assert_eq!(f["server_name"], tls::SERVER_NAME);
+    assert_eq!(f["version"], "TLSv1.2");
+    let tls_line = lines
+        .iter()
+        .find(|v| v["type"] == "tls" && v["remote"] == expired.addr.to_string().as_str())
+        .expect("the failed handshake, live");
+    assert_eq!(tls_line["failure"]["reason"], "certificate_expired");
     let config = dump(&pin_dir, "TCP_CONFIG");
     assert_eq!(config[0]["keep_until_destroy"], true);
     let _ = std::fs::remove_dir_all(&pin_dir);
@@ -170,7 +187,10 @@ fn fails_with(args: &[&str], expected: &str) {
 fn bad_input_gets_a_clear_error() {
     fails_with(&["run", "--ring-bytes", "1000"], "not a power of two");
     fails_with(&["run", "--output", "xml"], "invalid value 'xml'");
-    fails_with(&["dump", "NOPE"], "known maps: TCP_CONNS");
+    fails_with(
+        &["dump", "NOPE"],
+        "known maps: TCP_CONNS, TCP_STATS, TCP_CONFIG, TLS_FAILURES",
+    );
     fails_with(
         &["dump", "TCP_CONNS", "--pin-dir", "/nonexistent/hostscope"],
         "no pinned map at /nonexistent/hostscope/TCP_CONNS",

@@ -19,8 +19,17 @@ use anyhow::{bail, Context as _};
 
 use crate::cmd::{cargo, output, run, workspace_root};
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    Tcp,
+    Tls,
+}
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    /// Run one section only (default: all).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
     /// Connections per storm.
     #[arg(long, default_value_t = 20_000)]
     connections: usize,
@@ -54,7 +63,7 @@ struct Tracer {
 }
 
 /// Per-program totals from `bpftool prog show -j`.
-fn prog_stats() -> BTreeMap<u32, (String, u64, u64)> {
+pub(crate) fn prog_stats() -> BTreeMap<u32, (String, u64, u64)> {
     let Some(text) = output(Command::new("bpftool").args(["prog", "show", "-j"])) else {
         return BTreeMap::new();
     };
@@ -73,7 +82,7 @@ fn prog_stats() -> BTreeMap<u32, (String, u64, u64)> {
         .collect()
 }
 
-fn sysctl(key: &str, value: &str) -> Option<String> {
+pub(crate) fn sysctl(key: &str, value: &str) -> Option<String> {
     let old = output(Command::new("sysctl").args(["-n", key]))?;
     output(Command::new("sysctl").args(["-q", "-w", &format!("{key}={value}")]))?;
     Some(old.trim().to_string())
@@ -176,12 +185,12 @@ fn start_tracer(mode: Mode, bin: &Path, peer: &PeerPlan) -> anyhow::Result<Trace
 }
 
 #[derive(Default)]
-struct Usage {
-    rss_peak_kb: u64,
-    cpu_s: f64,
+pub(crate) struct Usage {
+    pub(crate) rss_peak_kb: u64,
+    pub(crate) cpu_s: f64,
 }
 
-fn usage(pid: u32) -> Usage {
+pub(crate) fn usage(pid: u32) -> Usage {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss_peak_kb = status
         .lines()
@@ -202,8 +211,8 @@ fn usage(pid: u32) -> Usage {
     }
 }
 
-fn stop(tracer: Tracer) -> Option<String> {
-    for mut c in tracer.children {
+pub(crate) fn stop_children(children: Vec<Child>) {
+    for mut c in children {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -219,6 +228,10 @@ fn stop(tracer: Tracer) -> Option<String> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+fn stop(tracer: Tracer) -> Option<String> {
+    stop_children(tracer.children);
     tracer
         .stderr_file
         .and_then(|p| std::fs::read_to_string(p).ok())
@@ -279,7 +292,7 @@ fn plan_peer() -> anyhow::Result<PeerPlan> {
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         0.0
@@ -291,10 +304,15 @@ fn median(v: &mut [f64]) -> f64 {
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "-p", "hostscope"]))?;
     let bin = workspace_root().join("target/release/hostscope");
-    let peer = plan_peer()?;
     let old_stats =
         sysctl("kernel.bpf_stats_enabled", "1").context("enabling kernel.bpf_stats_enabled")?;
-    let result = bench_tcp(&args, &bin, &peer);
+    let mut result = Ok(());
+    if args.only.is_none_or(|o| o == Only::Tcp) {
+        result = plan_peer().and_then(|peer| bench_tcp(&args, &bin, &peer));
+    }
+    if result.is_ok() && args.only.is_none_or(|o| o == Only::Tls) {
+        result = crate::bench_tls::bench_tls(args.rounds.min(3), &bin);
+    }
     let _ = sysctl("kernel.bpf_stats_enabled", &old_stats);
     result
 }

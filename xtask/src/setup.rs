@@ -40,6 +40,7 @@ pub fn setup() -> anyhow::Result<()> {
     packages()?;
     nightly()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     mounts()?;
     eprintln!("setup: done");
     Ok(())
@@ -197,6 +198,16 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     std::fs::write(&stamp, commit)?;
     Ok(())
+}
+
+/// cargo-fuzz runs the TLS parser's fuzz target in `cargo xtask test`.
+fn cargo_fuzz() -> anyhow::Result<()> {
+    step("cargo-fuzz");
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+        return Ok(());
+    }
+    run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+        .context("installing cargo-fuzz failed")
 }
 
 fn fs_mounted(fs_type: &str) -> bool {

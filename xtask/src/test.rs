@@ -67,6 +67,23 @@ pub fn test() -> anyhow::Result<()> {
         &["-p", "hostscope-tests", "--", "--test-threads=1"],
         &mut totals,
     )?;
+    // The TLS wire parser must survive arbitrary bytes: a bounded fuzzing run.
+    let fuzz_ok = run(std::process::Command::new("cargo")
+        .current_dir(crate::cmd::workspace_root().join("fuzz"))
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "tls_wire",
+            "--",
+            "-max_total_time=20",
+        ]))
+    .is_ok();
+    if fuzz_ok {
+        totals.passed += 1;
+    } else {
+        totals.failed += 1;
+    }
     println!(
         "{} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored

@@ -411,58 +411,7 @@ pub fn cipher_name(suite: u16) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    /// A ClientHello as OpenSSL 3.0 sends it (trimmed extensions), built field by field.
-    fn client_hello(sni: &str) -> Vec<u8> {
-        let mut ext = Vec::new();
-        // server_name
-        let name = sni.as_bytes();
-        let mut sn = vec![0u8];
-        sn.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        sn.extend_from_slice(name);
-        let mut snl = (sn.len() as u16).to_be_bytes().to_vec();
-        snl.extend(sn);
-        ext.extend_from_slice(&0u16.to_be_bytes());
-        ext.extend_from_slice(&(snl.len() as u16).to_be_bytes());
-        ext.extend(snl);
-        // ALPN h2, http/1.1
-        let protos = [b"h2".as_slice(), b"http/1.1".as_slice()];
-        let mut pl = Vec::new();
-        for p in protos {
-            pl.push(p.len() as u8);
-            pl.extend_from_slice(p);
-        }
-        let mut alpn = (pl.len() as u16).to_be_bytes().to_vec();
-        alpn.extend(pl);
-        ext.extend_from_slice(&16u16.to_be_bytes());
-        ext.extend_from_slice(&(alpn.len() as u16).to_be_bytes());
-        ext.extend(alpn);
-        // supported_versions: GREASE, 1.3, 1.2
-        let sv = [6u8, 0x7a, 0x7a, 0x03, 0x04, 0x03, 0x03];
-        ext.extend_from_slice(&43u16.to_be_bytes());
-        ext.extend_from_slice(&(sv.len() as u16).to_be_bytes());
-        ext.extend_from_slice(&sv);
-
-        let mut body = vec![0x03, 0x03];
-        body.extend_from_slice(&[0x11; 32]);
-        body.push(0);
-        body.extend_from_slice(&[0, 4, 0x13, 0x02, 0x13, 0x01]);
-        body.extend_from_slice(&[1, 0]);
-        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-        body.extend(ext);
-        body
-    }
-
-    fn wrap(msg_type: u8, body: &[u8]) -> Vec<u8> {
-        let mut hs = vec![msg_type];
-        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        hs.extend_from_slice(body);
-        let mut rec = vec![CONTENT_HANDSHAKE, 3, 1];
-        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-        rec.extend(hs);
-        rec
-    }
+    use super::{samples::*, *};
 
     #[test]
     fn client_hello_fields() {
@@ -563,5 +512,74 @@ mod tests {
     fn alerts_in_clear_only() {
         assert_eq!(parse_alert(&[2, 45]), Some((2, 45)));
         assert_eq!(parse_alert(&[0x17; 26]), None);
+    }
+}
+
+/// Handshake bytes built field by field, for tests here and in the tracker.
+#[cfg(test)]
+pub(crate) mod samples {
+    use super::*;
+
+    /// A ClientHello as OpenSSL 3.0 sends it (trimmed extensions), built field by field.
+    pub fn client_hello(sni: &str) -> Vec<u8> {
+        let mut ext = Vec::new();
+        // server_name
+        let name = sni.as_bytes();
+        let mut sn = vec![0u8];
+        sn.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        sn.extend_from_slice(name);
+        let mut snl = (sn.len() as u16).to_be_bytes().to_vec();
+        snl.extend(sn);
+        ext.extend_from_slice(&0u16.to_be_bytes());
+        ext.extend_from_slice(&(snl.len() as u16).to_be_bytes());
+        ext.extend(snl);
+        // ALPN h2, http/1.1
+        let protos = [b"h2".as_slice(), b"http/1.1".as_slice()];
+        let mut pl = Vec::new();
+        for p in protos {
+            pl.push(p.len() as u8);
+            pl.extend_from_slice(p);
+        }
+        let mut alpn = (pl.len() as u16).to_be_bytes().to_vec();
+        alpn.extend(pl);
+        ext.extend_from_slice(&16u16.to_be_bytes());
+        ext.extend_from_slice(&(alpn.len() as u16).to_be_bytes());
+        ext.extend(alpn);
+        // supported_versions: GREASE, 1.3, 1.2
+        let sv = [6u8, 0x7a, 0x7a, 0x03, 0x04, 0x03, 0x03];
+        ext.extend_from_slice(&43u16.to_be_bytes());
+        ext.extend_from_slice(&(sv.len() as u16).to_be_bytes());
+        ext.extend_from_slice(&sv);
+
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[0x11; 32]);
+        body.push(0);
+        body.extend_from_slice(&[0, 4, 0x13, 0x02, 0x13, 0x01]);
+        body.extend_from_slice(&[1, 0]);
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend(ext);
+        body
+    }
+
+    pub fn wrap(msg_type: u8, body: &[u8]) -> Vec<u8> {
+        let mut hs = vec![msg_type];
+        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        hs.extend_from_slice(body);
+        let mut rec = vec![CONTENT_HANDSHAKE, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend(hs);
+        rec
+    }
+
+    /// A TLS 1.3 ServerHello body choosing TLS_AES_256_GCM_SHA384.
+    pub fn server_hello_13() -> Vec<u8> {
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[0x22; 32]);
+        body.push(0);
+        body.extend_from_slice(&[0x13, 0x02, 0]);
+        let ext = [0u8, 43, 0, 2, 0x03, 0x04];
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        body
     }
 }

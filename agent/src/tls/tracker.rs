@@ -685,3 +685,147 @@ fn lib_only_record(ev: &LibEvent, clock: &Clock) -> TlsRecord {
         sources: vec!["openssl"],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::parser::samples::*;
+
+    const CLIENT: &str = "10.0.0.1:40000";
+    const SERVER: &str = "10.0.0.2:443";
+
+    fn wire(ts: u64, egress: bool, kind: u32, seq: u32, data: Vec<u8>) -> WireEvent {
+        WireEvent {
+            ts_ns: ts,
+            cookie: 7,
+            kind,
+            seq,
+            egress,
+            local: CLIENT.parse().unwrap(),
+            remote: SERVER.parse().unwrap(),
+            truncated: false,
+            data,
+        }
+    }
+
+    fn tcp_connect() -> TcpRecord {
+        let mut conn = hostscope_common::tcp::TcpConn::ZERO;
+        conn.family = hostscope_common::tcp::AF_INET;
+        conn.direction = hostscope_common::tcp::DIR_ACTIVE;
+        conn.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        conn.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        conn.sport = 40000;
+        conn.dport = 443;
+        conn.pid = 99;
+        conn.conn_id = 5;
+        let ev = hostscope_common::tcp::TcpEvent {
+            kind: hostscope_common::tcp::TCP_EVENT_CONNECT,
+            sk_err: 0,
+            ts_ns: 1,
+            srtt_us: 0,
+            total_retrans: 0,
+            bytes_acked: 0,
+            bytes_received: 0,
+            old_state: hostscope_common::tcp::TCP_SYN_SENT,
+            new_state: hostscope_common::tcp::TCP_ESTABLISHED,
+            conn,
+        };
+        crate::events::tcp::from_event(&ev, &Clock::now()).unwrap()
+    }
+
+    fn tls_records(out: &Output) -> Vec<TlsRecord> {
+        out.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Tls(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// ClientHello out, ServerHello in, then the client's first encrypted record.
+    fn handshake_13(t: &mut Tracker, out: &mut Output, client_record_len: u16) {
+        t.on_tcp(&tcp_connect(), 1, out);
+        t.on_wire(
+            wire(
+                1_000,
+                true,
+                WIRE_RECORDS,
+                100,
+                wrap(1, &client_hello("api.test")),
+            ),
+            out,
+        );
+        t.on_wire(
+            wire(2_000, false, WIRE_RECORDS, 500, wrap(2, &server_hello_13())),
+            out,
+        );
+        let mut header = vec![23, 3, 3];
+        header.extend_from_slice(&client_record_len.to_be_bytes());
+        t.on_wire(
+            wire(3_000_000, true, WIRE_APP_DATA_HEADER, 9_000, header),
+            out,
+        );
+    }
+
+    #[test]
+    fn tls13_success_from_the_wire_alone() {
+        let mut t = Tracker::new(Clock::now());
+        let mut out = Output::default();
+        handshake_13(&mut t, &mut out, 53);
+        assert!(tls_records(&out).is_empty(), "waits for its settle time");
+        t.tick(3_000_000 + SETTLE_NS, &mut out);
+        let r = &tls_records(&out)[0];
+        assert_eq!(r.outcome, Outcome::Success);
+        assert_eq!(r.version.as_deref(), Some("TLSv1.3"));
+        assert_eq!(r.cipher.as_deref(), Some("TLS_AES_256_GCM_SHA384"));
+        assert_eq!(r.server_name.as_deref(), Some("api.test"));
+        assert_eq!((r.pid, r.conn_id), (Some(99), Some(5)));
+        assert_eq!(r.duration_us, Some(2_999.0));
+        assert_eq!(out.forget, vec![7]);
+        assert_eq!(t.open_flows(), 0);
+    }
+
+    #[test]
+    fn tls13_encrypted_alert_gets_openssl_reason() {
+        let mut t = Tracker::new(Clock::now());
+        let mut out = Output::default();
+        handshake_13(&mut t, &mut out, 19);
+        let lib = LibEvent {
+            ts_ns: 3_100_000,
+            start_ns: 900,
+            kind: hostscope_common::tls::LIB_HANDSHAKE_FAILED,
+            pid: 99,
+            tid: 99,
+            comm: "curl".into(),
+            cgroup_id: 1,
+            verify_error: 10,
+            ret: -1,
+        };
+        t.on_lib(lib, 3_200_000, &mut out);
+        t.tick(3_000_000 + GRACE_NS, &mut out);
+        let r = &tls_records(&out)[0];
+        let f = r.failure.as_ref().unwrap();
+        assert_eq!(f.reason, FailureReason::CertificateExpired);
+        assert_eq!(f.source, FailureSource::X509Verify);
+        assert_eq!(r.sources, vec!["wire", "openssl"]);
+        assert_eq!(out.failures.len(), 1);
+    }
+
+    #[test]
+    fn garbage_and_strays_open_nothing() {
+        let mut t = Tracker::new(Clock::now());
+        let mut out = Output::default();
+        t.on_wire(
+            wire(1, true, WIRE_RECORDS, 0, b"GET / HTTP/1.1\r\n".to_vec()),
+            &mut out,
+        );
+        t.on_wire(
+            wire(2, false, WIRE_APP_DATA_HEADER, 0, vec![23, 3, 3, 0, 40]),
+            &mut out,
+        );
+        t.tick(10 * STALL_NS, &mut out);
+        assert_eq!(t.open_flows(), 0);
+        assert!(out.records.is_empty());
+    }
+}

@@ -70,8 +70,81 @@ fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
     (rc == 0).then_some(buf)
 }
 
+/// Reads the headers straight from the linear packet data when they are there (a few
+/// nanoseconds), else through `bpf_skb_load_bytes`.
 #[inline(always)]
 fn parse(ctx: &SkBuffContext) -> Option<Segment> {
+    match parse_direct(ctx) {
+        Direct::Done(seg) => seg,
+        Direct::NotLinear => parse_loaded(ctx),
+    }
+}
+
+enum Direct {
+    Done(Option<Segment>),
+    NotLinear,
+}
+
+#[inline(always)]
+fn parse_direct(ctx: &SkBuffContext) -> Direct {
+    let skb = ctx.skb.skb;
+    let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    if data + 40 > end {
+        return Direct::NotLinear;
+    }
+    let b0 = unsafe { *(data as *const u8) };
+    let mut seg = Segment {
+        family: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        seq: 0,
+        payload_off: 0,
+        payload_len: 0,
+    };
+    let l3: usize = match b0 >> 4 {
+        4 => {
+            let ip = unsafe { &*(data as *const [u8; 20]) };
+            if ip[9] != IPPROTO_TCP {
+                return Direct::Done(None);
+            }
+            seg.family = hostscope_common::tcp::AF_INET;
+            seg.saddr[..4].copy_from_slice(&ip[12..16]);
+            seg.daddr[..4].copy_from_slice(&ip[16..20]);
+            ((ip[0] & 0x0f) as usize) * 4
+        }
+        6 => {
+            let ip = unsafe { &*(data as *const [u8; 40]) };
+            if ip[6] != IPPROTO_TCP {
+                return Direct::Done(None);
+            }
+            seg.family = hostscope_common::tcp::AF_INET6;
+            seg.saddr.copy_from_slice(&ip[8..24]);
+            seg.daddr.copy_from_slice(&ip[24..40]);
+            40
+        }
+        _ => return Direct::Done(None),
+    };
+    let tcp_at = data + l3;
+    if tcp_at + 13 > end {
+        return Direct::NotLinear;
+    }
+    let tcp = unsafe { &*(tcp_at as *const [u8; 13]) };
+    seg.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    seg.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    seg.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    seg.payload_off = l3 as u32 + ((tcp[12] >> 4) as u32) * 4;
+    let len = ctx.len();
+    if len <= seg.payload_off {
+        return Direct::Done(None);
+    }
+    seg.payload_len = len - seg.payload_off;
+    Direct::Done(Some(seg))
+}
+
+#[inline(always)]
+fn parse_loaded(ctx: &SkBuffContext) -> Option<Segment> {
     let b0 = load::<1>(ctx, 0)?[0];
     let mut seg = Segment {
         family: 0,
