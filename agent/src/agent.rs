@@ -234,6 +234,11 @@ impl Agent {
         }
     }
 
+    /// The OpenSSL libraries the uprobes are attached to.
+    pub fn tls_libraries(&self) -> &[std::path::PathBuf] {
+        &self.tls.libraries
+    }
+
     /// Attaches the OpenSSL probes to libraries that appeared since the last call (new
     /// containers, newly started programs with their own copy).
     pub fn refresh(&mut self) -> Vec<String> {

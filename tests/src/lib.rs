@@ -92,6 +92,10 @@ impl Harness {
         self.agent.as_ref().expect("agent running")
     }
 
+    pub fn agent_mut(&mut self) -> &mut Agent {
+        self.agent.as_mut().expect("agent running")
+    }
+
     /// TCP records matching `pred` seen so far.
     pub fn tcp(&self, pred: impl Fn(&TcpRecord) -> bool) -> Vec<TcpRecord> {
         self.records
@@ -333,13 +337,15 @@ pub struct NetNs {
 }
 
 impl NetNs {
-    /// `index` keeps concurrent namespaces apart (10.251.<index>.0/24).
+    /// `index` keeps one binary's namespaces apart, the pid concurrent test binaries
+    /// (10.<210..250>.<index>.0/24).
     pub fn new(tag: &str, index: u8) -> NetNs {
+        let net = 210 + std::process::id() % 41;
         let name = format!("hs-{tag}-{}", std::process::id());
         let host_if = format!("hsh{index}p{}", std::process::id() % 10000);
         let ns_if = format!("hsn{index}p{}", std::process::id() % 10000);
-        let host_ip: IpAddr = format!("10.251.{index}.1").parse().unwrap();
-        let ns_ip: IpAddr = format!("10.251.{index}.2").parse().unwrap();
+        let host_ip: IpAddr = format!("10.{net}.{index}.1").parse().unwrap();
+        let ns_ip: IpAddr = format!("10.{net}.{index}.2").parse().unwrap();
         let _ = Command::new("ip")
             .args(["netns", "del", &name])
             .stderr(std::process::Stdio::null())

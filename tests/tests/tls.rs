@@ -207,8 +207,10 @@ fn non_tls_peers_make_no_false_handshake() {
         return;
     }
     let h = Harness::start();
-    // A plain-text service on a port where TLS is expected.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A plain-text service on the HTTPS port (any port if 443 is taken).
+    let listener = TcpListener::bind("127.0.0.1:443")
+        .or_else(|_| TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let plain = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         for _ in 0..2 {
@@ -255,4 +257,76 @@ fn non_tls_peers_make_no_false_handshake() {
             "{r}"
         );
     }
+}
+
+#[test]
+fn openssl_copies_that_appear_later_get_probes() {
+    if !privileged("openssl_copies_that_appear_later_get_probes") {
+        return;
+    }
+    // A private copy of OpenSSL (new inodes), as a container image would bring.
+    let dir = std::env::temp_dir().join(format!("hostscope-libssl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let system = hostscope::loader::tls::discover_libssl()
+        .into_iter()
+        .find(|p| !p.starts_with("/proc"))
+        .expect("a system libssl.so.3");
+    for lib in ["libssl.so.3", "libcrypto.so.3"] {
+        std::fs::copy(system.with_file_name(lib), dir.join(lib)).unwrap();
+    }
+    let mut h = Harness::start();
+    let before = h.agent().tls_libraries().len();
+    let server = Server::start(&pki().expired(), &["-tls1_3"]);
+    // Python waits for a line on stdin, so that the agent can find its mapping first.
+    let script = format!(
+        "import socket, ssl, sys\n\
+         sys.stdin.readline()\n\
+         ctx = ssl.create_default_context(cafile={ca:?})\n\
+         s = socket.create_connection(({ip:?}, {port}))\n\
+         try:\n    ctx.wrap_socket(s, server_hostname={name:?})\nexcept ssl.SSLError:\n    sys.exit(3)\n",
+        ca = pki().ca().display().to_string(),
+        ip = server.addr.ip().to_string(),
+        port = server.addr.port(),
+        name = SERVER_NAME
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .env("LD_LIBRARY_PATH", &dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let maps = format!("/proc/{pid}/maps");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&maps)
+        .unwrap_or_default()
+        .contains(&dir.display().to_string())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "python did not load the copy"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let problems = h.agent_mut().refresh();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        h.agent().tls_libraries().len(),
+        before + 1,
+        "{:?}",
+        h.agent().tls_libraries()
+    );
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(!child.wait().unwrap().success());
+    let r = h.wait_tls(1, WAIT, |r| {
+        r.pid == Some(pid) && r.role == Some(Role::Client)
+    })[0]
+        .clone();
+    let f = r.failure.clone().unwrap();
+    assert_eq!(
+        f.verify_error,
+        Some(10),
+        "the copy's uprobes reported the reason: {r}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -413,6 +413,78 @@ pub fn cipher_name(suite: u16) -> String {
 mod tests {
     use super::{samples::*, *};
 
+    /// Parses one direction of a captured handshake into its messages.
+    fn captured(bytes: &[u8], chunk: usize) -> (Vec<Record>, Vec<HandshakeMessage>) {
+        let mut r = RecordReader::default();
+        let mut records = Vec::new();
+        for (i, c) in bytes.chunks(chunk).enumerate() {
+            r.push(5000 + (i * chunk) as u32, c, &mut records).unwrap();
+        }
+        let mut hs = HandshakeReader::default();
+        let mut msgs = Vec::new();
+        for rec in records
+            .iter()
+            .filter(|r| r.content_type == CONTENT_HANDSHAKE)
+        {
+            hs.push(&rec.payload, &mut msgs);
+        }
+        (records, msgs)
+    }
+
+    /// Bytes captured from OpenSSL 3.0 (Python's ssl with memory BIOs): a TLS 1.2
+    /// handshake to `api.test` with a certificate valid until 2026-12-05T10:24:11Z.
+    #[test]
+    fn captured_openssl_tls12_handshake() {
+        // Cut into uneven segments, as TCP would.
+        let (_, client) = captured(include_bytes!("testdata/openssl-tls12-client.bin"), 97);
+        let ch = parse_client_hello(&client[0].body).unwrap();
+        assert_eq!(ch.server_name.as_deref(), Some("api.test"));
+        assert_eq!(ch.alpn, vec!["h2", "http/1.1"]);
+        assert!(ch.supported_versions.contains(&TLS1_3));
+        let (records, server) = captured(include_bytes!("testdata/openssl-tls12-server.bin"), 1000);
+        let sh = server
+            .iter()
+            .find(|m| m.msg_type == HS_SERVER_HELLO)
+            .unwrap();
+        let sh = parse_server_hello(&sh.body).unwrap();
+        assert_eq!(version_name(sh.version), "TLSv1.2");
+        assert_eq!(
+            cipher_name(sh.cipher_suite),
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"
+        );
+        assert_eq!(sh.alpn.as_deref(), Some("http/1.1"));
+        let cert = server
+            .iter()
+            .find(|m| m.msg_type == HS_CERTIFICATE)
+            .unwrap();
+        let cert = parse_certificate(&cert.body).unwrap();
+        assert_eq!(cert.subject, "api.test");
+        assert_eq!(cert.issuer, "hostscope test CA");
+        assert_eq!(cert.not_after_unix, 1_796_466_251);
+        assert!(records
+            .iter()
+            .any(|r| r.content_type == CONTENT_CHANGE_CIPHER_SPEC));
+    }
+
+    /// The same over TLS 1.3: everything after ServerHello is encrypted.
+    #[test]
+    fn captured_openssl_tls13_handshake() {
+        let (records, server) = captured(include_bytes!("testdata/openssl-tls13-server.bin"), 61);
+        let sh = parse_server_hello(&server[0].body).unwrap();
+        assert_eq!(version_name(sh.version), "TLSv1.3");
+        assert_eq!(cipher_name(sh.cipher_suite), "TLS_AES_256_GCM_SHA384");
+        assert!(server.iter().all(|m| m.msg_type != HS_CERTIFICATE));
+        assert!(records
+            .iter()
+            .any(|r| r.content_type == CONTENT_APPLICATION_DATA));
+        let (client_records, _) =
+            captured(include_bytes!("testdata/openssl-tls13-client.bin"), 500);
+        // The client's Finished: one encrypted record longer than an encrypted alert.
+        let last = client_records.last().unwrap();
+        assert_eq!(last.content_type, CONTENT_APPLICATION_DATA);
+        assert!(last.payload.len() > 19);
+    }
+
     #[test]
     fn client_hello_fields() {
         let ch = parse_client_hello(&client_hello("api.example.test")).unwrap();
