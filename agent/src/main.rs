@@ -5,7 +5,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use hostscope::{
     dump::{self, DumpFormat, DUMPABLE},
-    loader::{AttachState, LoaderConfig, DEFAULT_PIN_DIR},
+    loader::{LoaderConfig, DEFAULT_PIN_DIR},
     output::{self, OutputFormat, Tagged},
     Agent, AgentConfig,
 };
@@ -119,18 +119,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut agent = Agent::start(&config).context("starting the agent")?;
     for status in agent.report() {
+        // A probe that is not attached says why; the agent runs with what it has.
         match args.output {
-            OutputFormat::Json => println!(
-                "{}",
-                serde_json::to_string(&Tagged {
-                    kind: "probe_status",
-                    value: status
-                })?
-            ),
+            OutputFormat::Json => print_tagged("probe_status", status)?,
             _ => eprintln!("probe {status}"),
-        }
-        if let AttachState::NotAttached(_) = status.state {
-            // Already in the line above; the agent runs with what it has.
         }
     }
     let printer = output::spawn_printer(agent.subscribe(), args.output, agent.counters());
@@ -167,15 +159,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn print_stats(stats: &hostscope::stats::AgentStats, format: OutputFormat) -> anyhow::Result<()> {
     match format {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string(&Tagged {
-                kind: "agent_stats",
-                value: stats
-            })?
-        ),
+        OutputFormat::Json => print_tagged("agent_stats", stats)?,
         _ => eprintln!("{stats}"),
     }
+    Ok(())
+}
+
+fn print_tagged(kind: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(&Tagged { kind, value })?);
     Ok(())
 }
 

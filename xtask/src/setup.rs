@@ -20,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "bpftrace",
     "libbpf-tools",
     "procps",
+    "curl",
 ];
 
 /// bpf-linker release known to build against the image's nightly LLVM.

@@ -35,6 +35,20 @@ pub enum DecodeError {
     Kind { family: &'static str, kind: u32 },
 }
 
+/// One plain-old-data record of `family` read from ring bytes, checked for size.
+pub fn read_record<T: aya::Pod>(bytes: &[u8], family: &'static str) -> Result<T, DecodeError> {
+    let expected = std::mem::size_of::<T>();
+    if bytes.len() < expected {
+        return Err(DecodeError::Size {
+            family,
+            len: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: the length is checked and T is plain old data (aya::Pod); read unaligned.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
 /// Converts the probes' CLOCK_MONOTONIC timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {

@@ -175,16 +175,7 @@ fn us_between(from_ns: u64, to_ns: u64) -> Option<f64> {
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8], clock: &Clock) -> Result<TcpRecord, DecodeError> {
-    let expected = std::mem::size_of::<TcpEvent>();
-    if bytes.len() < expected {
-        return Err(DecodeError::Size {
-            family: "tcp",
-            len: bytes.len(),
-            expected,
-        });
-    }
-    // SAFETY: length checked; TcpEvent is plain old data, read unaligned.
-    let ev: TcpEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let ev: TcpEvent = super::read_record(bytes, "tcp")?;
     from_event(&ev, clock)
 }
 

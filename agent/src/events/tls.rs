@@ -33,16 +33,7 @@ fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
 }
 
 pub fn decode_wire(bytes: &[u8]) -> Result<WireEvent, DecodeError> {
-    let expected = std::mem::size_of::<TlsWireEvent>();
-    if bytes.len() < expected {
-        return Err(DecodeError::Size {
-            family: "tls",
-            len: bytes.len(),
-            expected,
-        });
-    }
-    // SAFETY: length checked; plain old data read unaligned.
-    let ev: TlsWireEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let ev: TlsWireEvent = super::read_record(bytes, "tls")?;
     if !matches!(ev.kind, WIRE_RECORDS | WIRE_APP_DATA_HEADER | WIRE_NOT_TLS) {
         return Err(DecodeError::Kind {
             family: "tls",
@@ -81,16 +72,7 @@ pub struct LibEvent {
 }
 
 pub fn decode_lib(bytes: &[u8]) -> Result<LibEvent, DecodeError> {
-    let expected = std::mem::size_of::<TlsLibEvent>();
-    if bytes.len() < expected {
-        return Err(DecodeError::Size {
-            family: "tls",
-            len: bytes.len(),
-            expected,
-        });
-    }
-    // SAFETY: length checked; plain old data read unaligned.
-    let ev: TlsLibEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let ev: TlsLibEvent = super::read_record(bytes, "tls")?;
     if !matches!(
         ev.kind,
         LIB_HANDSHAKE_DONE | LIB_HANDSHAKE_FAILED | LIB_HANDSHAKE_ABANDONED

@@ -181,6 +181,20 @@ fn pin_maps(ebpf: &mut Ebpf, dir: &Path, names: &[&'static str]) -> Result<(), L
     Ok(())
 }
 
+/// Writes a family's runtime configuration (slot 0 of its single-slot array map).
+pub fn set_config<T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    value: T,
+) -> Result<(), LoadError> {
+    let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap { name })?;
+    let mut array: aya::maps::Array<_, T> =
+        aya::maps::Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;
+    array
+        .set(0, value, 0)
+        .map_err(|source| LoadError::Map { name, source })
+}
+
 fn raise_memlock_best_effort() {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,

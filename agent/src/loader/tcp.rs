@@ -2,7 +2,6 @@
 //! `probes/src/tcp.rs`, and sets its runtime configuration.
 
 use aya::{
-    maps::Array,
     programs::{ProgramError, TracePoint},
     Ebpf,
 };
@@ -178,8 +177,9 @@ pub fn attach(
         });
     }
     if family_up {
-        set_config(
+        super::set_config(
             ebpf,
+            TCP_CONFIG_MAP,
             TcpConfig {
                 ring: RingConfig {
                     wakeup_bytes: config.wakeup_bytes,
@@ -220,19 +220,4 @@ pub(crate) fn describe_error(e: &ProgramError) -> String {
     } else {
         lines.join(" | ")
     }
-}
-
-/// Writes the family's runtime configuration (slot 0 of `TCP_CONFIG`).
-pub fn set_config(ebpf: &mut Ebpf, config: TcpConfig) -> Result<(), LoadError> {
-    let map = ebpf.map_mut(TCP_CONFIG_MAP).ok_or(LoadError::MissingMap {
-        name: TCP_CONFIG_MAP,
-    })?;
-    let mut array: Array<_, TcpConfig> = Array::try_from(map).map_err(|source| LoadError::Map {
-        name: TCP_CONFIG_MAP,
-        source,
-    })?;
-    array.set(0, config, 0).map_err(|source| LoadError::Map {
-        name: TCP_CONFIG_MAP,
-        source,
-    })
 }

@@ -9,7 +9,6 @@ use std::{
 };
 
 use aya::{
-    maps::Array,
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, UProbe},
     Ebpf,
 };
@@ -173,8 +172,9 @@ pub fn attach(
         });
     }
     if state.wire || !state.libraries.is_empty() {
-        set_config(
+        super::set_config(
             ebpf,
+            TLS_CONFIG_MAP,
             TlsConfig {
                 ring: RingConfig {
                     wakeup_bytes: config.wakeup_bytes,
@@ -270,18 +270,4 @@ pub fn refresh(ebpf: &mut Ebpf, state: &mut TlsAttachments) -> Vec<(&'static str
         state.libraries.push(libssl);
     }
     errors
-}
-
-pub fn set_config(ebpf: &mut Ebpf, config: TlsConfig) -> Result<(), LoadError> {
-    let map = ebpf.map_mut(TLS_CONFIG_MAP).ok_or(LoadError::MissingMap {
-        name: TLS_CONFIG_MAP,
-    })?;
-    let mut array: Array<_, TlsConfig> = Array::try_from(map).map_err(|source| LoadError::Map {
-        name: TLS_CONFIG_MAP,
-        source,
-    })?;
-    array.set(0, config, 0).map_err(|source| LoadError::Map {
-        name: TLS_CONFIG_MAP,
-        source,
-    })
 }

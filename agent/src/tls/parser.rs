@@ -565,13 +565,7 @@ mod tests {
 
     #[test]
     fn server_hello_tls13_and_hrr() {
-        let mut body = vec![0x03, 0x03];
-        body.extend_from_slice(&[0x22; 32]);
-        body.push(0);
-        body.extend_from_slice(&[0x13, 0x02, 0]);
-        let ext = [0u8, 43, 0, 2, 0x03, 0x04];
-        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-        body.extend_from_slice(&ext);
+        let mut body = server_hello_13();
         let sh = parse_server_hello(&body).unwrap();
         assert_eq!((sh.version, sh.cipher_suite), (TLS1_3, 0x1302));
         assert!(!sh.hello_retry_request);

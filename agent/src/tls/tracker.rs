@@ -185,14 +185,7 @@ impl Tracker {
                     Err(parser::WireError::NotTls) => {
                         self.stats.not_tls_bytes += 1;
                         if !from_client && flow.server_hello.is_none() {
-                            decide_failure(
-                                flow,
-                                ev.ts_ns,
-                                FailureReason::NotTls,
-                                FailureSource::Connection,
-                                "peer is not speaking TLS".into(),
-                                None,
-                            );
+                            decide_not_tls(flow, ev.ts_ns);
                         }
                     }
                 }
@@ -250,16 +243,7 @@ impl Tracker {
             }
             WIRE_NOT_TLS => {
                 self.stats.not_tls_bytes += 1;
-                if flow.outcome.is_none() {
-                    decide_failure(
-                        flow,
-                        ev.ts_ns,
-                        FailureReason::NotTls,
-                        FailureSource::Connection,
-                        "peer is not speaking TLS".into(),
-                        None,
-                    );
-                }
+                decide_not_tls(flow, ev.ts_ns);
             }
             _ => {}
         }
@@ -458,6 +442,17 @@ fn decide_failure(
         }),
         at,
     ));
+}
+
+fn decide_not_tls(flow: &mut Flow, at: u64) {
+    decide_failure(
+        flow,
+        at,
+        FailureReason::NotTls,
+        FailureSource::Connection,
+        "peer is not speaking TLS".into(),
+        None,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]

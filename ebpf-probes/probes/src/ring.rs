@@ -6,7 +6,7 @@
 //! crosses `wakeup_bytes` and force one wakeup at that crossing only; the agent also
 //! drains on a short timer, so a lone event is never stranded.
 
-use aya_ebpf::maps::{PerCpuArray, RingBuf};
+use aya_ebpf::maps::{ring_buf::RingBufEntry, PerCpuArray, RingBuf};
 use hostscope_common::{stats::Stat, RingConfig, RB_AVAIL_DATA, RB_FORCE_WAKEUP, RB_NO_WAKEUP};
 
 #[inline(always)]
@@ -18,10 +18,23 @@ pub fn bump(stats: &PerCpuArray<u64>, stat: Stat) {
     }
 }
 
+/// Submits a reserved record under the family's wakeup policy and counts it.
+#[inline(always)]
+pub fn submit<T: 'static>(
+    ring: &RingBuf,
+    entry: RingBufEntry<T>,
+    config: Option<&RingConfig>,
+    stats: &PerCpuArray<u64>,
+) {
+    let flags = wakeup_flags(ring, config, stats, core::mem::size_of::<T>() as u64);
+    entry.submit(flags);
+    bump(stats, Stat::EventsEmitted);
+}
+
 /// Flags for `submit` of a record of `size` bytes already reserved in `ring`, under
 /// `config`'s policy.
 #[inline(always)]
-pub fn wakeup_flags(
+fn wakeup_flags(
     ring: &RingBuf,
     config: Option<&RingConfig>,
     stats: &PerCpuArray<u64>,

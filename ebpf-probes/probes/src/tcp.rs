@@ -26,7 +26,7 @@ use hostscope_common::{
     tcp::*,
 };
 
-use crate::ring::{bump, wakeup_flags};
+use crate::ring::{bump, submit};
 
 #[map(name = "TCP_CONNS")]
 static TCP_CONNS: HashMap<u64, TcpConn> = HashMap::with_max_entries(TCP_CONNS_MAX, 0);
@@ -260,14 +260,12 @@ fn emit(
         new_state: new,
         conn: *conn,
     });
-    let flags = wakeup_flags(
+    submit(
         &TCP_EVENTS,
+        entry,
         TCP_CONFIG.get(0).map(|c| &c.ring),
         &TCP_STATS,
-        core::mem::size_of::<TcpEvent>() as u64,
     );
-    entry.submit(flags);
-    bump(&TCP_STATS, Stat::EventsEmitted);
 }
 
 /// Reads a tracepoint field at an offset found in the running kernel's format file.

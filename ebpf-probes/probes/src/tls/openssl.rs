@@ -19,7 +19,7 @@ use aya_ebpf::{
 use hostscope_common::{stats::Stat, tls::*};
 
 use super::{TLS_CONFIG, TLS_STATS};
-use crate::ring::{bump, wakeup_flags};
+use crate::ring::{bump, submit};
 
 #[map(name = "TLS_SSL")]
 static TLS_SSL: LruHashMap<u64, TlsSslState> = LruHashMap::with_max_entries(TLS_SSL_MAX, 0);
@@ -134,12 +134,10 @@ fn emit(kind: u32, ssl: u64, state: &TlsSslState, ret: i32) {
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
-    let flags = wakeup_flags(
+    submit(
         &TLS_LIB_EVENTS,
+        entry,
         TLS_CONFIG.get(0).map(|c| &c.ring),
         &TLS_STATS,
-        core::mem::size_of::<TlsLibEvent>() as u64,
     );
-    entry.submit(flags);
-    bump(&TLS_STATS, Stat::EventsEmitted);
 }

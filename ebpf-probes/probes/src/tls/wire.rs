@@ -20,7 +20,7 @@ use aya_ebpf::{
 use hostscope_common::{stats::Stat, tls::*};
 
 use super::{TLS_CONFIG, TLS_STATS};
-use crate::ring::{bump, wakeup_flags};
+use crate::ring::{bump, submit};
 
 #[map(name = "TLS_FLOWS")]
 static TLS_FLOWS: LruHashMap<u64, TlsFlow> = LruHashMap::with_max_entries(TLS_FLOWS_MAX, 0);
@@ -74,25 +74,20 @@ fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
 /// nanoseconds), else through `bpf_skb_load_bytes`.
 #[inline(always)]
 fn parse(ctx: &SkBuffContext) -> Option<Segment> {
-    match parse_direct(ctx) {
-        Direct::Done(seg) => seg,
-        Direct::NotLinear => parse_loaded(ctx),
-    }
-}
-
-enum Direct {
-    Done(Option<Segment>),
-    NotLinear,
-}
-
-#[inline(always)]
-fn parse_direct(ctx: &SkBuffContext) -> Direct {
     let skb = ctx.skb.skb;
     let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
-    if data + 40 > end {
-        return Direct::NotLinear;
+    let mut ip = [0u8; 40];
+    if data + 40 <= end {
+        ip = unsafe { *(data as *const [u8; 40]) };
+    } else {
+        // Short packets may have less than 40 bytes: read what the IP version needs.
+        let b0 = load::<1>(ctx, 0)?[0];
+        if b0 >> 4 == 6 {
+            ip = load::<40>(ctx, 0)?;
+        } else {
+            ip[..20].copy_from_slice(&load::<20>(ctx, 0)?);
+        }
     }
-    let b0 = unsafe { *(data as *const u8) };
     let mut seg = Segment {
         family: 0,
         saddr: [0; 16],
@@ -103,76 +98,15 @@ fn parse_direct(ctx: &SkBuffContext) -> Direct {
         payload_off: 0,
         payload_len: 0,
     };
-    let l3: usize = match b0 >> 4 {
-        4 => {
-            let ip = unsafe { &*(data as *const [u8; 20]) };
-            if ip[9] != IPPROTO_TCP {
-                return Direct::Done(None);
-            }
-            seg.family = hostscope_common::tcp::AF_INET;
-            seg.saddr[..4].copy_from_slice(&ip[12..16]);
-            seg.daddr[..4].copy_from_slice(&ip[16..20]);
-            ((ip[0] & 0x0f) as usize) * 4
-        }
-        6 => {
-            let ip = unsafe { &*(data as *const [u8; 40]) };
-            if ip[6] != IPPROTO_TCP {
-                return Direct::Done(None);
-            }
-            seg.family = hostscope_common::tcp::AF_INET6;
-            seg.saddr.copy_from_slice(&ip[8..24]);
-            seg.daddr.copy_from_slice(&ip[24..40]);
-            40
-        }
-        _ => return Direct::Done(None),
-    };
-    let tcp_at = data + l3;
-    if tcp_at + 13 > end {
-        return Direct::NotLinear;
-    }
-    let tcp = unsafe { &*(tcp_at as *const [u8; 13]) };
-    seg.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-    seg.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    seg.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-    seg.payload_off = l3 as u32 + ((tcp[12] >> 4) as u32) * 4;
-    let len = ctx.len();
-    if len <= seg.payload_off {
-        return Direct::Done(None);
-    }
-    seg.payload_len = len - seg.payload_off;
-    Direct::Done(Some(seg))
-}
-
-#[inline(always)]
-fn parse_loaded(ctx: &SkBuffContext) -> Option<Segment> {
-    let b0 = load::<1>(ctx, 0)?[0];
-    let mut seg = Segment {
-        family: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        seq: 0,
-        payload_off: 0,
-        payload_len: 0,
-    };
-    let l3: u32 = match b0 >> 4 {
-        4 => {
-            let ip = load::<20>(ctx, 0)?;
-            if ip[9] != IPPROTO_TCP {
-                return None;
-            }
+    let l3: u32 = match ip[0] >> 4 {
+        4 if ip[9] == IPPROTO_TCP => {
             seg.family = hostscope_common::tcp::AF_INET;
             seg.saddr[..4].copy_from_slice(&ip[12..16]);
             seg.daddr[..4].copy_from_slice(&ip[16..20]);
             ((ip[0] & 0x0f) as u32) * 4
         }
-        6 => {
-            let ip = load::<40>(ctx, 0)?;
-            // Extension headers are rare on TCP; such segments are not inspected.
-            if ip[6] != IPPROTO_TCP {
-                return None;
-            }
+        // Extension headers are rare on TCP; such segments are not inspected.
+        6 if ip[6] == IPPROTO_TCP => {
             seg.family = hostscope_common::tcp::AF_INET6;
             seg.saddr.copy_from_slice(&ip[8..24]);
             seg.daddr.copy_from_slice(&ip[24..40]);
@@ -180,7 +114,12 @@ fn parse_loaded(ctx: &SkBuffContext) -> Option<Segment> {
         }
         _ => return None,
     };
-    let tcp = load::<13>(ctx, l3)?;
+    let tcp_at = data + l3 as usize;
+    let tcp = if tcp_at + 13 <= end {
+        unsafe { *(tcp_at as *const [u8; 13]) }
+    } else {
+        load::<13>(ctx, l3)?
+    };
     seg.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     seg.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
     seg.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
@@ -376,7 +315,7 @@ fn emit_records(ctx: &SkBuffContext, cookie: u64, dir: u16, seg: &Segment, end: 
             return;
         }
         ev.len = len;
-        submit(entry);
+        submit_wire(entry);
     }
 }
 
@@ -390,17 +329,15 @@ fn emit_marker(cookie: u64, dir: u16, seg: &Segment, kind: u32, header: &[u8; 5]
     fill_header(ev, cookie, dir, seg, kind);
     ev.data[..5].copy_from_slice(header);
     ev.len = 5;
-    submit(entry);
+    submit_wire(entry);
 }
 
 #[inline(always)]
-fn submit(entry: aya_ebpf::maps::ring_buf::RingBufEntry<TlsWireEvent>) {
-    let flags = wakeup_flags(
+fn submit_wire(entry: aya_ebpf::maps::ring_buf::RingBufEntry<TlsWireEvent>) {
+    submit(
         &TLS_WIRE_EVENTS,
+        entry,
         TLS_CONFIG.get(0).map(|c| &c.ring),
         &TLS_STATS,
-        core::mem::size_of::<TlsWireEvent>() as u64,
     );
-    entry.submit(flags);
-    bump(&TLS_STATS, Stat::EventsEmitted);
 }
