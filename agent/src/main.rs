@@ -52,6 +52,10 @@ struct RunArgs {
     /// Pending bytes that make a probe wake the agent (0: wake on every event).
     #[arg(long, default_value_t = hostscope_common::RingConfig::DEFAULT.wakeup_bytes)]
     wakeup_bytes: u64,
+    /// Also probe SSL_read/SSL_write[_ex]: reports the outcome of handshakes that run
+    /// implicitly inside them, at the cost of a uprobe trap on every TLS read and write.
+    #[arg(long)]
+    tls_uprobe_io: bool,
     /// Longest time a record waits in a ring before it is read, in milliseconds.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     poll_ms: u64,
@@ -113,6 +117,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tcp_ring_bytes: args.ring_bytes,
             tcp_max_conns: args.max_connections,
             wakeup_bytes: args.wakeup_bytes,
+            tls_uprobe_io: args.tls_uprobe_io,
         },
         poll_interval: Duration::from_millis(args.poll_ms),
         ..AgentConfig::default()

@@ -330,3 +330,31 @@ fn openssl_copies_that_appear_later_get_probes() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn implicit_handshakes_are_reported_when_io_calls_are_probed() {
+    if !privileged("implicit_handshakes_are_reported_when_io_calls_are_probed") {
+        return;
+    }
+    // `openssl s_client` handshakes inside SSL_write/SSL_read, never SSL_connect.
+    let h = Harness::start_with(hostscope::AgentConfig {
+        loader: hostscope::loader::LoaderConfig {
+            pin_dir: None,
+            tls_uprobe_io: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    assert!(h
+        .agent()
+        .report()
+        .iter()
+        .any(|s| s.program == "tls_ssl_call" && s.hook.contains("SSL_read")));
+    let server = Server::start(&pki().valid(), &[]);
+    let (pid, ok) = s_client(server.addr, &[]);
+    assert!(ok);
+    let r = h.wait_tls(1, WAIT, client_of(server.addr))[0].clone();
+    assert_success(&r, "TLSv1.3");
+    assert_eq!(r.pid, Some(pid));
+    assert_eq!(r.sources, vec!["wire", "openssl"], "{r}");
+}

@@ -75,7 +75,7 @@ pub fn decode_lib(bytes: &[u8]) -> Result<LibEvent, DecodeError> {
     let ev: TlsLibEvent = super::read_record(bytes, "tls")?;
     if !matches!(
         ev.kind,
-        LIB_HANDSHAKE_DONE | LIB_HANDSHAKE_FAILED | LIB_HANDSHAKE_ABANDONED
+        LIB_HANDSHAKE_DONE | LIB_HANDSHAKE_FAILED | LIB_HANDSHAKE_ABANDONED | LIB_VERIFY_ERROR
     ) {
         return Err(DecodeError::Kind {
             family: "tls",

@@ -88,6 +88,8 @@ pub struct LoaderConfig {
     /// Connections tracked at once; beyond it new ones are counted as `conn_map_full`.
     pub tcp_max_conns: u32,
     pub wakeup_bytes: u64,
+    /// Probe SSL_read/SSL_write/_ex too, for the outcome of implicit handshakes.
+    pub tls_uprobe_io: bool,
 }
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/hostscope";
@@ -99,6 +101,7 @@ impl Default for LoaderConfig {
             tcp_ring_bytes: hostscope_common::tcp::TCP_EVENTS_RING_BYTES,
             tcp_max_conns: hostscope_common::tcp::TCP_CONNS_MAX,
             wakeup_bytes: hostscope_common::RingConfig::DEFAULT.wakeup_bytes,
+            tls_uprobe_io: false,
         }
     }
 }

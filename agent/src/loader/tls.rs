@@ -31,14 +31,14 @@ const SYSTEM_LIBSSL: &[&str] = &[
 ];
 
 /// The uprobe programs and where each attaches.
-fn uprobe_plan() -> Vec<(&'static str, Lib, Vec<&'static str>)> {
+fn uprobe_plan(io: bool) -> Vec<(&'static str, Lib, Vec<&'static str>)> {
+    let mut calls = SSL_HANDSHAKE_SYMBOLS.to_vec();
+    if io {
+        calls.extend_from_slice(&SSL_IO_SYMBOLS);
+    }
     vec![
-        (TLS_SSL_CALL_PROGRAM, Lib::Ssl, SSL_CALL_SYMBOLS.to_vec()),
-        (
-            TLS_SSL_CALL_RETURN_PROGRAM,
-            Lib::Ssl,
-            SSL_CALL_SYMBOLS.to_vec(),
-        ),
+        (TLS_SSL_CALL_PROGRAM, Lib::Ssl, calls.clone()),
+        (TLS_SSL_CALL_RETURN_PROGRAM, Lib::Ssl, calls),
         (TLS_SSL_FREE_PROGRAM, Lib::Ssl, vec![SSL_FREE_SYMBOL]),
         (
             TLS_VERIFY_ERROR_RETURN_PROGRAM,
@@ -58,6 +58,8 @@ enum Lib {
 #[derive(Default)]
 pub struct TlsAttachments {
     pub wire: bool,
+    /// Also probe SSL_read/SSL_write/_ex (implicit handshakes; costly on bulk traffic).
+    pub io: bool,
     pub uprobes_loaded: bool,
     seen: HashSet<(u64, u64)>,
     pub libraries: Vec<PathBuf>,
@@ -68,7 +70,10 @@ pub fn attach(
     config: &LoaderConfig,
     report: &mut Vec<ProbeStatus>,
 ) -> Result<TlsAttachments, LoadError> {
-    let mut state = TlsAttachments::default();
+    let mut state = TlsAttachments {
+        io: config.tls_uprobe_io,
+        ..TlsAttachments::default()
+    };
     let cgroup_root = mounts::find("cgroup2").ok().flatten();
     let mut wire_up = 0;
     for (program, kind, direction) in [
@@ -109,7 +114,7 @@ pub fn attach(
 
     // Load the uprobe programs once; attach them per library.
     let mut load_errors = Vec::new();
-    for (program, _, _) in uprobe_plan() {
+    for (program, _, _) in uprobe_plan(state.io) {
         let loaded = ebpf
             .program_mut(program)
             .ok_or(ProgramError::UnexpectedProgramType)
@@ -125,7 +130,7 @@ pub fn attach(
     } else {
         Vec::new()
     };
-    for (program, lib, symbols) in uprobe_plan() {
+    for (program, lib, symbols) in uprobe_plan(state.io) {
         let hook = format!(
             "uprobe {}:{}",
             if lib == Lib::Ssl {
@@ -133,11 +138,7 @@ pub fn attach(
             } else {
                 "libcrypto.so.3"
             },
-            if symbols.len() > 1 {
-                "SSL_{do_handshake,connect,accept,read,write}[_ex]".to_string()
-            } else {
-                symbols[0].to_string()
-            }
+            symbols.join(",")
         );
         let state_line = if let Some((_, why)) = load_errors.iter().find(|(p, _)| *p == program) {
             AttachState::NotAttached(why.clone())
@@ -249,7 +250,7 @@ pub fn refresh(ebpf: &mut Ebpf, state: &mut TlsAttachments) -> Vec<(&'static str
             continue;
         }
         let libcrypto = libssl.with_file_name("libcrypto.so.3");
-        for (program, lib, symbols) in uprobe_plan() {
+        for (program, lib, symbols) in uprobe_plan(state.io) {
             let target = if lib == Lib::Ssl { &libssl } else { &libcrypto };
             let Some(prog) = ebpf.program_mut(program) else {
                 continue;

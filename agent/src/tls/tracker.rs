@@ -9,7 +9,8 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use hostscope_common::tls::{
-    LIB_HANDSHAKE_ABANDONED, LIB_HANDSHAKE_DONE, WIRE_APP_DATA_HEADER, WIRE_NOT_TLS, WIRE_RECORDS,
+    LIB_HANDSHAKE_DONE, LIB_HANDSHAKE_FAILED, LIB_VERIFY_ERROR, WIRE_APP_DATA_HEADER, WIRE_NOT_TLS,
+    WIRE_RECORDS,
 };
 
 use super::{
@@ -68,6 +69,8 @@ struct Flow {
     /// TCP ended before an outcome: (when, reason), decided after the grace period.
     closed: Option<(u64, FailureReason)>,
     lib: Option<LibEvent>,
+    /// Certificate verification error OpenSSL reported for this handshake's process.
+    verify_error: Option<u32>,
     owner: Owner,
 }
 
@@ -166,6 +169,7 @@ impl Tracker {
                     outcome: None,
                     closed: view.closed,
                     lib: None,
+                    verify_error: None,
                     owner: view.owner,
                 },
             );
@@ -308,7 +312,10 @@ impl Tracker {
         for ev in std::mem::take(&mut self.lib_pending) {
             if now.saturating_sub(ev.ts_ns) < GRACE_NS {
                 keep.push(ev);
-            } else if ev.kind == LIB_HANDSHAKE_DONE || ev.verify_error == 0 {
+            } else if ev.kind == LIB_HANDSHAKE_DONE
+                || ev.kind == LIB_VERIFY_ERROR
+                || ev.verify_error == 0
+            {
                 // Nothing precise to add (an SSL freed mid-way may well have succeeded:
                 // `openssl s_client` handshakes inside a zero-length SSL_write).
                 self.stats.lib_events_unmatched += 1;
@@ -363,7 +370,7 @@ impl Tracker {
             let best = self
                 .flows
                 .iter_mut()
-                .filter(|(_, f)| f.lib.is_none() && f.owner.pid == Some(ev.pid))
+                .filter(|(_, f)| f.owner.pid == Some(ev.pid))
                 .filter(|(_, f)| f.start_ns <= ev.ts_ns)
                 .max_by_key(|(_, f)| f.start_ns)
                 .map(|(c, _)| *c);
@@ -553,41 +560,46 @@ fn on_record(
     }
 }
 
-/// Folds an OpenSSL event into a flow: its verification error is the most precise
-/// reason for a failure this side decided (alert sent, encrypted alert, abort).
+/// Folds an OpenSSL event into a flow. A verification error only annotates (the
+/// handshake may go on, as with `curl -k`); a failed handshake call decides; the
+/// annotation then names the reason of any failure this side decided (alert sent,
+/// encrypted alert, abort) more precisely than the wire can.
 fn apply_lib(flow: &mut Flow, ev: LibEvent) {
-    let verify = (ev.verify_error != 0).then(|| reason::from_verify_error(ev.verify_error));
-    match (&mut flow.outcome, verify) {
-        (None, Some((reason, name))) if ev.kind != LIB_HANDSHAKE_DONE => {
-            flow.outcome = Some((
-                Outcome::Failure,
-                Some(TlsFailure {
-                    reason,
-                    source: FailureSource::X509Verify,
-                    detail: name.into(),
-                    alert: None,
-                    verify_error: Some(ev.verify_error),
-                }),
-                ev.ts_ns,
-            ));
-        }
-        (Some((Outcome::Failure, Some(f), _)), Some((reason, name)))
-            if f.source != FailureSource::AlertReceived =>
-        {
-            f.reason = reason;
-            f.source = FailureSource::X509Verify;
-            f.detail = name.into();
-            f.verify_error = Some(ev.verify_error);
-        }
-        (None, None) if ev.kind == LIB_HANDSHAKE_ABANDONED => {}
-        _ => {}
+    if ev.verify_error != 0 {
+        flow.verify_error = Some(ev.verify_error);
+    }
+    if ev.kind == LIB_HANDSHAKE_FAILED && flow.outcome.is_none() {
+        flow.outcome = Some((Outcome::Failure, None, ev.ts_ns));
     }
     if flow.owner.pid.is_none() {
         flow.owner.pid = Some(ev.pid);
         flow.owner.comm = Some(ev.comm.clone());
         flow.owner.cgroup_id = Some(ev.cgroup_id);
     }
+    // Any library event shows OpenSSL took part; the latest is kept.
     flow.lib = Some(ev);
+}
+
+/// The failure to report: the wire's, refined by OpenSSL's verification error unless
+/// the peer's own alert says why.
+fn refined_failure(flow: &Flow, failure: Option<TlsFailure>) -> Option<TlsFailure> {
+    let Some(code) = flow.verify_error else {
+        return failure;
+    };
+    if failure
+        .as_ref()
+        .is_some_and(|f| f.source == FailureSource::AlertReceived)
+    {
+        return failure;
+    }
+    let (reason, name) = reason::from_verify_error(code);
+    Some(TlsFailure {
+        reason,
+        source: FailureSource::X509Verify,
+        detail: name.into(),
+        alert: failure.as_ref().and_then(|f| f.alert),
+        verify_error: Some(code),
+    })
 }
 
 fn flow_record(flow: &Flow, clock: &Clock) -> TlsRecord {
@@ -595,6 +607,19 @@ fn flow_record(flow: &Flow, clock: &Clock) -> TlsRecord {
         flow.outcome
             .clone()
             .unwrap_or((Outcome::Failure, None, flow.last_ns));
+    let failure = if outcome == Outcome::Failure {
+        refined_failure(flow, failure).or_else(|| {
+            Some(TlsFailure {
+                reason: FailureReason::Other,
+                source: FailureSource::Connection,
+                detail: "OpenSSL reported the handshake failed".into(),
+                alert: None,
+                verify_error: None,
+            })
+        })
+    } else {
+        None
+    };
     let ch = flow.client_hello.as_ref();
     let sh = flow.server_hello.as_ref();
     let mut offered: Vec<u16> = ch

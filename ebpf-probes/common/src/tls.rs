@@ -22,17 +22,12 @@ pub const TLS_SSL_CALL_RETURN_PROGRAM: &str = "tls_ssl_call_return";
 pub const TLS_VERIFY_ERROR_RETURN_PROGRAM: &str = "tls_verify_error_return";
 pub const TLS_SSL_FREE_PROGRAM: &str = "tls_ssl_free";
 
-/// libssl entry points that can run (or finish) a handshake: the explicit ones and the
-/// implicit handshake inside the first read or write.
-pub const SSL_CALL_SYMBOLS: [&str; 7] = [
-    "SSL_do_handshake",
-    "SSL_connect",
-    "SSL_accept",
-    "SSL_read",
-    "SSL_write",
-    "SSL_read_ex",
-    "SSL_write_ex",
-];
+/// libssl entry points that run a handshake explicitly (called once per connection).
+pub const SSL_HANDSHAKE_SYMBOLS: [&str; 3] = ["SSL_do_handshake", "SSL_connect", "SSL_accept"];
+/// Entry points that run the implicit handshake of the first read or write. Every read
+/// and write traps into the kernel when probed (~8 µs per call measured here), so they
+/// are probed only on request (`--tls-uprobe-io`).
+pub const SSL_IO_SYMBOLS: [&str; 4] = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"];
 /// libcrypto: the verification result libssl stores in `SSL.verify_result`.
 pub const VERIFY_ERROR_SYMBOL: &str = "X509_STORE_CTX_get_error";
 pub const SSL_FREE_SYMBOL: &str = "SSL_free";
@@ -128,6 +123,9 @@ pub const LIB_HANDSHAKE_DONE: u32 = 1;
 pub const LIB_HANDSHAKE_FAILED: u32 = 2;
 /// `SSL_free` of a connection whose handshake never completed.
 pub const LIB_HANDSHAKE_ABANDONED: u32 = 3;
+/// Certificate verification failed on this thread (whatever the entry point); the
+/// handshake may still go on (e.g. `curl -k`), so this only annotates.
+pub const LIB_VERIFY_ERROR: u32 = 4;
 
 /// One OpenSSL event ([`TLS_LIB_EVENTS_MAP`]).
 #[repr(C)]

@@ -4,8 +4,10 @@
 //! precise cause (expired certificate, unknown CA…) is known to the library. libssl
 //! stores the chain verification result from libcrypto's `X509_STORE_CTX_get_error`,
 //! whose return we read; the handshake outcome is the return of whichever entry point
-//! ran it (`SSL_do_handshake`, `SSL_connect`, `SSL_accept`, or the implicit handshake
-//! in `SSL_read`/`SSL_write`/`_ex`), and `SSL_free` closes a handshake that never ended.
+//! ran it (`SSL_do_handshake`, `SSL_connect`, `SSL_accept`, or, when those are probed,
+//! the implicit handshake in `SSL_read`/`SSL_write`/`_ex`), and `SSL_free` closes a
+//! handshake that never ended. A verification error is also reported on its own, so
+//! that it reaches the agent whichever entry point ran the handshake.
 //! Once an `SSL*` has reported its handshake, its later calls cost one map lookup.
 
 use aya_ebpf::{
@@ -91,11 +93,21 @@ pub fn tls_verify_error_return(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(&ssl) = unsafe { TLS_CALLS.get(tid) } {
-        if let Some(state) = TLS_SSL.get_ptr_mut(ssl) {
+    let mut ssl = 0;
+    if let Some(&s) = unsafe { TLS_CALLS.get(tid) } {
+        ssl = s;
+        if let Some(state) = TLS_SSL.get_ptr_mut(s) {
             unsafe { (*state).verify_error = err as u32 };
         }
     }
+    // Reported at once too: the handshake may run inside a call that is not probed.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let state = TlsSslState {
+        start_ns: now,
+        verify_error: err as u32,
+        done: 0,
+    };
+    emit(LIB_VERIFY_ERROR, ssl, &state, 0);
     0
 }
 
