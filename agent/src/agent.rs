@@ -46,6 +46,8 @@ pub enum AgentError {
     Load(#[from] LoadError),
     #[error("no probe family could be attached:\n{0}")]
     NothingAttached(String),
+    #[error("syscalls aggregator: {0}")]
+    Syscalls(#[from] events::syscalls::AggregatorError),
     #[error("ring buffer {name}: {source}")]
     Ring {
         name: &'static str,
@@ -63,6 +65,8 @@ pub struct Agent {
     counters: Arc<Counters>,
     shutdown: watch::Sender<bool>,
     consumers: Vec<JoinHandle<std::io::Result<()>>>,
+    /// The syscalls family's aggregation maps and runtime config, when it attached.
+    syscalls: Option<events::syscalls::SharedSyscallMaps>,
 }
 
 impl Agent {
@@ -70,7 +74,7 @@ impl Agent {
     pub fn start(config: &AgentConfig) -> Result<Agent, AgentError> {
         let probes = loader::load(&config.loader)?;
         let mut ebpf = probes.ebpf;
-        if !probes.tcp_attached {
+        if !probes.tcp_attached && !probes.syscalls_attached.any() {
             let lines: Vec<String> = probes.report.iter().map(|s| s.to_string()).collect();
             return Err(AgentError::NothingAttached(lines.join("\n")));
         }
@@ -109,6 +113,53 @@ impl Agent {
                 },
             )));
         }
+        // -- syscalls family: event ring consumer and interval aggregator
+        let mut syscalls = None;
+        if probes.syscalls_attached.any() {
+            use hostscope_common::syscalls::SYSCALL_EVENTS_MAP;
+            let map = ebpf.take_map(SYSCALL_EVENTS_MAP).ok_or(AgentError::Ring {
+                name: SYSCALL_EVENTS_MAP,
+                source: aya::maps::MapError::InvalidName {
+                    name: SYSCALL_EVENTS_MAP.to_string(),
+                },
+            })?;
+            let ring = RingBuf::try_from(map).map_err(|source| AgentError::Ring {
+                name: SYSCALL_EVENTS_MAP,
+                source,
+            })?;
+            let tx = records.clone();
+            let c = counters.clone();
+            consumers.push(tokio::spawn(ring::consume(
+                ring,
+                config.poll_interval,
+                shutdown_rx.clone(),
+                move |bytes| match events::syscalls::decode(bytes, &clock) {
+                    Ok(r) => {
+                        c.records_decoded.fetch_add(1, Ordering::Relaxed);
+                        let _ = tx.send(Arc::new(r));
+                    }
+                    Err(_) => {
+                        c.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            )));
+        }
+        if probes.syscalls_attached.aggregation {
+            let options = config.loader.syscalls.clone();
+            let maps = Arc::new(std::sync::Mutex::new(events::syscalls::SyscallMaps::take(
+                &mut ebpf,
+                options.runtime.clone(),
+            )?));
+            consumers.push(tokio::spawn(events::syscalls::run_aggregator(
+                maps.clone(),
+                options,
+                clock,
+                records.clone(),
+                counters.clone(),
+                shutdown_rx.clone(),
+            )));
+            syscalls = Some(maps);
+        }
         Ok(Agent {
             ebpf,
             report: probes.report,
@@ -116,6 +167,7 @@ impl Agent {
             counters,
             shutdown,
             consumers,
+            syscalls,
         })
     }
 
@@ -136,12 +188,28 @@ impl Agent {
         &self.ebpf
     }
 
+    /// Changes the syscall filters / slow threshold without reloading. Fails if the
+    /// syscall aggregation is not attached.
+    pub fn set_syscall_runtime(
+        &self,
+        runtime: loader::syscalls::SyscallRuntime,
+    ) -> Result<(), AgentError> {
+        let maps = self.syscalls.as_ref().ok_or_else(|| {
+            AgentError::NothingAttached("syscall aggregation is not attached".to_string())
+        })?;
+        let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(maps.set_runtime(runtime)?)
+    }
+
     pub fn stats(&self) -> AgentStats {
         let (records_decoded, decode_errors, records_lagged) =
             stats::snapshot_counters(&self.counters);
         let mut kernel = std::collections::BTreeMap::new();
         if let Some(c) = stats::read_kernel_counters(&self.ebpf, TCP_STATS_MAP) {
             kernel.insert("tcp", c);
+        }
+        if let Some(c) = stats::read_syscall_counters(&self.ebpf) {
+            kernel.insert("syscalls", c);
         }
         AgentStats {
             kernel,

@@ -5,7 +5,11 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use hostscope::{
     dump::{self, DumpFormat, DUMPABLE},
-    loader::{AttachState, LoaderConfig, DEFAULT_PIN_DIR},
+    events::syscalls::parse_syscall,
+    loader::{
+        syscalls::{check_watch_path, SyscallHooks, SyscallOptions, DEFAULT_WATCH_PATHS},
+        AttachState, LoaderConfig, DEFAULT_PIN_DIR,
+    },
     output::{self, OutputFormat, Tagged},
     Agent, AgentConfig,
 };
@@ -14,7 +18,7 @@ use hostscope::{
 #[command(
     name = "hostscope",
     version,
-    about = "eBPF host telemetry: TCP latency and failures, live"
+    about = "eBPF host telemetry: TCP latency and failures, syscalls and watched-path access, live"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -58,6 +62,96 @@ struct RunArgs {
     /// Print the agent's counters every this many seconds (0: only at exit).
     #[arg(long, default_value_t = 10)]
     stats_interval: u64,
+    #[command(flatten)]
+    syscalls: SyscallArgs,
+}
+
+/// Syscall telemetry and security events.
+#[derive(Args)]
+struct SyscallArgs {
+    /// Programs counting syscalls: tp_btf (cheapest) falling back to raw tracepoints.
+    #[arg(long, value_enum, default_value_t = SyscallHooks::Auto)]
+    syscall_hooks: SyscallHooks,
+    /// Seconds between reads (and resets) of the in-kernel syscall aggregation.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_interval)]
+    syscall_interval: f64,
+    /// Aggregate per cgroup instead of per process.
+    #[arg(long)]
+    syscall_by_cgroup: bool,
+    /// Count only this process (tgid).
+    #[arg(long, value_name = "PID")]
+    syscall_pid: Option<u32>,
+    /// Count only this cgroup v2 id.
+    #[arg(long, value_name = "ID")]
+    syscall_cgroup: Option<u64>,
+    /// Count only these syscalls (name or number; repeatable).
+    #[arg(long = "syscall", value_name = "NAME", value_parser = parse_syscall)]
+    syscall_allow: Vec<u32>,
+    /// Report each syscall at least this slow (detailed events) and slow alerts.
+    #[arg(long, value_name = "MS")]
+    slow_ms: Option<f64>,
+    /// Error-burst alert threshold: errors per second of one (process, syscall, errno).
+    #[arg(long, default_value_t = 50.0)]
+    error_burst_rate: f64,
+    /// Watch opens/execs of this absolute path prefix (repeatable; a trailing `/`
+    /// watches a directory tree). Added to the defaults.
+    #[arg(long, value_name = "PATH", value_parser = parse_watch_path)]
+    watch_path: Vec<String>,
+    /// Do not watch the default paths (/etc/shadow, /etc/sudoers, /root/.ssh/, …).
+    #[arg(long)]
+    no_default_watch: bool,
+    /// No security events (watched-path tracepoints not attached).
+    #[arg(long)]
+    no_security: bool,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(0.05..=3600.0).contains(&v) {
+        return Err(format!("{v} is not between 0.05 and 3600 seconds"));
+    }
+    Ok(v)
+}
+
+fn parse_watch_path(s: &str) -> Result<String, String> {
+    check_watch_path(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+impl SyscallArgs {
+    fn options(&self) -> anyhow::Result<SyscallOptions> {
+        let mut o = SyscallOptions {
+            hooks: self.syscall_hooks,
+            security: !self.no_security,
+            interval: Duration::from_secs_f64(self.syscall_interval),
+            error_burst_per_s: self.error_burst_rate,
+            ..SyscallOptions::default()
+        };
+        if self.no_default_watch {
+            o.watch_paths.clear();
+        }
+        o.watch_paths.extend(self.watch_path.iter().cloned());
+        if o.security && o.watch_paths.is_empty() {
+            bail!("no watched paths: drop --no-default-watch, add --watch-path, or pass --no-security");
+        }
+        debug_assert!(DEFAULT_WATCH_PATHS
+            .iter()
+            .all(|p| check_watch_path(p).is_ok()));
+        let r = &mut o.runtime;
+        r.key_by_cgroup = self.syscall_by_cgroup;
+        r.pid = self.syscall_pid;
+        r.cgroup_id = self.syscall_cgroup;
+        r.syscalls = self.syscall_allow.clone();
+        if let Some(ms) = self.slow_ms {
+            if !(ms > 0.0 && ms.is_finite()) {
+                bail!("--slow-ms must be a positive number of milliseconds");
+            }
+            r.slow_ns = Some((ms * 1e6) as u64);
+        }
+        // Checks the filters (e.g. syscall numbers beyond the bitmap) before loading.
+        r.to_config(0, hostscope_common::RingConfig::DEFAULT)?;
+        Ok(o)
+    }
 }
 
 #[derive(Args)]
@@ -113,6 +207,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tcp_ring_bytes: args.ring_bytes,
             tcp_max_conns: args.max_connections,
             wakeup_bytes: args.wakeup_bytes,
+            syscalls: args.syscalls.options()?,
         },
         poll_interval: Duration::from_millis(args.poll_ms),
         ..AgentConfig::default()

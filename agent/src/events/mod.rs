@@ -1,4 +1,5 @@
 //! Decoding of ring-buffer records into the agent's records, one module per family.
+pub mod syscalls;
 pub mod tcp;
 
 use serde::Serialize;
@@ -8,12 +9,25 @@ use serde::Serialize;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     Tcp(tcp::TcpRecord),
+    // -- syscalls family
+    /// Per-interval syscall aggregation (`"type":"syscalls"`).
+    Syscalls(syscalls::SyscallsRecord),
+    /// Error burst or slow calls detected over an interval.
+    SyscallAlert(syscalls::SyscallAlert),
+    /// One call over the slow threshold (detailed event from the kernel).
+    SyscallSlow(syscalls::SlowSyscallRecord),
+    /// Access to a watched path (`"type":"security"`).
+    Security(syscalls::SecurityRecord),
 }
 
 impl std::fmt::Display for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Record::Tcp(r) => r.fmt(f),
+            Record::Syscalls(r) => r.fmt(f),
+            Record::SyscallAlert(r) => r.fmt(f),
+            Record::SyscallSlow(r) => r.fmt(f),
+            Record::Security(r) => r.fmt(f),
         }
     }
 }

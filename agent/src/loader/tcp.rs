@@ -203,7 +203,7 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: TcpHook) -> Result<(), ProgramError>
 }
 
 /// One line for the report; the verifier log, when there is one, is cut to its end.
-fn describe(e: &ProgramError) -> String {
+pub(crate) fn describe(e: &ProgramError) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
