@@ -155,7 +155,6 @@ impl Agent {
                 options,
                 clock,
                 records.clone(),
-                counters.clone(),
                 shutdown_rx.clone(),
             )));
             syscalls = Some(maps);

@@ -197,6 +197,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Bad options are reported before privileges are.
+    let syscalls = args.syscalls.options()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("hostscope run needs root (CAP_BPF, CAP_PERFMON and access to tracefs)");
@@ -207,7 +209,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tcp_ring_bytes: args.ring_bytes,
             tcp_max_conns: args.max_connections,
             wakeup_bytes: args.wakeup_bytes,
-            syscalls: args.syscalls.options()?,
+            syscalls,
         },
         poll_interval: Duration::from_millis(args.poll_ms),
         ..AgentConfig::default()

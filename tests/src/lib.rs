@@ -90,6 +90,11 @@ impl Harness {
         self.agent.as_ref().expect("agent running")
     }
 
+    /// Every record seen so far, of any family.
+    pub fn records(&self) -> Vec<SharedRecord> {
+        self.records.lock().unwrap().clone()
+    }
+
     /// TCP records matching `pred` seen so far.
     pub fn tcp(&self, pred: impl Fn(&TcpRecord) -> bool) -> Vec<TcpRecord> {
         self.records

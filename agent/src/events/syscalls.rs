@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -19,10 +19,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 use super::{comm_string, format_time_of_day, Clock, DecodeError, Record};
-use crate::{
-    loader::syscalls::{OptionError, SyscallOptions, SyscallRuntime},
-    stats::Counters,
-};
+use crate::loader::syscalls::{OptionError, SyscallOptions, SyscallRuntime};
 
 /// How long after a generation flip before the old generation is read: BPF programs
 /// run for microseconds, so no program still writes the old one after this.
@@ -442,7 +439,6 @@ pub async fn run_aggregator(
     options: SyscallOptions,
     clock: Clock,
     records: broadcast::Sender<Arc<Record>>,
-    counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut tick = tokio::time::interval(options.interval);
@@ -476,8 +472,9 @@ pub async fn run_aggregator(
             clock.unix_ns(monotonic_ns()),
             &detection,
         );
+        // Not ring records: `records_decoded` keeps counting what the rings delivered
+        // (compared against the probes' `events_emitted`).
         let send = |r: Record| {
-            counters.records_decoded.fetch_add(1, Ordering::Relaxed);
             let _ = records.send(Arc::new(r));
         };
         send(Record::Syscalls(record));
