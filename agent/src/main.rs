@@ -81,8 +81,8 @@ struct SyscallArgs {
     /// Count only this process (tgid).
     #[arg(long, value_name = "PID")]
     syscall_pid: Option<u32>,
-    /// Count only this cgroup v2 id.
-    #[arg(long, value_name = "ID")]
+    /// Count only this cgroup v2 (its id, or its directory under the cgroup2 mount).
+    #[arg(long, value_name = "ID|PATH", value_parser = parse_cgroup)]
     syscall_cgroup: Option<u64>,
     /// Count only these syscalls (name or number; repeatable).
     #[arg(long = "syscall", value_name = "NAME", value_parser = parse_syscall)]
@@ -111,6 +111,19 @@ fn parse_interval(s: &str) -> Result<f64, String> {
         return Err(format!("{v} is not between 0.05 and 3600 seconds"));
     }
     Ok(v)
+}
+
+/// A cgroup v2 id is the inode number of its directory.
+fn parse_cgroup(s: &str) -> Result<u64, String> {
+    if let Ok(id) = s.parse::<u64>() {
+        return Ok(id);
+    }
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(s).map_err(|e| format!("cgroup {s}: {e}"))?;
+    if !m.is_dir() {
+        return Err(format!("cgroup {s}: not a directory"));
+    }
+    Ok(m.ino())
 }
 
 fn parse_watch_path(s: &str) -> Result<String, String> {

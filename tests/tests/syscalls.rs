@@ -608,3 +608,71 @@ fn bad_syscall_options_get_a_clear_error() {
     fails_with(&["run", "--syscall", "9999"], "beyond the filter's range");
     fails_with(&["dump", "NOPE"], "SYSCALL_AGG");
 }
+
+/// Our cgroup v2 id: the inode of our directory under the cgroup2 mount.
+fn own_cgroup_id() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let root = hostscope::kernel::mounts::find("cgroup2")
+        .unwrap()
+        .expect("cgroup2 mounted");
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("cgroup v2 line");
+    let dir = root.join(rel.trim_start_matches('/'));
+    std::fs::metadata(&dir).unwrap().ino()
+}
+
+#[test]
+fn cgroup_filter_changes_at_run_time_without_reload() {
+    if !privileged("cgroup_filter_changes_at_run_time_without_reload") {
+        return;
+    }
+    let h = Harness::start_with(options(|_| {}));
+    let mine = own_cgroup_id();
+    let set = |cgroup_id| {
+        h.agent()
+            .set_syscall_runtime(SyscallRuntime {
+                cgroup_id: Some(cgroup_id),
+                syscalls: vec![libc::SYS_getppid as u32],
+                ..SyscallRuntime::default()
+            })
+            .unwrap()
+    };
+    let getppid = |n: u64| {
+        for _ in 0..n {
+            // SAFETY: getppid has no arguments and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+    };
+    set(mine);
+    getppid(300);
+    // Another cgroup (no cgroup has this id): ours is no longer counted.
+    set(u64::MAX);
+    getppid(500);
+    let me = std::process::id() as u64;
+    let count = |h: &Harness| -> u64 {
+        interval_records(h)
+            .iter()
+            .flat_map(|r| r.processes.iter())
+            .filter(|p| p.id == me)
+            .flat_map(|p| p.syscalls.iter())
+            .filter(|s| s.syscall == "getppid")
+            .map(|s| s.count)
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&h) < 300 {
+        assert!(Instant::now() < deadline, "counted {}", count(&h));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(&h), 300);
+    // Only getppid passed the allow-list.
+    for r in interval_records(&h) {
+        for p in &r.processes {
+            assert!(p.syscalls.iter().all(|s| s.syscall == "getppid"), "{p:?}");
+        }
+    }
+}
