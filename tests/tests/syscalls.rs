@@ -13,7 +13,7 @@ use std::{
 
 use hostscope::{
     events::{
-        syscalls::{Access, ProcessSyscalls, SecurityRecord, SyscallsRecord},
+        syscalls::{Access, AlertKind, ProcessSyscalls, SecurityRecord, SyscallsRecord},
         Record,
     },
     loader::{
@@ -675,4 +675,141 @@ fn cgroup_filter_changes_at_run_time_without_reload() {
             assert!(p.syscalls.iter().all(|s| s.syscall == "getppid"), "{p:?}");
         }
     }
+}
+
+#[test]
+fn error_bursts_and_slow_calls_are_detected() {
+    if !privileged("error_bursts_and_slow_calls_are_detected") {
+        return;
+    }
+    let h = Harness::start_with(options(|o| {
+        o.interval = Duration::from_millis(300);
+        o.error_burst_per_s = 100.0;
+        o.error_burst_min = 20;
+    }));
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        tid_tx.send(gettid()).unwrap();
+        go_rx.recv().unwrap();
+        for _ in 0..500 {
+            // SAFETY: closing an invalid descriptor only fails with EBADF.
+            unsafe { libc::syscall(libc::SYS_close, -1) };
+        }
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 30_000_000,
+        };
+        // SAFETY: valid timespec, no remainder pointer.
+        unsafe {
+            libc::syscall(
+                libc::SYS_nanosleep,
+                &ts as *const libc::timespec,
+                std::ptr::null_mut::<libc::timespec>(),
+            )
+        };
+    });
+    let tid = tid_rx.recv().unwrap();
+    h.agent()
+        .set_syscall_runtime(SyscallRuntime {
+            tid: Some(tid),
+            slow_ns: Some(10_000_000),
+            ..SyscallRuntime::default()
+        })
+        .unwrap();
+    go_tx.send(()).unwrap();
+    worker.join().unwrap();
+
+    let me = std::process::id() as u64;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (burst, slow_alert, slow_event) = loop {
+        let records = h.records();
+        let alert = |kind, syscall: &str| {
+            records.iter().find_map(|r| match &**r {
+                Record::SyscallAlert(a) if a.kind == kind && a.id == me && a.syscall == syscall => {
+                    Some(a.clone())
+                }
+                _ => None,
+            })
+        };
+        let burst = alert(AlertKind::ErrorBurst, "close");
+        let slow = alert(AlertKind::Slow, "nanosleep");
+        let event = records.iter().find_map(|r| match &**r {
+            Record::SyscallSlow(s) if s.tid == tid => Some(s.clone()),
+            _ => None,
+        });
+        if let (Some(b), Some(s), Some(e)) = (burst, slow, event) {
+            break (b, s, e);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no burst/slow alert or slow event"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(burst.syscall, "close");
+    assert_eq!(burst.errno_name.as_deref(), Some("EBADF"));
+    assert!(burst.count >= 20 && burst.count <= 500, "{burst:?}");
+    assert_eq!(slow_alert.syscall, "nanosleep");
+    assert_eq!(slow_alert.count, 1);
+    assert_eq!(slow_event.syscall, "nanosleep");
+    assert_eq!(slow_event.pid as u64, me);
+    assert!(slow_event.latency_ns >= 30_000_000, "{slow_event:?}");
+    assert_eq!(slow_event.result, 0);
+    // Only calls over the threshold became detailed events: the closes did not.
+    assert!(h
+        .records()
+        .iter()
+        .all(|r| !matches!(&**r, Record::SyscallSlow(s) if s.syscall == "close")));
+}
+
+#[test]
+fn slow_event_ring_overflow_is_counted_not_silent() {
+    if !privileged("slow_event_ring_overflow_is_counted_not_silent") {
+        return;
+    }
+    // A one-page ring and a 1 ns threshold: every call is a detailed event.
+    let h = Harness::start_with(options(|o| {
+        o.ring_bytes = 4096;
+        o.security = false;
+    }));
+    const CALLS: u64 = 2000;
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        tid_tx.send(gettid()).unwrap();
+        go_rx.recv().unwrap();
+        for _ in 0..CALLS {
+            // SAFETY: getppid has no arguments and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+    });
+    let tid = tid_rx.recv().unwrap();
+    h.agent()
+        .set_syscall_runtime(SyscallRuntime {
+            tid: Some(tid),
+            syscalls: vec![libc::SYS_getppid as u32],
+            slow_ns: Some(1),
+            ..SyscallRuntime::default()
+        })
+        .unwrap();
+    go_tx.send(()).unwrap();
+    worker.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut h = h;
+    let stats = h.stop();
+    let sys = &stats.kernel["syscalls"];
+    let (emitted, lost) = (sys["events_emitted"], sys["events_lost_ring_full"]);
+    assert!(lost > 0, "a 4 KiB ring cannot hold {CALLS} events: {stats}");
+    assert_eq!(emitted + lost, CALLS, "{stats}");
+    let received = h
+        .records()
+        .iter()
+        .filter(|r| matches!(&***r, Record::SyscallSlow(s) if s.tid == tid))
+        .count() as u64;
+    assert_eq!(received, emitted, "{stats}");
+    assert_eq!(
+        stats.total_lost(),
+        lost + stats.kernel["tcp"]["events_lost_ring_full"]
+    );
 }
