@@ -46,6 +46,8 @@ pub enum AgentError {
     Load(#[from] LoadError),
     #[error("no probe family could be attached:\n{0}")]
     NothingAttached(String),
+    #[error("syscall aggregation is not attached")]
+    SyscallsNotAttached,
     #[error("syscalls aggregator: {0}")]
     Syscalls(#[from] events::syscalls::AggregatorError),
     #[error("ring buffer {name}: {source}")]
@@ -193,9 +195,10 @@ impl Agent {
         &self,
         runtime: loader::syscalls::SyscallRuntime,
     ) -> Result<(), AgentError> {
-        let maps = self.syscalls.as_ref().ok_or_else(|| {
-            AgentError::NothingAttached("syscall aggregation is not attached".to_string())
-        })?;
+        let maps = self
+            .syscalls
+            .as_ref()
+            .ok_or(AgentError::SyscallsNotAttached)?;
         let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
         Ok(maps.set_runtime(runtime)?)
     }

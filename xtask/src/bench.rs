@@ -375,10 +375,20 @@ fn bench_syscalls(args: &BenchArgs, bin: &Path) -> anyhow::Result<()> {
             let before = prog_stats_of(&tracer.programs);
             let elapsed = getppid_storm(n);
             let after = prog_stats_of(&tracer.programs);
-            // Only the storm's runs: the delta over it, per program of this tracer.
+            // Only the storm's runs: the delta over it, per program of this tracer (by
+            // name too: programs other tools load meanwhile also get new ids).
+            let ours = |name: &str| match mode {
+                Mode::Peer => name.starts_with("sys_"),
+                _ => ["syscall_", "security_", "tcp_", "tls_"]
+                    .iter()
+                    .any(|p| name.starts_with(p)),
+            };
             for id in &tracer.programs {
                 if let (Some((name, ns1, c1)), Some((_, ns0, c0))) = (after.get(id), before.get(id))
                 {
+                    if !ours(name) {
+                        continue;
+                    }
                     let e = prog_cost.entry((mode, name.clone())).or_default();
                     e.0 += ns1.saturating_sub(*ns0);
                     e.1 += c1.saturating_sub(*c0);
