@@ -90,6 +90,10 @@ struct SyscallArgs {
     /// Report each syscall at least this slow (detailed events) and slow alerts.
     #[arg(long, value_name = "MS")]
     slow_ms: Option<f64>,
+    /// Size of the syscall aggregation map in keys (default: fits 64 MiB on this
+    /// machine's CPU count, at most 16384); beyond it calls are counted as lost.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    syscall_max_keys: Option<u32>,
     /// Error-burst alert threshold: errors per second of one (process, syscall, errno).
     #[arg(long, default_value_t = 50.0)]
     error_burst_rate: f64,
@@ -138,6 +142,7 @@ impl SyscallArgs {
             security: !self.no_security,
             interval: Duration::from_secs_f64(self.syscall_interval),
             error_burst_per_s: self.error_burst_rate,
+            max_keys: self.syscall_max_keys,
             ..SyscallOptions::default()
         };
         if self.no_default_watch {

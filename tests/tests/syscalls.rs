@@ -462,7 +462,7 @@ fn full_aggregation_map_is_counted() {
         return;
     }
     let h = Harness::start_with(options(|o| {
-        o.max_keys = 2;
+        o.max_keys = Some(2);
         o.interval = Duration::from_secs(60);
     }));
     on_filtered_thread(&h, || {

@@ -147,7 +147,7 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
             .override_global(sc::SYSCALL_OFFSETS_GLOBAL, &sys_plan.offsets, true)
             .map_max_entries(sc::SYSCALL_START_MAP, sys_plan.slots)
             .map_max_entries(sc::SYSCALL_EVENTS_MAP, config.syscalls.ring_bytes)
-            .map_max_entries(sc::SYSCALL_AGG_MAP, config.syscalls.max_keys);
+            .map_max_entries(sc::SYSCALL_AGG_MAP, syscalls::max_keys(&config.syscalls));
     }
     let mut ebpf = loader.load(PROBES_OBJECT).map_err(LoadError::Object)?;
 

@@ -56,7 +56,9 @@ pub struct SyscallOptions {
     /// Absolute path prefixes (a trailing `/` watches a directory tree).
     pub watch_paths: Vec<String>,
     pub ring_bytes: u32,
-    pub max_keys: u32,
+    /// (process or cgroup, syscall) keys per generation pair; None sizes the map to a
+    /// memory budget (per-CPU values are preallocated for every possible CPU).
+    pub max_keys: Option<u32>,
     /// Start-time slots; None sizes them to `pid_max` (capped).
     pub start_slots: Option<u32>,
     /// Filters and thresholds written to the runtime config at start.
@@ -89,7 +91,7 @@ impl Default for SyscallOptions {
             security: true,
             watch_paths: DEFAULT_WATCH_PATHS.iter().map(|s| s.to_string()).collect(),
             ring_bytes: SYSCALL_EVENTS_RING_BYTES,
-            max_keys: SYSCALL_AGG_MAX,
+            max_keys: None,
             start_slots: None,
             runtime: SyscallRuntime::default(),
             interval: Duration::from_secs(5),
@@ -171,6 +173,23 @@ pub struct SyscallPlan {
     pub unavailable: Vec<(&'static str, String)>,
     /// What is degraded (missing BTF members).
     pub missing: Vec<String>,
+}
+
+/// Memory the aggregation map may take by default.
+pub const AGG_MEMORY_BUDGET: usize = 64 << 20;
+
+/// Keys that fit the budget with `cpus` per-CPU copies of each value, within
+/// [1024, SYSCALL_AGG_MAX].
+pub fn default_max_keys(cpus: usize) -> u32 {
+    let per_key = std::mem::size_of::<SyscallStats>() * cpus.max(1);
+    ((AGG_MEMORY_BUDGET / per_key) as u32).clamp(1024, SYSCALL_AGG_MAX)
+}
+
+/// Size of the aggregation map: as requested, else [`default_max_keys`].
+pub fn max_keys(options: &SyscallOptions) -> u32 {
+    options
+        .max_keys
+        .unwrap_or_else(|| default_max_keys(aya::util::nr_cpus().unwrap_or(1)))
 }
 
 /// `pid_max` rounded up to a power of two, capped: one slot per possible tid.
@@ -503,6 +522,15 @@ pub fn set_config(ebpf: &mut Ebpf, config: SyscallConfig) -> Result<(), LoadErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agg_map_fits_the_budget() {
+        assert_eq!(default_max_keys(2), SYSCALL_AGG_MAX);
+        let k = default_max_keys(64) as usize;
+        assert!(k * 64 * std::mem::size_of::<SyscallStats>() <= AGG_MEMORY_BUDGET);
+        assert!(k > 3000, "{k}");
+        assert_eq!(default_max_keys(100_000), 1024);
+    }
 
     #[test]
     fn slots_follow_pid_max() {
