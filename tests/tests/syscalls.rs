@@ -209,6 +209,14 @@ fn exact_counts(hooks: SyscallHooks, expect_program: &str) {
             && t.by_syscall.get("getppid").map(|s| s.0) == Some(GETPPID_CALLS)
     });
 
+    // Records name the process by its command, not by the calling thread's name.
+    let own = std::fs::read_to_string("/proc/self/comm").unwrap();
+    for r in interval_records(&h) {
+        for p in &r.processes {
+            assert_eq!(p.comm, own.trim_end(), "{p:?}");
+        }
+    }
+
     let getppid = &t.by_syscall["getppid"];
     assert_eq!((getppid.0, getppid.1), (GETPPID_CALLS, 0), "{t:#?}");
     assert_eq!(getppid.2, GETPPID_CALLS, "every getppid timed");
@@ -440,6 +448,23 @@ fn watched_paths_emit_security_events_with_result() {
     assert_eq!(ev.result, 0);
     assert_eq!(ev.ppid, Some(std::process::id()));
     assert_ne!(ev.pid, std::process::id());
+
+    // execveat(AT_FDCWD, path, NULL, NULL, 0), as a child process makes it.
+    let tool2 = dir.path("watched/tool2");
+    std::fs::copy(find_true(), &tool2).unwrap();
+    let child = std::process::Command::new("perl")
+        .arg("-e")
+        .arg(format!(
+            "syscall({}, -100, $ARGV[0], 0, 0, 0); exit 3",
+            libc::SYS_execveat
+        ))
+        .arg(&tool2)
+        .status()
+        .unwrap();
+    assert!(child.success(), "execveat did not run the tool: {child}");
+    let ev = wait_access(&h, &tool2, Access::Exec);
+    assert_eq!(ev.syscall, "execveat");
+    assert_eq!(ev.result, 0);
 
     let mut h = h;
     let stats = h.stop();

@@ -44,9 +44,9 @@ pub enum Section {
     Syscalls,
 }
 
-/// Programs `hostscope run` loads on this kernel: 5 TCP, syscall enter + exit, 4
+/// Programs `hostscope run` loads on this kernel: 5 TCP, syscall enter + exit, 5
 /// security enters + 1 security exit.
-const HOSTSCOPE_PROGRAMS: usize = 12;
+const HOSTSCOPE_PROGRAMS: usize = 13;
 
 const CONNLAT_BT: &str = r#"
 tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->newstate == 2/ {

@@ -465,13 +465,22 @@ pub async fn run_aggregator(
             error_burst_min: options.error_burst_min,
             slow_ns: runtime.slow_ns,
         };
-        let (record, alerts) = interval_records(
+        let (mut record, alerts) = interval_records(
             &snap,
             runtime.key_by_cgroup,
             elapsed,
             clock.unix_ns(monotonic_ns()),
             &detection,
         );
+        if !runtime.key_by_cgroup {
+            // The kernel keeps the first caller's thread name; the process's own
+            // command is more telling while the process still exists.
+            for p in &mut record.processes {
+                if let Some(c) = process_comm(p.id) {
+                    p.comm = c;
+                }
+            }
+        }
         // Not ring records: `records_decoded` keeps counting what the rings delivered
         // (compared against the probes' `events_emitted`).
         let send = |r: Record| {
@@ -485,6 +494,12 @@ pub async fn run_aggregator(
             return Ok(());
         }
     }
+}
+
+/// `/proc/<pid>/comm` of a live process.
+pub fn process_comm(pid: u64) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(text.trim_end_matches('\n').to_string())
 }
 
 fn monotonic_ns() -> u64 {

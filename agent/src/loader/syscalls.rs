@@ -433,9 +433,7 @@ fn attach_security(ebpf: &mut Ebpf, plan: &SyscallPlan, report: &mut Vec<ProbeSt
                     Ok(())
                 };
                 match run() {
-                    Ok(()) if hook.program == SECURITY_EXEC_ENTER || plan.missing.is_empty() => {
-                        AttachState::Attached
-                    }
+                    Ok(()) if plan.missing.is_empty() => AttachState::Attached,
                     Ok(()) => {
                         AttachState::Degraded(format!("no parent pid: {}", plan.missing.join("; ")))
                     }

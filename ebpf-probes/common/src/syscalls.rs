@@ -72,8 +72,9 @@ pub const SECURITY_OPEN_ENTER: &str = "security_open_enter";
 pub const SECURITY_OPENAT_ENTER: &str = "security_openat_enter";
 pub const SECURITY_OPENAT2_ENTER: &str = "security_openat2_enter";
 pub const SECURITY_EXEC_ENTER: &str = "security_exec_enter";
+pub const SECURITY_EXECAT_ENTER: &str = "security_execat_enter";
 
-pub const SECURITY_HOOKS: [SecurityHook; 4] = [
+pub const SECURITY_HOOKS: [SecurityHook; 5] = [
     SecurityHook {
         program: SECURITY_OPEN_ENTER,
         syscall: "open",
@@ -93,6 +94,11 @@ pub const SECURITY_HOOKS: [SecurityHook; 4] = [
         program: SECURITY_EXEC_ENTER,
         syscall: "execve",
         fields: &[("filename", 16)],
+    },
+    SecurityHook {
+        program: SECURITY_EXECAT_ENTER,
+        syscall: "execveat",
+        fields: &[("filename", 24), ("flags", 48)],
     },
 ];
 
@@ -298,7 +304,8 @@ pub struct SecurityEvent {
     /// Syscall enter time, CLOCK_MONOTONIC ns.
     pub ts_ns: u64,
     pub cgroup_id: u64,
-    /// Open flags (`O_*`; for openat2, `open_how.flags`); 0 for exec.
+    /// Open flags (`O_*`; for openat2, `open_how.flags`); for execveat its `AT_*`
+    /// flags; 0 for execve.
     pub flags: u64,
     /// Return value: fd (open), 0 (exec) or `-errno`.
     pub ret: i64,

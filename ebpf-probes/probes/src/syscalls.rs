@@ -15,7 +15,7 @@
 //! log2 latency histogram. Userspace flips the generation in the runtime config, then
 //! reads and deletes the other one, so no count is lost or read twice.
 //!
-//! Security: the classic tracepoints `syscalls:sys_enter_{open,openat,openat2,execve}`
+//! Security: the classic tracepoints `syscalls:sys_enter_{open,openat,openat2,execve,execveat}`
 //! read the path from user memory and match it against an LPM trie of watched prefixes;
 //! a match waits in `SECURITY_PENDING` until `syscalls:sys_exit_*` gives the result.
 
@@ -354,6 +354,15 @@ pub fn security_exec_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Matched on the path as passed: a path relative to `fd` is not resolved.
+#[tracepoint]
+pub fn security_execat_enter(ctx: TracePointContext) -> u32 {
+    let filename = unsafe { ctx.read_at::<u64>(24) }.unwrap_or(0);
+    let flags = unsafe { ctx.read_at::<u64>(48) }.unwrap_or(0);
+    watch_enter(&ctx, ACCESS_EXEC, filename, flags);
+    0
+}
+
 #[inline(always)]
 fn watch_enter(ctx: &TracePointContext, access: u32, filename: u64, flags: u64) {
     if filename == 0 {
@@ -427,7 +436,7 @@ fn parent_tgid() -> u32 {
     }
 }
 
-/// Attached to `syscalls:sys_exit_{open,openat,openat2,execve}`: completes a pending
+/// Attached to `syscalls:sys_exit_{open,openat,openat2,execve,execveat}`: completes a pending
 /// watched-path access with its result.
 #[tracepoint]
 pub fn security_exit(ctx: TracePointContext) -> u32 {
