@@ -451,7 +451,16 @@ pub async fn run_aggregator(
             _ = tick.tick() => false,
             changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
         };
-        let mut snap = collect(&maps).await.map_err(io)?;
+        let mut snap = match collect(&maps).await {
+            Ok(s) => s,
+            // Entries not read stay in their generation and are read with it next
+            // time: late, not lost. A failure at the last read is returned.
+            Err(e) if !stopping => {
+                eprintln!("hostscope: syscalls aggregator: {e} (retrying next interval)");
+                continue;
+            }
+            Err(e) => return Err(io(e)),
+        };
         if stopping {
             // Both generations: what was written since the last flip, too.
             snap.merge(collect(&maps).await.map_err(io)?);
