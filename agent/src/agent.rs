@@ -58,6 +58,10 @@ pub enum AgentError {
     Load(#[from] LoadError),
     #[error("no probe family could be attached:\n{0}")]
     NothingAttached(String),
+    #[error("syscall aggregation is not attached")]
+    SyscallsNotAttached,
+    #[error("syscalls aggregator: {0}")]
+    Syscalls(#[from] events::syscalls::AggregatorError),
     #[error("ring buffer {name}: {source}")]
     Ring {
         name: &'static str,
@@ -78,6 +82,8 @@ pub struct Agent {
     counters: Arc<Counters>,
     shutdown: watch::Sender<bool>,
     consumers: Vec<JoinHandle<std::io::Result<()>>>,
+    /// The syscalls family's aggregation maps and runtime config, when it attached.
+    syscalls: Option<events::syscalls::SharedSyscallMaps>,
 }
 
 impl Agent {
@@ -86,7 +92,7 @@ impl Agent {
         let probes = loader::load(&config.loader)?;
         let mut ebpf = probes.ebpf;
         let tls_up = probes.tls.wire || !probes.tls.libraries.is_empty();
-        if !probes.tcp_attached && !tls_up {
+        if !probes.tcp_attached && !tls_up && !probes.syscalls_attached.any() {
             let lines: Vec<String> = probes.report.iter().map(|s| s.to_string()).collect();
             return Err(AgentError::NothingAttached(lines.join("\n")));
         }
@@ -184,6 +190,52 @@ impl Agent {
                 .run(),
             ));
         }
+        // -- syscalls family: event ring consumer and interval aggregator
+        let mut syscalls = None;
+        if probes.syscalls_attached.any() {
+            use hostscope_common::syscalls::SYSCALL_EVENTS_MAP;
+            let map = ebpf.take_map(SYSCALL_EVENTS_MAP).ok_or(AgentError::Ring {
+                name: SYSCALL_EVENTS_MAP,
+                source: aya::maps::MapError::InvalidName {
+                    name: SYSCALL_EVENTS_MAP.to_string(),
+                },
+            })?;
+            let ring = RingBuf::try_from(map).map_err(|source| AgentError::Ring {
+                name: SYSCALL_EVENTS_MAP,
+                source,
+            })?;
+            let tx = records.clone();
+            let c = counters.clone();
+            consumers.push(tokio::spawn(ring::consume(
+                ring,
+                config.poll_interval,
+                shutdown_rx.clone(),
+                move |bytes| match events::syscalls::decode(bytes, &clock) {
+                    Ok(r) => {
+                        c.records_decoded.fetch_add(1, Ordering::Relaxed);
+                        let _ = tx.send(Arc::new(r));
+                    }
+                    Err(_) => {
+                        c.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            )));
+        }
+        if probes.syscalls_attached.aggregation {
+            let options = config.loader.syscalls.clone();
+            let maps = Arc::new(std::sync::Mutex::new(events::syscalls::SyscallMaps::take(
+                &mut ebpf,
+                options.runtime.clone(),
+            )?));
+            consumers.push(tokio::spawn(events::syscalls::run_aggregator(
+                maps.clone(),
+                options,
+                clock,
+                records.clone(),
+                shutdown_rx.clone(),
+            )));
+            syscalls = Some(maps);
+        }
         Ok(Agent {
             ebpf,
             tls: probes.tls,
@@ -194,6 +246,7 @@ impl Agent {
             counters,
             shutdown,
             consumers,
+            syscalls,
         })
     }
 
@@ -214,6 +267,20 @@ impl Agent {
         &self.ebpf
     }
 
+    /// Changes the syscall filters / slow threshold without reloading. Fails if the
+    /// syscall aggregation is not attached.
+    pub fn set_syscall_runtime(
+        &self,
+        runtime: loader::syscalls::SyscallRuntime,
+    ) -> Result<(), AgentError> {
+        let maps = self
+            .syscalls
+            .as_ref()
+            .ok_or(AgentError::SyscallsNotAttached)?;
+        let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(maps.set_runtime(runtime)?)
+    }
+
     pub fn stats(&self) -> AgentStats {
         let (records_decoded, decode_errors, records_lagged) =
             stats::snapshot_counters(&self.counters);
@@ -223,6 +290,9 @@ impl Agent {
         }
         if let Some(c) = stats::read_kernel_counters(&self.ebpf, TLS_STATS_MAP) {
             kernel.insert("tls", c);
+        }
+        if let Some(c) = stats::read_syscall_counters(&self.ebpf) {
+            kernel.insert("syscalls", c);
         }
         AgentStats {
             kernel,

@@ -6,6 +6,7 @@ use std::{io::Write, path::Path};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use hostscope_common::{
     stats::Stat,
+    syscalls,
     tcp::{TcpConfig, TcpConn, TCP_CONFIG_MAP, TCP_CONNS_MAP, TCP_STATS_MAP},
     tls::{TlsFailureSlot, TLS_FAILURES_MAP, TLS_STATS_MAP},
 };
@@ -29,6 +30,24 @@ pub const DUMPABLE: &[(&str, &str)] = &[
         "the most recent TLS handshake failures (up to 64)",
     ),
     (TLS_STATS_MAP, "TLS probe counters, summed over CPUs"),
+    // -- syscalls family
+    (
+        syscalls::SYSCALL_AGG_MAP,
+        "syscall counts/latency per process (or cgroup) since the last interval read",
+    ),
+    (
+        syscalls::SYSCALL_ERRORS_MAP,
+        "syscall errors by errno since the last interval read",
+    ),
+    (
+        syscalls::SYSCALL_STATS_MAP,
+        "syscalls probe counters, summed over CPUs",
+    ),
+    (
+        syscalls::SYSCALL_CONFIG_MAP,
+        "syscalls runtime configuration (filters, generation)",
+    ),
+    (syscalls::WATCHED_PATHS_MAP, "watched path prefixes"),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -191,7 +210,7 @@ pub fn dump(
                 )?,
             }
         }
-        other => return Err(unknown(other)),
+        other => return dump_syscalls(other, map, format, out),
     }
     Ok(())
 }
@@ -301,4 +320,229 @@ fn write_conn_table(out: &mut impl Write, rows: &[ConnRow]) -> std::io::Result<(
         )?;
     }
     writeln!(out, "{} connections", rows.len())
+}
+
+// -- syscalls family ------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+pub struct SyscallAggRow {
+    pub id: u64,
+    pub generation: u32,
+    pub syscall: String,
+    pub nr: u32,
+    pub comm: String,
+    pub count: u64,
+    pub errors: u64,
+    pub timed: u64,
+    pub mean_ns: Option<f64>,
+    pub max_ns: u64,
+    /// Log2 buckets: `hist[i]` counts calls of `[2^i, 2^(i+1))` ns.
+    pub hist: Vec<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SyscallErrorRow {
+    pub id: u64,
+    pub generation: u32,
+    pub syscall: String,
+    pub errno: u32,
+    pub errno_name: String,
+    pub count: u64,
+}
+
+fn dump_syscalls(
+    name: &str,
+    map: Map,
+    format: DumpFormat,
+    out: &mut impl Write,
+) -> Result<(), DumpError> {
+    use aya::maps::{LpmTrie, PerCpuHashMap};
+    use syscalls::*;
+
+    use crate::events::syscalls::{errno_name, syscall_name};
+    let Some(&(name, _)) = DUMPABLE.iter().find(|(n, _)| *n == name) else {
+        return Err(unknown(name));
+    };
+    let read = |source| DumpError::Read { name, source };
+    match name {
+        SYSCALL_AGG_MAP => {
+            let agg: PerCpuHashMap<_, SyscallKey, SyscallStats> =
+                PerCpuHashMap::try_from(map).map_err(read)?;
+            let mut rows = Vec::new();
+            for entry in agg.iter() {
+                let (k, values) = entry.map_err(read)?;
+                let mut sum = SyscallStats::ZERO;
+                for v in values.iter() {
+                    sum.count += v.count;
+                    sum.errors += v.errors;
+                    sum.timed += v.timed;
+                    sum.total_ns += v.total_ns;
+                    sum.max_ns = sum.max_ns.max(v.max_ns);
+                    for (a, b) in sum.hist.iter_mut().zip(v.hist.iter()) {
+                        *a += b;
+                    }
+                    if sum.comm[0] == 0 {
+                        sum.comm = v.comm;
+                    }
+                }
+                rows.push(SyscallAggRow {
+                    id: k.id,
+                    generation: k.generation,
+                    syscall: syscall_name(k.nr),
+                    nr: k.nr,
+                    comm: comm_string(&sum.comm),
+                    count: sum.count,
+                    errors: sum.errors,
+                    timed: sum.timed,
+                    mean_ns: (sum.timed > 0).then(|| sum.total_ns as f64 / sum.timed as f64),
+                    max_ns: sum.max_ns,
+                    hist: sum.hist.to_vec(),
+                });
+            }
+            rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.id.cmp(&b.id)));
+            match format {
+                DumpFormat::Json => rows.iter().try_for_each(|r| write_json(out, r))?,
+                DumpFormat::Table => {
+                    writeln!(
+                        out,
+                        "{:>12} {:>3} {:<20} {:<16} {:>10} {:>8} {:>12} {:>12}",
+                        "ID", "GEN", "SYSCALL", "COMM", "COUNT", "ERRORS", "MEAN_NS", "MAX_NS"
+                    )?;
+                    for r in &rows {
+                        writeln!(
+                            out,
+                            "{:>12} {:>3} {:<20} {:<16} {:>10} {:>8} {:>12.0} {:>12}",
+                            r.id,
+                            r.generation,
+                            r.syscall,
+                            r.comm,
+                            r.count,
+                            r.errors,
+                            r.mean_ns.unwrap_or(0.0),
+                            r.max_ns
+                        )?;
+                    }
+                    writeln!(out, "{} keys", rows.len())?;
+                }
+            }
+        }
+        SYSCALL_ERRORS_MAP => {
+            let errors: PerCpuHashMap<_, SyscallErrorKey, u64> =
+                PerCpuHashMap::try_from(map).map_err(read)?;
+            let mut rows = Vec::new();
+            for entry in errors.iter() {
+                let (k, values) = entry.map_err(read)?;
+                rows.push(SyscallErrorRow {
+                    id: k.id,
+                    generation: k.generation,
+                    syscall: syscall_name(k.nr),
+                    errno: k.errno,
+                    errno_name: errno_name(k.errno),
+                    count: values.iter().sum(),
+                });
+            }
+            rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.id.cmp(&b.id)));
+            match format {
+                DumpFormat::Json => rows.iter().try_for_each(|r| write_json(out, r))?,
+                DumpFormat::Table => {
+                    writeln!(
+                        out,
+                        "{:>12} {:>3} {:<20} {:<14} {:>10}",
+                        "ID", "GEN", "SYSCALL", "ERRNO", "COUNT"
+                    )?;
+                    for r in &rows {
+                        writeln!(
+                            out,
+                            "{:>12} {:>3} {:<20} {:<14} {:>10}",
+                            r.id, r.generation, r.syscall, r.errno_name, r.count
+                        )?;
+                    }
+                }
+            }
+        }
+        SYSCALL_STATS_MAP => {
+            let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(read)?;
+            let mut values = std::collections::BTreeMap::new();
+            for stat in SyscallStat::ALL {
+                let v = stats.get(&(stat as u32), 0).map_err(read)?;
+                values.insert(stat.name(), v.iter().sum::<u64>());
+            }
+            match format {
+                DumpFormat::Json => write_json(out, &values)?,
+                DumpFormat::Table => {
+                    for (k, v) in values {
+                        writeln!(out, "{k:<24} {v}")?;
+                    }
+                }
+            }
+        }
+        SYSCALL_CONFIG_MAP => {
+            let config: Array<_, SyscallConfig> = Array::try_from(map).map_err(read)?;
+            let c = config.get(&0, 0).map_err(read)?;
+            #[derive(Serialize)]
+            struct View {
+                generation: u32,
+                key_by: &'static str,
+                pid: Option<u32>,
+                tid: Option<u32>,
+                cgroup_id: Option<u64>,
+                syscalls: Option<Vec<String>>,
+                slow_ns: Option<u64>,
+                wakeup_bytes: u64,
+            }
+            let view = View {
+                generation: c.generation,
+                key_by: if c.key_by == KEY_BY_CGROUP {
+                    "cgroup"
+                } else {
+                    "pid"
+                },
+                pid: (c.target_tgid != 0).then_some(c.target_tgid),
+                tid: (c.target_tid != 0).then_some(c.target_tid),
+                cgroup_id: (c.target_cgroup != 0).then_some(c.target_cgroup),
+                syscalls: (c.filter_syscalls != 0).then(|| {
+                    (0..SYSCALL_NR_MAX)
+                        .filter(|&nr| c.allows(nr))
+                        .map(syscall_name)
+                        .collect()
+                }),
+                slow_ns: (c.slow_ns != 0).then_some(c.slow_ns),
+                wakeup_bytes: c.ring.wakeup_bytes,
+            };
+            match format {
+                DumpFormat::Json => write_json(out, &view)?,
+                DumpFormat::Table => {
+                    let text = serde_json::to_value(&view).unwrap_or_default();
+                    if let Some(obj) = text.as_object() {
+                        for (k, v) in obj {
+                            writeln!(out, "{k:<14} {v}")?;
+                        }
+                    }
+                }
+            }
+        }
+        WATCHED_PATHS_MAP => {
+            let trie: LpmTrie<_, [u8; PATH_MAX_BYTES], u32> =
+                LpmTrie::try_from(map).map_err(read)?;
+            let mut paths = Vec::new();
+            for key in trie.keys() {
+                let key = key.map_err(read)?;
+                let len = (key.prefix_len() as usize / 8).min(PATH_MAX_BYTES);
+                paths.push(String::from_utf8_lossy(&key.data()[..len]).into_owned());
+            }
+            paths.sort();
+            #[derive(Serialize)]
+            struct Row<'a> {
+                path: &'a str,
+            }
+            for p in &paths {
+                match format {
+                    DumpFormat::Json => write_json(out, &Row { path: p })?,
+                    DumpFormat::Table => writeln!(out, "{p}")?,
+                }
+            }
+        }
+        other => return Err(unknown(other)),
+    }
+    Ok(())
 }

@@ -5,7 +5,11 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use hostscope::{
     dump::{self, DumpFormat, DUMPABLE},
-    loader::{LoaderConfig, DEFAULT_PIN_DIR},
+    events::syscalls::parse_syscall,
+    loader::{
+        syscalls::{check_watch_path, SyscallHooks, SyscallOptions, DEFAULT_WATCH_PATHS},
+        LoaderConfig, DEFAULT_PIN_DIR,
+    },
     output::{self, OutputFormat, Tagged},
     Agent, AgentConfig,
 };
@@ -14,7 +18,7 @@ use hostscope::{
 #[command(
     name = "hostscope",
     version,
-    about = "eBPF host telemetry: TCP latency and failures, live"
+    about = "eBPF host telemetry: TCP latency and failures, syscalls and watched-path access, live"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -62,6 +66,114 @@ struct RunArgs {
     /// Print the agent's counters every this many seconds (0: only at exit).
     #[arg(long, default_value_t = 10)]
     stats_interval: u64,
+    #[command(flatten)]
+    syscalls: SyscallArgs,
+}
+
+/// Syscall telemetry and security events.
+#[derive(Args)]
+struct SyscallArgs {
+    /// Programs counting syscalls: tp_btf (cheapest) falling back to raw tracepoints.
+    #[arg(long, value_enum, default_value_t = SyscallHooks::Auto)]
+    syscall_hooks: SyscallHooks,
+    /// Seconds between reads (and resets) of the in-kernel syscall aggregation.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_interval)]
+    syscall_interval: f64,
+    /// Aggregate per cgroup instead of per process.
+    #[arg(long)]
+    syscall_by_cgroup: bool,
+    /// Count only this process (tgid).
+    #[arg(long, value_name = "PID")]
+    syscall_pid: Option<u32>,
+    /// Count only this cgroup v2 (its id, or its directory under the cgroup2 mount).
+    #[arg(long, value_name = "ID|PATH", value_parser = parse_cgroup)]
+    syscall_cgroup: Option<u64>,
+    /// Count only these syscalls (name or number; repeatable).
+    #[arg(long = "syscall", value_name = "NAME", value_parser = parse_syscall)]
+    syscall_allow: Vec<u32>,
+    /// Report each syscall at least this slow (detailed events) and slow alerts.
+    #[arg(long, value_name = "MS")]
+    slow_ms: Option<f64>,
+    /// Size of the syscall aggregation map in keys (default: fits 64 MiB on this
+    /// machine's CPU count, at most 16384); beyond it calls are counted as lost.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    syscall_max_keys: Option<u32>,
+    /// Error-burst alert threshold: errors per second of one (process, syscall, errno).
+    #[arg(long, default_value_t = 50.0)]
+    error_burst_rate: f64,
+    /// Watch opens/execs of this absolute path prefix (repeatable; a trailing `/`
+    /// watches a directory tree). Added to the defaults.
+    #[arg(long, value_name = "PATH", value_parser = parse_watch_path)]
+    watch_path: Vec<String>,
+    /// Do not watch the default paths (/etc/shadow, /etc/sudoers, /root/.ssh/, …).
+    #[arg(long)]
+    no_default_watch: bool,
+    /// No security events (watched-path tracepoints not attached).
+    #[arg(long)]
+    no_security: bool,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(0.05..=3600.0).contains(&v) {
+        return Err(format!("{v} is not between 0.05 and 3600 seconds"));
+    }
+    Ok(v)
+}
+
+/// A cgroup v2 id is the inode number of its directory.
+fn parse_cgroup(s: &str) -> Result<u64, String> {
+    if let Ok(id) = s.parse::<u64>() {
+        return Ok(id);
+    }
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(s).map_err(|e| format!("cgroup {s}: {e}"))?;
+    if !m.is_dir() {
+        return Err(format!("cgroup {s}: not a directory"));
+    }
+    Ok(m.ino())
+}
+
+fn parse_watch_path(s: &str) -> Result<String, String> {
+    check_watch_path(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+impl SyscallArgs {
+    fn options(&self) -> anyhow::Result<SyscallOptions> {
+        let mut o = SyscallOptions {
+            hooks: self.syscall_hooks,
+            security: !self.no_security,
+            interval: Duration::from_secs_f64(self.syscall_interval),
+            error_burst_per_s: self.error_burst_rate,
+            max_keys: self.syscall_max_keys,
+            ..SyscallOptions::default()
+        };
+        if self.no_default_watch {
+            o.watch_paths.clear();
+        }
+        o.watch_paths.extend(self.watch_path.iter().cloned());
+        if o.security && o.watch_paths.is_empty() {
+            bail!("no watched paths: drop --no-default-watch, add --watch-path, or pass --no-security");
+        }
+        debug_assert!(DEFAULT_WATCH_PATHS
+            .iter()
+            .all(|p| check_watch_path(p).is_ok()));
+        let r = &mut o.runtime;
+        r.key_by_cgroup = self.syscall_by_cgroup;
+        r.pid = self.syscall_pid;
+        r.cgroup_id = self.syscall_cgroup;
+        r.syscalls = self.syscall_allow.clone();
+        if let Some(ms) = self.slow_ms {
+            if !(ms > 0.0 && ms.is_finite()) {
+                bail!("--slow-ms must be a positive number of milliseconds");
+            }
+            r.slow_ns = Some((ms * 1e6) as u64);
+        }
+        // Checks the filters (e.g. syscall numbers beyond the bitmap) before loading.
+        r.to_config(0, hostscope_common::RingConfig::DEFAULT)?;
+        Ok(o)
+    }
 }
 
 #[derive(Args)]
@@ -107,6 +219,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Bad options are reported before privileges are.
+    let syscalls = args.syscalls.options()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("hostscope run needs root (CAP_BPF, CAP_PERFMON and access to tracefs)");
@@ -118,6 +232,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tcp_max_conns: args.max_connections,
             wakeup_bytes: args.wakeup_bytes,
             tls_uprobe_io: args.tls_uprobe_io,
+            syscalls,
         },
         poll_interval: Duration::from_millis(args.poll_ms),
         ..AgentConfig::default()

@@ -101,6 +101,21 @@ pub fn read_kernel_counters(ebpf: &Ebpf, map_name: &str) -> Option<BTreeMap<&'st
     Some(out)
 }
 
+/// Sums the syscalls family's per-CPU stats array.
+pub fn read_syscall_counters(ebpf: &Ebpf) -> Option<BTreeMap<&'static str, u64>> {
+    use hostscope_common::syscalls::{SyscallStat, SYSCALL_STATS_MAP};
+    let array: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(SYSCALL_STATS_MAP)?).ok()?;
+    let mut out = BTreeMap::new();
+    for stat in SyscallStat::ALL {
+        let total = array
+            .get(&(stat as u32), 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0);
+        out.insert(stat.name(), total);
+    }
+    Some(out)
+}
+
 pub fn read_program_costs(ebpf: &Ebpf) -> Vec<ProgramCost> {
     ebpf.programs()
         .filter_map(|(name, program)| {

@@ -96,6 +96,11 @@ impl Harness {
         self.agent.as_mut().expect("agent running")
     }
 
+    /// Every record seen so far, of any family.
+    pub fn records(&self) -> Vec<SharedRecord> {
+        self.records.lock().unwrap().clone()
+    }
+
     /// TCP records matching `pred` seen so far.
     pub fn tcp(&self, pred: impl Fn(&TcpRecord) -> bool) -> Vec<TcpRecord> {
         self.records
@@ -179,11 +184,6 @@ impl Harness {
             .map(|r| r.to_string())
             .collect::<Vec<_>>()
             .join("\n")
-    }
-
-    /// All records so far.
-    pub fn records(&self) -> Vec<SharedRecord> {
-        self.records.lock().unwrap().clone()
     }
 
     /// Stops the agent (final drain) and returns its counters.

@@ -85,19 +85,28 @@ fn run_json_streams_records_and_dump_reads_pinned_maps() {
         .iter()
         .filter(|v: &&serde_json::Value| v["type"] == "probe_status")
         .count()
-        < 5
+        < 21
     {
         let v = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("probe status lines");
         lines.push(v);
     }
+    // Every program is attached, but for fallbacks that were not needed.
     assert!(
-        lines
-            .iter()
-            .all(|v| v["state"] == "attached" && v["family"] == "tcp"),
+        lines.iter().all(|v| v["state"] == "attached"
+            || v["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("not needed"))),
         "{lines:?}"
     );
+    for (family, n) in [("tcp", 5), ("tls", 6), ("sys", 10)] {
+        assert_eq!(
+            lines.iter().filter(|v| v["family"] == family).count(),
+            n,
+            "{family}"
+        );
+    }
 
     let refused = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert!(TcpStream::connect(refused).is_err());

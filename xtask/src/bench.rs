@@ -5,6 +5,9 @@
 //! with the peer (libbpf-tools `tcplife`, plus `tcpconnlat` when it can attach, else a
 //! bpftrace connect-latency script on `sock:inet_sock_set_state`), in interleaved rounds.
 //! Kernel cost per program comes from `kernel.bpf_stats_enabled` (ns per run).
+//!
+//! Syscalls: a storm of `getppid` calls timed with no tracer, with hostscope, and with
+//! libbpf-tools `syscount -L` (counts and latency, like hostscope), interleaved rounds.
 
 use std::{
     collections::BTreeMap,
@@ -19,24 +22,32 @@ use anyhow::{bail, Context as _};
 
 use crate::cmd::{cargo, output, run, workspace_root};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Only {
-    Tcp,
-    Tls,
-}
-
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Run one section only (default: all).
-    #[arg(long, value_enum)]
-    only: Option<Only>,
     /// Connections per storm.
     #[arg(long, default_value_t = 20_000)]
     connections: usize,
     /// Interleaved rounds per mode (the median is reported).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// `getppid` calls per syscall storm.
+    #[arg(long, default_value_t = 10_000_000)]
+    calls: u64,
+    /// Run only this section (default: all).
+    #[arg(long, value_enum)]
+    only: Option<Section>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    Tcp,
+    Tls,
+    Syscalls,
+}
+
+/// Programs `hostscope run` loads on this kernel: 5 TCP, 6 TLS (2 wire, 4 OpenSSL),
+/// syscall enter + exit, 5 security enters + 1 security exit.
+pub(crate) const HOSTSCOPE_PROGRAMS: usize = 19;
 
 const CONNLAT_BT: &str = r#"
 tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->newstate == 2/ {
@@ -155,7 +166,7 @@ fn start_tracer(mode: Mode, bin: &Path, peer: &PeerPlan) -> anyhow::Result<Trace
     // Wait until every tracer has its programs loaded (or give up after 20 s).
     let expected = match mode {
         Mode::None => 0,
-        Mode::Hostscope => 5,
+        Mode::Hostscope => HOSTSCOPE_PROGRAMS,
         Mode::Peer => peer.min_programs,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -306,15 +317,166 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let bin = workspace_root().join("target/release/hostscope");
     let old_stats =
         sysctl("kernel.bpf_stats_enabled", "1").context("enabling kernel.bpf_stats_enabled")?;
-    let mut result = Ok(());
-    if args.only.is_none_or(|o| o == Only::Tcp) {
-        result = plan_peer().and_then(|peer| bench_tcp(&args, &bin, &peer));
-    }
-    if result.is_ok() && args.only.is_none_or(|o| o == Only::Tls) {
-        result = crate::bench_tls::bench_tls(args.rounds.min(3), &bin);
-    }
+    let run_section = |section: Section| args.only.is_none_or(|o| o == section);
+    let result = (|| {
+        if run_section(Section::Tcp) {
+            let peer = plan_peer()?;
+            bench_tcp(&args, &bin, &peer)?;
+        }
+        if run_section(Section::Tls) {
+            crate::bench_tls::bench_tls(args.rounds.min(3), &bin)?;
+        }
+        if run_section(Section::Syscalls) {
+            bench_syscalls(&args, &bin)?;
+        }
+        Ok(())
+    })();
     let _ = sysctl("kernel.bpf_stats_enabled", &old_stats);
     result
+}
+
+// -- syscalls -----------------------------------------------------------------------------
+
+/// `prog_stats`, retried: a listing can fail while other tools load or unload programs.
+fn prog_stats_of(ids: &[u32]) -> BTreeMap<u32, (String, u64, u64)> {
+    let mut stats = BTreeMap::new();
+    for _ in 0..5 {
+        stats = prog_stats();
+        if ids.iter().all(|id| stats.contains_key(id)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stats
+}
+
+fn getppid_storm(n: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..n {
+        // SAFETY: getppid has no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    start.elapsed()
+}
+
+fn bench_syscalls(args: &BenchArgs, bin: &Path) -> anyhow::Result<()> {
+    let syscount = "/usr/sbin/syscount";
+    if !Path::new(syscount).exists() {
+        bail!("libbpf-tools is not installed (cargo xtask setup installs it)");
+    }
+    let peer = PeerPlan {
+        name: "syscount -L".to_string(),
+        commands: vec![vec![syscount.to_string(), "-L".to_string()]],
+        min_programs: 2,
+    };
+    let n = args.calls;
+    println!(
+        "== syscall storm: {n} getppid calls, {} interleaved rounds, median",
+        args.rounds
+    );
+    getppid_storm(n / 10); // warm-up
+    let mut times: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut prog_cost: BTreeMap<(Mode, String), (u64, u64)> = BTreeMap::new();
+    let mut last_stats = String::new();
+    for round in 0..args.rounds {
+        for mode in [Mode::None, Mode::Hostscope, Mode::Peer] {
+            let tracer = start_tracer(mode, bin, &peer)?;
+            let before = prog_stats_of(&tracer.programs);
+            let elapsed = getppid_storm(n);
+            let after = prog_stats_of(&tracer.programs);
+            // Only the storm's runs: the delta over it, per program of this tracer (by
+            // name too: programs other tools load meanwhile also get new ids).
+            let ours = |name: &str| match mode {
+                Mode::Peer => name.starts_with("sys_"),
+                _ => ["syscall_", "security_", "tcp_", "tls_"]
+                    .iter()
+                    .any(|p| name.starts_with(p)),
+            };
+            for id in &tracer.programs {
+                if let (Some((name, ns1, c1)), Some((_, ns0, c0))) = (after.get(id), before.get(id))
+                {
+                    if !ours(name) {
+                        continue;
+                    }
+                    let e = prog_cost.entry((mode, name.clone())).or_default();
+                    e.0 += ns1.saturating_sub(*ns0);
+                    e.1 += c1.saturating_sub(*c0);
+                }
+            }
+            if let Some(text) = stop(tracer) {
+                if let Some(line) = text.lines().rev().find(|l| l.starts_with("agent:")) {
+                    last_stats = line.to_string();
+                }
+            }
+            times.entry(mode).or_default().push(elapsed.as_secs_f64());
+            eprintln!("round {round} {mode:?}: {:.3} s", elapsed.as_secs_f64());
+        }
+    }
+    let base = median(
+        times
+            .get_mut(&Mode::None)
+            .map(|v| v.as_mut_slice())
+            .unwrap_or(&mut []),
+    );
+    let label = |m: Mode| match m {
+        Mode::None => "no tracer".to_string(),
+        Mode::Hostscope => "hostscope".to_string(),
+        Mode::Peer => peer.name.clone(),
+    };
+    println!(
+        "{:<16} {:>10} {:>12} {:>10} {:>18}",
+        "mode", "time", "per call", "slowdown", "BPF ns per call"
+    );
+    let mut slowdowns = BTreeMap::new();
+    for (mode, v) in times.iter_mut() {
+        let t = median(v);
+        let costs = prog_cost.iter().filter(|((m, _), _)| m == mode);
+        let bpf_ns: u64 = costs.clone().map(|(_, (ns, _))| ns).sum();
+        // Per syscall: the busiest program runs once per call (plus background calls).
+        let runs = costs.map(|(_, (_, cnt))| *cnt).max().unwrap_or(0);
+        slowdowns.insert(*mode, t / base);
+        println!(
+            "{:<16} {:>8.3} s {:>9.1} ns {:>9.2}x {:>18.0}",
+            label(*mode),
+            t,
+            t / n as f64 * 1e9,
+            t / base,
+            bpf_ns as f64 / runs.max(1) as f64
+        );
+    }
+    if let (Some(h), Some(p)) = (slowdowns.get(&Mode::Hostscope), slowdowns.get(&Mode::Peer)) {
+        println!(
+            "hostscope slowdown / syscount -L slowdown: {:.2} (target ≤ 1.00; ratios within ~0.1 are noise on this VM)",
+            h / p
+        );
+    }
+    println!("per program over the storms (bpf_stats, all rounds):");
+    println!(
+        "{:<12} {:<18} {:>12} {:>10}",
+        "tracer", "program", "runs", "ns/run"
+    );
+    let mut enter_exit = 0.0;
+    for ((mode, name), (ns, cnt)) in &prog_cost {
+        if *cnt == 0 {
+            continue;
+        }
+        let per = *ns as f64 / *cnt as f64;
+        if *mode == Mode::Hostscope && name.starts_with("syscall_") {
+            enter_exit += per;
+        }
+        println!(
+            "{:<12} {:<18} {:>12} {:>10.0}",
+            format!("{mode:?}"),
+            name,
+            cnt,
+            per
+        );
+    }
+    println!("hostscope enter + exit: {enter_exit:.0} ns per syscall (target ≤ 150)");
+    if !last_stats.is_empty() {
+        println!("hostscope's own counters, last round: {last_stats}");
+    }
+    Ok(())
 }
 
 fn bench_tcp(args: &BenchArgs, bin: &Path, peer: &PeerPlan) -> anyhow::Result<()> {

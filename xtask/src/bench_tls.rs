@@ -155,7 +155,7 @@ fn start(mode: Mode, bin: &Path) -> anyhow::Result<(Vec<Child>, Vec<u32>)> {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()?,
-            11,
+            crate::bench::HOSTSCOPE_PROGRAMS,
         ),
         Mode::Peer => (
             Command::new("bpftrace")

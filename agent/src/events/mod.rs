@@ -1,4 +1,5 @@
 //! Decoding of ring-buffer records into the agent's records, one module per family.
+pub mod syscalls;
 pub mod tcp;
 pub mod tls;
 
@@ -11,6 +12,15 @@ pub enum Record {
     Tcp(tcp::TcpRecord),
     Tls(tls::TlsRecord),
     TlsCertificate(tls::TlsCertificateRecord),
+    // -- syscalls family
+    /// Per-interval syscall aggregation (`"type":"syscalls"`).
+    Syscalls(syscalls::SyscallsRecord),
+    /// Error burst or slow calls detected over an interval.
+    SyscallAlert(syscalls::SyscallAlert),
+    /// One call over the slow threshold (detailed event from the kernel).
+    SyscallSlow(syscalls::SlowSyscallRecord),
+    /// Access to a watched path (`"type":"security"`).
+    Security(syscalls::SecurityRecord),
 }
 
 impl std::fmt::Display for Record {
@@ -19,6 +29,10 @@ impl std::fmt::Display for Record {
             Record::Tcp(r) => r.fmt(f),
             Record::Tls(r) => r.fmt(f),
             Record::TlsCertificate(r) => r.fmt(f),
+            Record::Syscalls(r) => r.fmt(f),
+            Record::SyscallAlert(r) => r.fmt(f),
+            Record::SyscallSlow(r) => r.fmt(f),
+            Record::Security(r) => r.fmt(f),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! family (or one of its programs) that the running kernel cannot take is reported as
 //! not attached, with the reason, and never stops the others.
 
+pub mod syscalls;
 pub mod tcp;
 pub mod tls;
 
@@ -41,6 +42,8 @@ pub enum LoadError {
     },
     #[error("bpffs for pinning: {0}")]
     Bpffs(#[source] mounts::MountError),
+    #[error("syscalls options: {0}")]
+    SyscallOptions(#[source] syscalls::OptionError),
 }
 
 /// Whether one program is attached, attached with reduced data, or not at all, and why.
@@ -90,6 +93,8 @@ pub struct LoaderConfig {
     pub wakeup_bytes: u64,
     /// Probe SSL_read/SSL_write/_ex too, for the outcome of implicit handshakes.
     pub tls_uprobe_io: bool,
+    /// Syscall telemetry and security events.
+    pub syscalls: syscalls::SyscallOptions,
 }
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/hostscope";
@@ -102,6 +107,7 @@ impl Default for LoaderConfig {
             tcp_max_conns: hostscope_common::tcp::TCP_CONNS_MAX,
             wakeup_bytes: hostscope_common::RingConfig::DEFAULT.wakeup_bytes,
             tls_uprobe_io: false,
+            syscalls: syscalls::SyscallOptions::default(),
         }
     }
 }
@@ -111,6 +117,7 @@ pub struct LoadedProbes {
     pub report: Vec<ProbeStatus>,
     pub tcp_attached: bool,
     pub tls: tls::TlsAttachments,
+    pub syscalls_attached: syscalls::SyscallsAttached,
 }
 
 /// Loads and attaches every family.
@@ -121,9 +128,12 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
     let tracefs = Tracefs::new(mounts::ensure_tracefs().map_err(LoadError::Tracefs)?);
     // The parsed kernel BTF is large (tens of MB); it is dropped before aya parses its
     // own copy, so the two never coexist.
-    let tcp_plan = {
+    let (tcp_plan, sys_plan) = {
         let btf = KernelBtf::load();
-        tcp::plan(btf.as_ref().ok(), btf.as_ref().err(), &tracefs)
+        (
+            tcp::plan(btf.as_ref().ok(), btf.as_ref().err(), &tracefs),
+            syscalls::plan(btf.as_ref().ok(), &tracefs, &config.syscalls),
+        )
     };
 
     let mut loader = EbpfLoader::new();
@@ -135,15 +145,32 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
         )
         .map_max_entries(hostscope_common::tcp::TCP_EVENTS_MAP, config.tcp_ring_bytes)
         .map_max_entries(hostscope_common::tcp::TCP_CONNS_MAP, config.tcp_max_conns);
+    // -- syscalls family
+    {
+        use hostscope_common::syscalls as sc;
+        loader
+            .override_global(sc::SYSCALL_OFFSETS_GLOBAL, &sys_plan.offsets, true)
+            .map_max_entries(sc::SYSCALL_START_MAP, sys_plan.slots)
+            .map_max_entries(sc::SYSCALL_EVENTS_MAP, config.syscalls.ring_bytes)
+            .map_max_entries(sc::SYSCALL_AGG_MAP, syscalls::max_keys(&config.syscalls));
+    }
     let mut ebpf = loader.load(PROBES_OBJECT).map_err(LoadError::Object)?;
 
     let mut report = Vec::new();
     let tcp_attached = tcp::attach(&mut ebpf, &tcp_plan, config, &mut report)?;
     let tls = tls::attach(&mut ebpf, config, &mut report)?;
+    let syscalls_attached = syscalls::attach(
+        &mut ebpf,
+        &sys_plan,
+        &config.syscalls,
+        config.wakeup_bytes,
+        &mut report,
+    )?;
 
     if let Some(dir) = &config.pin_dir {
         pin_maps(&mut ebpf, dir, tcp::PINNED_MAPS)?;
         pin_maps(&mut ebpf, dir, tls::PINNED_MAPS)?;
+        pin_maps(&mut ebpf, dir, syscalls::PINNED_MAPS)?;
     }
     // Hand the start-up parsing memory back to the system rather than keep it as heap.
     // SAFETY: malloc_trim only releases free memory.
@@ -153,6 +180,7 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
         report,
         tcp_attached,
         tls,
+        syscalls_attached,
     })
 }
 

@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod stats;
+pub mod syscalls;
 pub mod tcp;
 pub mod tls;
 

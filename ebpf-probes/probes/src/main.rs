@@ -6,6 +6,8 @@
 #[cfg(target_arch = "bpf")]
 mod ring;
 #[cfg(target_arch = "bpf")]
+mod syscalls;
+#[cfg(target_arch = "bpf")]
 mod tcp;
 #[cfg(target_arch = "bpf")]
 mod tls;
