@@ -5,6 +5,7 @@ pub mod dump;
 pub mod events;
 pub mod kernel;
 pub mod loader;
+pub mod metadata;
 pub mod output;
 pub mod ring;
 pub mod stats;

@@ -23,6 +23,45 @@ pub enum Record {
     Security(syscalls::SecurityRecord),
 }
 
+impl Record {
+    /// The process and cgroup the record was observed in, as far as it tells.
+    pub fn subject(&self) -> crate::metadata::Subject {
+        use crate::metadata::Subject;
+        match self {
+            Record::Tcp(r) => Subject {
+                pid: r.pid,
+                cgroup_id: r.cgroup_id,
+            },
+            Record::Tls(r) => Subject {
+                pid: r.pid,
+                cgroup_id: r.cgroup_id,
+            },
+            Record::SyscallSlow(r) => Subject {
+                pid: Some(r.pid),
+                cgroup_id: Some(r.cgroup_id),
+            },
+            Record::Security(r) => Subject {
+                pid: Some(r.pid),
+                cgroup_id: Some(r.cgroup_id),
+            },
+            // Interval aggregates name many processes; each row is resolved on its own.
+            Record::TlsCertificate(_) | Record::Syscalls(_) | Record::SyscallAlert(_) => {
+                Subject::default()
+            }
+        }
+    }
+
+    /// The remote end of the connection the record is about.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Record::Tcp(r) => Some(r.remote),
+            Record::Tls(r) => r.remote,
+            Record::TlsCertificate(r) => Some(r.server),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
