@@ -238,6 +238,15 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Kube
     Client::try_from(config).map_err(KubeError::Client)
 }
 
+/// A client for an API server at `url` with no credentials (tests, local proxies such as
+/// `kubectl proxy`).
+pub fn client_for_url(url: &str) -> Result<Client, KubeError> {
+    let uri = url
+        .parse()
+        .map_err(|e| KubeError::Config(format!("{url}: {e}")))?;
+    Client::try_from(kube::Config::new(uri)).map_err(KubeError::Client)
+}
+
 /// Backoff between failed watch attempts: doubles from `initial` to 30 s, reset by
 /// any successful event.
 #[derive(Clone, Copy, Debug)]

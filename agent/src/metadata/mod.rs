@@ -58,10 +58,22 @@ impl From<bool> for AttrValue {
 /// `container.id`, `process.pid`, …), in a stable order.
 pub type Attributes = Vec<(String, AttrValue)>;
 
-/// Everything known about the subject of a record.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+/// Everything known about the subject of a record. Serializes as one JSON object of its
+/// attributes, in order (`{"process.pid": 42, "k8s.pod.name": "…", …}`).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Identity {
     pub attributes: Attributes,
+}
+
+impl Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.attributes.len()))?;
+        for (k, v) in &self.attributes {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 impl Identity {
@@ -88,23 +100,6 @@ pub struct Subject {
 }
 
 impl Identity {
-    /// The attributes as one JSON object (`{"k8s.pod.name": "…", …}`), for JSON output.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::Value::Object(
-            self.attributes
-                .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        AttrValue::Str(s) => serde_json::Value::from(s.as_str()),
-                        AttrValue::Int(i) => serde_json::Value::from(*i),
-                        AttrValue::Bool(b) => serde_json::Value::from(*b),
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        )
-    }
-
     /// A short label for text output: `pod <ns>/<name> <container>` for pods,
     /// `container <id12>` for other containers, `None` for host processes.
     pub fn label(&self) -> Option<String> {
