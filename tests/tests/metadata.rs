@@ -277,3 +277,401 @@ fn removed_cgroups_and_exited_processes_are_evicted() {
         "connector exited"
     );
 }
+
+/// The Kubernetes side against a local API server speaking the real list + watch wire
+/// format: a list with a resourceVersion, chunked watch events, a dropped connection,
+/// garbage JSON, a `410 Gone` watch event (relist), ending with the right labels and
+/// owner on the identity. Needs no privileges (the cgroup tree is a plain directory).
+mod api {
+    use std::{
+        collections::HashMap,
+        net::IpAddr,
+        sync::{Arc, Mutex},
+        time::{Duration, Instant},
+    };
+
+    use hostscope::metadata::{
+        kube::{client_for_url, Backoff},
+        CgroupCache, MetadataOptions, Resolver, Subject,
+    };
+    use serde_json::{json, Value};
+    use tokio::{
+        io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+        net::{TcpListener, TcpStream},
+        sync::Notify,
+    };
+
+    use super::{container_id, pod_uid};
+
+    enum Reply {
+        Full(u16, Value),
+        /// Chunked body: these lines, then the end of the body or not.
+        Chunked(Vec<String>, End),
+    }
+
+    enum End {
+        Finish,
+        /// Close the socket mid-body (no terminating chunk).
+        Drop,
+        /// Keep the stream open, sending nothing.
+        Hold,
+    }
+
+    type Script = Box<dyn Fn(&str, usize) -> (Option<Arc<Notify>>, Reply) + Send + Sync>;
+
+    /// Serves `script(target, n)` where n counts the requests of that kind (list or
+    /// watch of the path); logs every request target.
+    struct ApiServer {
+        url: String,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl ApiServer {
+        async fn start(script: Script) -> ApiServer {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let counts = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+            let script = Arc::new(script);
+            let l = log.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((conn, _)) = listener.accept().await else {
+                        return;
+                    };
+                    tokio::spawn(serve(conn, script.clone(), l.clone(), counts.clone()));
+                }
+            });
+            ApiServer { url, log }
+        }
+
+        fn requests(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    async fn serve(
+        conn: TcpStream,
+        script: Arc<Script>,
+        log: Arc<Mutex<Vec<String>>>,
+        counts: Arc<Mutex<HashMap<String, usize>>>,
+    ) {
+        let (r, mut w) = conn.into_split();
+        let mut r = BufReader::new(r);
+        loop {
+            // Request head: `GET <target> HTTP/1.1`, headers, blank line (GETs, no body).
+            let mut first = String::new();
+            if r.read_line(&mut first).await.unwrap_or(0) == 0 {
+                return;
+            }
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if h == "\r\n" {
+                    break;
+                }
+            }
+            let target = first.split_whitespace().nth(1).unwrap_or("").to_string();
+            log.lock().unwrap().push(target.clone());
+            let path = target.split('?').next().unwrap_or("").to_string();
+            let kind = if target.contains("watch=true") {
+                format!("watch {path}")
+            } else {
+                format!("list {path}")
+            };
+            let n = {
+                let mut c = counts.lock().unwrap();
+                let e = c.entry(kind).or_default();
+                *e += 1;
+                *e
+            };
+            let (gate, reply) = script(&target, n);
+            if let Some(g) = gate {
+                g.notified().await;
+            }
+            match reply {
+                Reply::Full(status, body) => {
+                    let body = body.to_string();
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if w.write_all(head.as_bytes()).await.is_err()
+                        || w.write_all(body.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Reply::Chunked(lines, end) => {
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if w.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for line in lines {
+                        let chunk = format!("{line}\n");
+                        let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+                        if w.write_all(framed.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let _ = w.flush().await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    match end {
+                        End::Finish => {
+                            if w.write_all(b"0\r\n\r\n").await.is_err() {
+                                return;
+                            }
+                        }
+                        End::Drop => {
+                            let _ = w.shutdown().await;
+                            return;
+                        }
+                        End::Hold => {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn pod(uid: &str, cid: &str, rv: &str, labels: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "checkout-6d4f8b7c9-x2x7q", "namespace": "shop", "uid": uid,
+                "resourceVersion": rv, "labels": labels,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "checkout-6d4f8b7c9", "uid": "rs-1", "controller": true}]
+            },
+            "spec": {"nodeName": "test-node", "containers": [{"name": "api"}]},
+            "status": {"podIP": "10.244.1.5", "containerStatuses": [{
+                "name": "api", "containerID": format!("containerd://{cid}"), "image": "shop/api",
+                "imageID": "", "ready": true, "restartCount": 0}]}
+        })
+    }
+
+    fn service(name: &str, ip: &str, rv: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "shop", "uid": format!("svc-{name}"), "resourceVersion": rv},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip]}})
+    }
+
+    fn list(kind: &str, rv: &str, items: Vec<Value>) -> Value {
+        json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": rv}, "items": items})
+    }
+
+    fn event(ty: &str, object: Value) -> String {
+        json!({"type": ty, "object": object}).to_string()
+    }
+
+    /// A plain directory in the cgroupfs-driver layout; the cache walks it (no cgroup2
+    /// file handles on a tmpfs), which also covers the walk fallback.
+    fn pod_cgroup(uid: &str, cid: &str) -> (std::path::PathBuf, u64) {
+        let root =
+            std::env::temp_dir().join(format!("hs-api-cg-{}-{}", std::process::id(), &cid[..8]));
+        let dir = root.join(format!("kubepods/burstable/pod{uid}/{cid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = hostscope::metadata::cgroup::id_of(&dir).unwrap();
+        (root, id)
+    }
+
+    fn options() -> MetadataOptions {
+        MetadataOptions {
+            kube_api: true,
+            node_name: Some("test-node".into()),
+            kubelet_log_root: "/nonexistent-kubelet-root".into(),
+            ..MetadataOptions::default()
+        }
+    }
+
+    fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn watch_survives_drop_garbage_and_410_and_labels_the_pod() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let uid = pod_uid();
+        let cid = container_id();
+        let (root, cgroup_id) = pod_cgroup(&uid, &cid);
+        let gate = Arc::new(Notify::new());
+        let (u, c, g) = (uid.clone(), cid.clone(), gate.clone());
+        let server = rt.block_on(ApiServer::start(Box::new(move |target: &str, n| {
+            let labels = |v: &str| json!({"app": "checkout", "pod-template-hash": "6d4f8b7c9", "version": v});
+            if target.starts_with("/api/v1/pods") {
+                if !target.contains("watch=true") {
+                    return match n {
+                        1 => (None, Reply::Full(200, list("PodList", "100", vec![pod(&u, &c, "100", labels("v1"))]))),
+                        _ => {
+                            let mut l = labels("v3");
+                            l["tier"] = json!("web");
+                            (None, Reply::Full(200, list("PodList", "200", vec![pod(&u, &c, "200", l)])))
+                        }
+                    };
+                }
+                return match n {
+                    // A change, then the connection drops mid-stream.
+                    1 => (None, Reply::Chunked(vec![event("MODIFIED", pod(&u, &c, "101", labels("v2")))], End::Drop)),
+                    // Resumed (from 101): garbage JSON, then the stream ends. Held until
+                    // the test has seen v2.
+                    2 => (Some(g.clone()), Reply::Chunked(vec!["{\"type\": \"MODIFIED\", \"object\": {garbage".into()], End::Finish)),
+                    // Resumed again: the version is too old → relist.
+                    3 => (None, Reply::Chunked(vec![json!({"type": "ERROR", "object": {
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": "too old resource version: 101 (150)", "reason": "Expired", "code": 410}}).to_string()], End::Finish)),
+                    _ => (None, Reply::Chunked(vec![], End::Hold)),
+                };
+            }
+            if target.starts_with("/api/v1/services") {
+                if !target.contains("watch=true") {
+                    return (None, Reply::Full(200, list("ServiceList", "10", vec![service("payments", "10.96.0.10", "10")])));
+                }
+                return match n {
+                    1 => (None, Reply::Chunked(vec![event("ADDED", service("db", "10.96.0.20", "11"))], End::Hold)),
+                    _ => (None, Reply::Chunked(vec![], End::Hold)),
+                };
+            }
+            (None, Reply::Full(404, json!({"kind": "Status", "code": 404})))
+        })));
+        let resolver = Arc::new(Resolver::with_cgroups(
+            options(),
+            CgroupCache::at(root.clone()).unwrap(),
+        ));
+        let _in_rt = rt.enter();
+        let client = client_for_url(&server.url).unwrap();
+        let _watch = resolver.spawn_kube_watch(
+            Some(client),
+            Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(200),
+            },
+        );
+        let subject = Subject {
+            pid: None,
+            cgroup_id: Some(cgroup_id),
+        };
+        let label = |k: &str| resolver.identify(subject).get_str(k).map(String::from);
+        wait_for("version v2 from the watch", Duration::from_secs(10), || {
+            label("k8s.pod.label.version").as_deref() == Some("v2")
+        });
+        gate.notify_one();
+        wait_for(
+            "version v3 from the relist",
+            Duration::from_secs(20),
+            || label("k8s.pod.label.version").as_deref() == Some("v3"),
+        );
+        let id = resolver.identify(subject);
+        let s = |k: &str| id.get_str(k);
+        assert_eq!(s("k8s.pod.uid"), Some(uid.as_str()));
+        assert_eq!(s("k8s.pod.name"), Some("checkout-6d4f8b7c9-x2x7q"));
+        assert_eq!(s("k8s.namespace.name"), Some("shop"));
+        assert_eq!(s("k8s.node.name"), Some("test-node"));
+        assert_eq!(s("k8s.container.name"), Some("api"));
+        assert_eq!(s("container.id"), Some(cid.as_str()));
+        assert_eq!(s("k8s.pod.qos_class"), Some("burstable"));
+        assert_eq!(s("k8s.replicaset.name"), Some("checkout-6d4f8b7c9"));
+        assert_eq!(s("k8s.deployment.name"), Some("checkout"));
+        assert_eq!(s("k8s.pod.label.tier"), Some("web"));
+        assert_eq!(s("k8s.pod.label.app"), Some("checkout"));
+        assert_eq!(s("k8s.pod.ip"), Some("10.244.1.5"));
+
+        // Peers: services from the list and from the watch, and the pod's IP.
+        let peer = |ip: &str| resolver.peer(ip.parse::<IpAddr>().unwrap());
+        wait_for("service db from the watch", Duration::from_secs(5), || {
+            peer("10.96.0.20").is_some()
+        });
+        assert_eq!(
+            peer("10.96.0.10").unwrap().get_str("k8s.service.name"),
+            Some("payments")
+        );
+        assert_eq!(
+            peer("10.96.0.20").unwrap().get_str("k8s.service.name"),
+            Some("db")
+        );
+        let p = peer("10.244.1.5").expect("pod peer");
+        assert_eq!(p.get_str("k8s.deployment.name"), Some("checkout"));
+        assert!(peer("192.0.2.1").is_none());
+
+        // The wire: node-scoped selector, resume from the last version after the drop and
+        // the garbage, a relist after 410.
+        let reqs = server.requests();
+        let pods: Vec<&String> = reqs
+            .iter()
+            .filter(|r| r.starts_with("/api/v1/pods"))
+            .collect();
+        assert!(
+            pods.iter()
+                .all(|r| r.contains("fieldSelector=spec.nodeName%3Dtest-node")),
+            "{pods:#?}"
+        );
+        let watches_from_101 = pods
+            .iter()
+            .filter(|r| r.contains("watch=true") && r.contains("resourceVersion=101"))
+            .count();
+        assert_eq!(watches_from_101, 2, "{pods:#?}");
+        let lists = pods.iter().filter(|r| !r.contains("watch=true")).count();
+        assert_eq!(lists, 2, "{pods:#?}");
+        let stats = resolver.stats();
+        assert!(
+            stats.kube.errors >= 3,
+            "drop, garbage, 410 counted: {:?}",
+            stats.kube
+        );
+        assert!(stats.kube.synced.contains(&"pods".to_string()));
+        assert_eq!(stats.kube.pods, 1);
+        rt.shutdown_background();
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn api_down_keeps_node_local_identity_and_counts() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let uid = pod_uid();
+        let cid = container_id();
+        let (root, cgroup_id) = pod_cgroup(&uid, &cid);
+        let resolver = Arc::new(Resolver::with_cgroups(
+            options(),
+            CgroupCache::at(root.clone()).unwrap(),
+        ));
+        let port = hostscope_tests::metadata::closed_port();
+        let _in_rt = rt.enter();
+        let client = client_for_url(&format!("http://127.0.0.1:{port}")).unwrap();
+        let _watch = resolver.spawn_kube_watch(
+            Some(client),
+            Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(100),
+            },
+        );
+        wait_for("a counted API error", Duration::from_secs(10), || {
+            resolver.stats().kube.errors >= 2
+        });
+        let id = resolver.identify(Subject {
+            pid: None,
+            cgroup_id: Some(cgroup_id),
+        });
+        assert_eq!(id.get_str("k8s.pod.uid"), Some(uid.as_str()));
+        assert_eq!(id.get_str("container.id"), Some(cid.as_str()));
+        assert_eq!(id.get_str("k8s.pod.label.app"), None);
+        let stats = resolver.stats();
+        assert!(stats.kube.last_error.is_some(), "{:?}", stats.kube);
+        assert!(stats.to_string().contains("errors"), "{stats}");
+        rt.shutdown_background();
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
