@@ -132,6 +132,10 @@ pub struct ProcessInfo {
     pub owner: Option<String>,
     /// Start time in clock ticks since boot: the pid-reuse check.
     pub start_ticks: u64,
+    /// `comm` when read: changes on exec (same pid, same start time, new program).
+    pub comm: String,
+    /// Read mid-exec (no command line yet): returned, not cached.
+    pub transient: bool,
     /// RFC 3339 start time.
     pub creation_time: Option<String>,
 }
@@ -143,6 +147,7 @@ pub struct ProcessStats {
     pub gone: u64,
     pub evicted_exited: u64,
     pub evicted_reused: u64,
+    pub evicted_exec: u64,
 }
 
 struct Inner {
@@ -185,7 +190,9 @@ impl ProcessCache {
         match info {
             Some(info) => {
                 let info = Arc::new(info);
-                inner.by_pid.insert(pid, info.clone());
+                if !info.transient {
+                    inner.by_pid.insert(pid, info.clone());
+                }
                 Some(info)
             }
             None => {
@@ -203,11 +210,15 @@ impl ProcessCache {
         let exe = proc.exe().ok().map(|p| p.display().to_string());
         let args = proc.cmdline().unwrap_or_default();
         let uid = proc.uid().ok();
-        // Kernel threads have no command line: show `[comm]` like ps does.
-        let command_line = if args.is_empty() {
-            format!("[{}]", stat.comm)
-        } else {
-            self.policy.render(&args)
+        const PF_KTHREAD: u32 = 0x0020_0000;
+        let kthread = stat.flags & PF_KTHREAD != 0;
+        // Kernel threads have no command line: `[comm]` like ps. A user process without
+        // one is mid-exec: its name for now, not cached.
+        let transient = args.is_empty() && !kthread;
+        let command_line = match (args.is_empty(), kthread) {
+            (true, true) => format!("[{}]", stat.comm),
+            (true, false) => stat.comm.clone(),
+            _ => self.policy.render(&args),
         };
         let name = exe
             .as_deref()
@@ -223,24 +234,31 @@ impl ProcessCache {
             uid,
             owner: uid.and_then(|u| self.users.name(u)),
             start_ticks: stat.starttime,
+            comm: stat.comm.clone(),
+            transient,
             creation_time: creation_time(stat.starttime),
         })
     }
 
-    /// Evicts exited processes and reused pids (start time changed). Returns the pids
-    /// evicted, so dependent caches can drop them too.
+    /// Evicts exited processes, reused pids (start time changed) and processes that
+    /// exec'd another program (comm changed). Returns the pids evicted, so dependent
+    /// caches can drop them too.
     pub fn revalidate(&self) -> Vec<u32> {
-        let entries: Vec<(u32, u64)> = self
+        let entries: Vec<(u32, u64, String)> = self
             .lock()
             .by_pid
             .iter()
-            .map(|(pid, p)| (*pid, p.start_ticks))
+            .map(|(pid, p)| (*pid, p.start_ticks, p.comm.clone()))
             .collect();
         let mut evicted = Vec::new();
-        let (mut exited, mut reused) = (0, 0);
-        for (pid, start) in entries {
-            match start_ticks(&self.proc_root, pid) {
-                Some(s) if s == start => {}
+        let (mut exited, mut reused, mut execd) = (0, 0, 0);
+        for (pid, start, comm) in entries {
+            match stat_start_and_comm(&self.proc_root, pid) {
+                Some((s, c)) if s == start && c == comm => {}
+                Some((s, _)) if s == start => {
+                    execd += 1;
+                    evicted.push(pid);
+                }
                 Some(_) => {
                     reused += 1;
                     evicted.push(pid);
@@ -257,6 +275,7 @@ impl ProcessCache {
         }
         inner.stats.evicted_exited += exited;
         inner.stats.evicted_reused += reused;
+        inner.stats.evicted_exec += execd;
         evicted
     }
 
@@ -268,14 +287,17 @@ impl ProcessCache {
     }
 }
 
-/// Field 22 of /proc/<pid>/stat, read directly (the revalidation runs for every cached
-/// pid, so it avoids parsing the whole line into a struct). `comm` may hold spaces and
-/// parentheses: fields are counted after the last `)`.
-fn start_ticks(proc_root: &std::path::Path, pid: u32) -> Option<u64> {
+/// Field 22 (start time) and `comm` of /proc/<pid>/stat, read directly (the
+/// revalidation runs for every cached pid, so it avoids parsing the whole line into a
+/// struct). `comm` may hold spaces and parentheses: fields are counted after the last `)`.
+fn stat_start_and_comm(proc_root: &std::path::Path, pid: u32) -> Option<(u64, String)> {
     let text = std::fs::read_to_string(proc_root.join(format!("{pid}/stat"))).ok()?;
-    let after = &text[text.rfind(')')? + 1..];
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
     // After `)`: state is field 3, starttime is field 22 → index 19.
-    after.split_whitespace().nth(19)?.parse().ok()
+    let start = text[close + 1..].split_whitespace().nth(19)?.parse().ok()?;
+    Some((start, comm))
 }
 
 fn creation_time(start_ticks: u64) -> Option<String> {
@@ -411,20 +433,63 @@ mod tests {
             .as_deref()
             .is_some_and(|t| t.ends_with('Z')));
 
-        let mut child = std::process::Command::new("sleep")
-            .args(["30", "--token=abc"])
+        // A bash waiting on its stdin (GNU sleep would reject the `--token` option).
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", "read x", "hs-test", "--token=abc"])
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let pid = child.id();
+        // Until its exec, the child is a copy of this test binary.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.starts_with(b"bash")) {
+            assert!(std::time::Instant::now() < deadline, "child never exec'd");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let c = cache.get(pid).expect("child");
-        assert_eq!(c.name, "sleep");
-        assert_eq!(c.command_line, "sleep 30 --token=***");
+        assert_eq!(c.name, "bash");
+        assert_eq!(c.command_line, "bash -c read x hs-test --token=***");
         assert!(cache.revalidate().is_empty());
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(cache.revalidate(), vec![pid]);
         assert_eq!(cache.stats().evicted_exited, 1);
         assert!(cache.get(pid).is_none());
+    }
+
+    #[test]
+    fn exec_evicts_the_old_program() {
+        use std::io::Write;
+        let cache = ProcessCache::new(CmdlinePolicy::default());
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", "read x; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.starts_with(b"bash")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child never exec'd bash"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(cache.get(pid).unwrap().name, "bash");
+        child.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+        while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.starts_with(b"sleep"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child never exec'd sleep"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(cache.revalidate(), vec![pid]);
+        assert_eq!(cache.stats().evicted_exec, 1);
+        assert_eq!(cache.get(pid).unwrap().name, "sleep");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
@@ -437,8 +502,11 @@ mod tests {
             format!("42 (a b) c) {}\n", fields.join(" ")),
         )
         .unwrap();
-        assert_eq!(start_ticks(&dir, 42), Some(22));
-        assert_eq!(start_ticks(&dir, 43), None);
+        assert_eq!(
+            stat_start_and_comm(&dir, 42),
+            Some((22, "a b) c".to_string()))
+        );
+        assert_eq!(stat_start_and_comm(&dir, 43), None);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
