@@ -675,3 +675,93 @@ mod api {
         std::fs::remove_dir_all(root).unwrap();
     }
 }
+
+/// `hostscope run` as users run it: text lines start with `[pod <ns>/<name> <container>]`
+/// and JSON records carry an `identity` object, for a process in a real pod cgroup.
+#[test]
+fn run_binary_text_and_json_show_the_pod() {
+    if !privileged("run_binary_text_and_json_show_the_pod") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let bin = std::env::var_os("HOSTSCOPE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostscope")
+        });
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build -p hostscope",
+        bin.display()
+    );
+    let kubelet = KubeletTree::new();
+    let tree = CgroupTree::new();
+    let uid = pod_uid();
+    let cid = container_id();
+    kubelet.add_pod("web", "front-1", &uid, &[("nginx", &cid)]);
+    let dir = tree.make(&format!(
+        "kubepods.slice/kubepods-pod{}.slice/cri-containerd-{cid}.scope",
+        uid.replace('-', "_")
+    ));
+    for format in ["text", "json"] {
+        let mut c = Connector::spawn();
+        c.move_to(&dir);
+        let mut child = std::process::Command::new(&bin)
+            .args([
+                "run",
+                "--no-pin",
+                "--duration",
+                "15",
+                "--poll-ms",
+                "20",
+                "--output",
+                format,
+            ])
+            .arg("--kubelet-log-root")
+            .arg(&kubelet.root)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let needle = format!("127.0.0.1:{}", c.port);
+        let deadline = std::time::Instant::now() + Duration::from_secs(12);
+        let mut found = None;
+        'outer: while std::time::Instant::now() < deadline {
+            // Until the probes are attached, connects are not seen: repeat.
+            c.connect();
+            while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+                if line.contains(&needle) {
+                    found = Some(line);
+                    break 'outer;
+                }
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let line = found.unwrap_or_else(|| panic!("{format}: no record of the connect"));
+        if format == "text" {
+            assert!(
+                line.starts_with("[pod web/front-1 nginx] "),
+                "text line: {line}"
+            );
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["type"], "tcp", "{line}");
+            assert_eq!(v["identity"]["k8s.pod.name"], "front-1", "{line}");
+            assert_eq!(v["identity"]["k8s.namespace.name"], "web", "{line}");
+            assert_eq!(v["identity"]["k8s.container.name"], "nginx", "{line}");
+            assert_eq!(v["identity"]["container.id"], cid.as_str(), "{line}");
+            assert_eq!(v["identity"]["k8s.pod.qos_class"], "guaranteed", "{line}");
+            assert_eq!(v["identity"]["process.executable.name"], "bash", "{line}");
+        }
+    }
+}
