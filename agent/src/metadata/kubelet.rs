@@ -69,8 +69,10 @@ pub fn parse_container_log(name: &str) -> Option<(String, String, String, String
     ))
 }
 
-/// Reads both directories under `root` (missing ones are simply empty).
-pub fn scan(root: &std::path::Path) -> KubeletSnapshot {
+/// Reads both directories under `root` (missing ones are simply empty). Pods already in
+/// `previous` are kept without reading their directory again, so a rescan costs two
+/// readdirs plus one per new pod (container names come from `containers/`).
+pub fn scan(root: &std::path::Path, previous: Option<&KubeletSnapshot>) -> KubeletSnapshot {
     let mut snap = KubeletSnapshot::default();
     if let Ok(entries) = std::fs::read_dir(root.join("pods")) {
         for e in entries.flatten() {
@@ -79,6 +81,12 @@ pub fn scan(root: &std::path::Path) -> KubeletSnapshot {
                 snap.malformed += 1;
                 continue;
             };
+            if let Some(known) = previous.and_then(|p| p.pods.get(&uid)) {
+                if known.name == pod && known.namespace == namespace {
+                    snap.pods.insert(uid, known.clone());
+                    continue;
+                }
+            }
             let mut containers: Vec<String> = std::fs::read_dir(e.path())
                 .map(|d| {
                     d.flatten()
@@ -167,7 +175,8 @@ impl KubeletLogs {
             }
             inner.last_scan = Some(Instant::now());
         }
-        let fresh = Arc::new(scan(&self.root));
+        let previous = self.lock().snap.clone();
+        let fresh = Arc::new(scan(&self.root, Some(&previous)));
         let mut inner = self.lock();
         inner.scans += 1;
         inner.snap = fresh.clone();

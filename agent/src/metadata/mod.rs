@@ -258,15 +258,24 @@ pub struct KubeStats {
 struct Cached {
     generation: u64,
     identity: Arc<Identity>,
-    /// Built while something was still unknown (kubelet layout not written yet, API not
-    /// synced): rebuilt after [`INCOMPLETE_TTL`] instead of kept for good.
-    incomplete_since: Option<Instant>,
+    /// Built while the pod or container name was still unknown (kubelet directory not
+    /// written or not rescanned yet): served until then, then rebuilt, instead of kept
+    /// for good. API changes need no such timer: they bump the generation.
+    retry_at: Option<Instant>,
+    /// Incomplete builds in a row: the retry interval doubles with each, from
+    /// [`INCOMPLETE_RETRY`] up to [`INCOMPLETE_RETRY_MAX`], so a pod whose name never
+    /// appears costs a rebuild every few seconds, not every 50 ms.
+    attempts: u32,
 }
 
 /// A peer lookup (also a negative one) and the cluster generation it was made in.
 type CachedPeer = (u64, Option<Arc<Identity>>);
 
-const INCOMPLETE_TTL: Duration = Duration::from_millis(500);
+/// How long an incomplete identity is first served before being rebuilt; equal to the
+/// kubelet rescan interval, so the rebuild can see a directory the kubelet just wrote.
+const INCOMPLETE_RETRY: Duration = KUBELET_RESCAN;
+const INCOMPLETE_RETRY_MAX: Duration = Duration::from_secs(5);
+const KUBELET_RESCAN: Duration = Duration::from_millis(50);
 
 /// Resolves subjects and peers to identities. Shared as `Arc<Resolver>`; every method
 /// takes `&self` (caches behind locks). A cache hit is one read lock and one hash lookup.
@@ -311,10 +320,7 @@ impl Resolver {
             node: options.node_name(),
             host: hostname(),
             processes: ProcessCache::new(options.cmdline.clone()),
-            kubelet: kubelet::KubeletLogs::new(
-                options.kubelet_log_root.clone(),
-                Duration::from_millis(250),
-            ),
+            kubelet: kubelet::KubeletLogs::new(options.kubelet_log_root.clone(), KUBELET_RESCAN),
             cgroups,
             options,
             cluster: RwLock::new(kube::ClusterStore::default()),
@@ -348,9 +354,7 @@ impl Resolver {
         {
             let map = self.identities.read().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = map.get(&subject) {
-                let fresh = c
-                    .incomplete_since
-                    .is_none_or(|t| t.elapsed() < INCOMPLETE_TTL);
+                let fresh = c.retry_at.is_none_or(|t| Instant::now() < t);
                 if c.generation == generation && fresh {
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     return c.identity.clone();
@@ -365,12 +369,22 @@ impl Resolver {
             map.clear();
             self.resets.fetch_add(1, Ordering::Relaxed);
         }
+        let attempts = match (complete, map.get(&subject)) {
+            (true, _) => 0,
+            (false, Some(old)) if old.retry_at.is_some() => old.attempts.saturating_add(1),
+            (false, _) => 0,
+        };
+        let retry_at = (!complete).then(|| {
+            let wait = INCOMPLETE_RETRY.saturating_mul(1 << attempts.min(10));
+            Instant::now() + wait.min(INCOMPLETE_RETRY_MAX)
+        });
         map.insert(
             subject,
             Cached {
                 generation,
                 identity: identity.clone(),
-                incomplete_since: (!complete).then(Instant::now),
+                retry_at,
+                attempts,
             },
         );
         identity
@@ -501,10 +515,6 @@ impl Resolver {
                 Some(c) => put("k8s.container.name", c.name.as_str().into()),
                 None => complete = false,
             }
-        }
-        // With the API on but not synced yet, labels and owners are still to come.
-        if self.options.kube_api {
-            complete = false;
         }
         (Identity { attributes: a }, complete)
     }
