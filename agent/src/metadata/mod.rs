@@ -266,6 +266,8 @@ struct Cached {
     /// [`INCOMPLETE_RETRY`] up to [`INCOMPLETE_RETRY_MAX`], so a pod whose name never
     /// appears costs a rebuild every few seconds, not every 50 ms.
     attempts: u32,
+    /// Hit since the last eviction pass: its process gets the full pid-reuse check.
+    used: std::sync::atomic::AtomicBool,
 }
 
 /// A peer lookup (also a negative one) and the cluster generation it was made in.
@@ -357,6 +359,10 @@ impl Resolver {
                 let fresh = c.retry_at.is_none_or(|t| Instant::now() < t);
                 if c.generation == generation && fresh {
                     self.hits.fetch_add(1, Ordering::Relaxed);
+                    // Load first: a store on every hit would bounce the cache line.
+                    if !c.used.load(Ordering::Relaxed) {
+                        c.used.store(true, Ordering::Relaxed);
+                    }
                     return c.identity.clone();
                 }
             }
@@ -385,6 +391,7 @@ impl Resolver {
                 identity: identity.clone(),
                 retry_at,
                 attempts,
+                used: std::sync::atomic::AtomicBool::new(true),
             },
         );
         identity
@@ -569,7 +576,19 @@ impl Resolver {
 
     /// Evicts exited processes (and reused pids) and removed cgroups; run on a timer.
     pub fn maintain(&self) {
-        let gone = self.processes.revalidate();
+        let used: std::collections::HashSet<u32> = self
+            .identities
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, c)| c.used.swap(false, Ordering::Relaxed))
+            .filter_map(|(s, _)| s.pid)
+            .collect();
+        let gone: std::collections::HashSet<u32> = self
+            .processes
+            .revalidate_some(Some(&used))
+            .into_iter()
+            .collect();
         let pruned = self.cgroups.prune();
         if gone.is_empty() && pruned == 0 {
             return;

@@ -244,6 +244,14 @@ impl ProcessCache {
     /// exec'd another program (comm changed). Returns the pids evicted, so dependent
     /// caches can drop them too.
     pub fn revalidate(&self) -> Vec<u32> {
+        self.revalidate_some(None)
+    }
+
+    /// [`Self::revalidate`], reading `/proc/<pid>/stat` (start time, comm) only for the
+    /// pids in `full` (those whose identity was used since the last pass); the others
+    /// are only checked for existence with `kill(pid, 0)`, ~50x cheaper. A reused pid of
+    /// an idle entry is caught on the first pass after it is used again.
+    pub fn revalidate_some(&self, full: Option<&std::collections::HashSet<u32>>) -> Vec<u32> {
         let entries: Vec<(u32, u64, String)> = self
             .lock()
             .by_pid
@@ -253,6 +261,13 @@ impl ProcessCache {
         let mut evicted = Vec::new();
         let (mut exited, mut reused, mut execd) = (0, 0, 0);
         for (pid, start, comm) in entries {
+            if full.is_some_and(|f| !f.contains(&pid)) {
+                if !alive(pid) {
+                    exited += 1;
+                    evicted.push(pid);
+                }
+                continue;
+            }
             match stat_start_and_comm(&self.proc_root, pid) {
                 Some((s, c)) if s == start && c == comm => {}
                 Some((s, _)) if s == start => {
@@ -285,6 +300,16 @@ impl ProcessCache {
         s.cached = inner.by_pid.len();
         s
     }
+}
+
+/// Whether a process exists (zombies included), without reading /proc.
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks existence and permission; nothing is delivered.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Field 22 (start time) and `comm` of /proc/<pid>/stat, read directly (the
@@ -452,7 +477,9 @@ mod tests {
         assert!(cache.revalidate().is_empty());
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(cache.revalidate(), vec![pid]);
+        // An idle entry (not used since the last pass): the existence check sees the exit.
+        let none = std::collections::HashSet::new();
+        assert_eq!(cache.revalidate_some(Some(&none)), vec![pid]);
         assert_eq!(cache.stats().evicted_exited, 1);
         assert!(cache.get(pid).is_none());
     }
@@ -485,7 +512,12 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(cache.revalidate(), vec![pid]);
+        // Idle: only its existence is checked, the exec is not seen yet.
+        assert!(cache
+            .revalidate_some(Some(&std::collections::HashSet::new()))
+            .is_empty());
+        // Used since the last pass: the full check sees the new program.
+        assert_eq!(cache.revalidate_some(Some(&[pid].into())), vec![pid]);
         assert_eq!(cache.stats().evicted_exec, 1);
         assert_eq!(cache.get(pid).unwrap().name, "sleep");
         child.kill().unwrap();
