@@ -25,6 +25,7 @@ use tokio::{
 use crate::{
     events::{self, Clock, Record},
     loader::{self, LoadError, LoaderConfig, ProbeStatus},
+    metadata::{MetadataOptions, Resolver},
     ring,
     stats::{self, AgentStats, Counters},
     tls::{
@@ -40,6 +41,8 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// Records buffered per subscriber before a slow one starts missing them (counted).
     pub channel_capacity: usize,
+    /// Process / container / pod identity of records.
+    pub metadata: MetadataOptions,
 }
 
 impl Default for AgentConfig {
@@ -48,6 +51,7 @@ impl Default for AgentConfig {
             loader: LoaderConfig::default(),
             poll_interval: Duration::from_millis(50),
             channel_capacity: 65_536,
+            metadata: MetadataOptions::default(),
         }
     }
 }
@@ -84,6 +88,9 @@ pub struct Agent {
     consumers: Vec<JoinHandle<std::io::Result<()>>>,
     /// The syscalls family's aggregation maps and runtime config, when it attached.
     syscalls: Option<events::syscalls::SharedSyscallMaps>,
+    resolver: Arc<Resolver>,
+    /// Metadata upkeep (eviction timer) and the Kubernetes API watch, when on.
+    metadata_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Agent {
@@ -236,7 +243,10 @@ impl Agent {
             )));
             syscalls = Some(maps);
         }
+        let (resolver, metadata_tasks) = start_metadata(&config.metadata, shutdown_rx.clone());
         Ok(Agent {
+            resolver,
+            metadata_tasks,
             ebpf,
             tls: probes.tls,
             tls_stats,
@@ -253,6 +263,11 @@ impl Agent {
     /// A new stream of every record decoded from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<SharedRecord> {
         self.records.subscribe()
+    }
+
+    /// Identity of records (process, container, pod, peer workload), shared by the sinks.
+    pub fn resolver(&self) -> Arc<Resolver> {
+        self.resolver.clone()
     }
 
     pub fn report(&self) -> &[ProbeStatus] {
@@ -327,6 +342,42 @@ impl Agent {
         if let Some(t) = self.tracker.take() {
             let _ = t.await;
         }
+        for t in self.metadata_tasks.drain(..) {
+            t.abort();
+        }
         self.stats()
     }
+}
+
+/// The resolver, its eviction timer and (when asked) the Kubernetes API watch. Nothing
+/// here can fail the agent: what cannot start is counted in the resolver's stats.
+fn start_metadata(
+    options: &MetadataOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> (Arc<Resolver>, Vec<JoinHandle<()>>) {
+    let resolver = Arc::new(Resolver::new(options.clone()));
+    let mut tasks = Vec::new();
+    if !options.enabled {
+        return (resolver, tasks);
+    }
+    let r = resolver.clone();
+    let every = Duration::from_millis(options.revalidate_ms.max(100));
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let r = r.clone();
+                    // /proc and cgroupfs reads block: off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || r.maintain()).await;
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }));
+    if options.kube_api {
+        tasks.push(resolver.spawn_kube_watch(None, crate::metadata::kube::Backoff::default()));
+    }
+    (resolver, tasks)
 }

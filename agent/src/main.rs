@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the probes and print what they see, live (Ctrl-C to stop).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the decoded contents of one of the agent's pinned maps.
     Dump(DumpArgs),
 }
@@ -68,6 +68,8 @@ struct RunArgs {
     stats_interval: u64,
     #[command(flatten)]
     syscalls: SyscallArgs,
+    #[command(flatten)]
+    metadata: hostscope::metadata::MetadataArgs,
 }
 
 /// Syscall telemetry and security events.
@@ -206,7 +208,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("starting the async runtime")
-            .and_then(|rt| rt.block_on(run(args))),
+            .and_then(|rt| rt.block_on(run(*args))),
         Command::Dump(args) => run_dump(args),
     };
     match result {
@@ -235,6 +237,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             syscalls,
         },
         poll_interval: Duration::from_millis(args.poll_ms),
+        metadata: args.metadata.options(),
         ..AgentConfig::default()
     };
     let mut agent = Agent::start(&config).context("starting the agent")?;
@@ -245,7 +248,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ => eprintln!("probe {status}"),
         }
     }
-    let printer = output::spawn_printer(agent.subscribe(), args.output, agent.counters());
+    let printer = output::spawn_printer_with(
+        agent.subscribe(),
+        args.output,
+        agent.counters(),
+        args.metadata.options().enabled.then(|| agent.resolver()),
+    );
 
     let stop = async {
         match args.duration {
@@ -262,7 +270,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = ticker.tick(), if args.stats_interval > 0 => print_stats(&agent.stats(), args.output)?,
+            _ = ticker.tick(), if args.stats_interval > 0 => {
+                print_stats(&agent.stats(), args.output)?;
+                print_metadata_stats(&agent.resolver().stats(), args.output)?;
+            }
             _ = rescan.tick() => {
                 for problem in agent.refresh() {
                     eprintln!("tls uprobes: {problem}");
@@ -270,10 +281,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let metadata = agent.resolver();
     let stats = agent.stop().await;
     // The agent's channel is closed now; the printer finishes what it has.
     let _ = tokio::task::spawn_blocking(move || printer.join()).await;
     print_stats(&stats, args.output)?;
+    print_metadata_stats(&metadata.stats(), args.output)?;
+    Ok(())
+}
+
+fn print_metadata_stats(
+    stats: &hostscope::metadata::MetadataStats,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => print_tagged("metadata_stats", stats)?,
+        _ => eprintln!("{stats}"),
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::{
 use serde::Serialize;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::{agent::SharedRecord, stats::Counters};
+use crate::{agent::SharedRecord, events::Record, metadata::Resolver, stats::Counters};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -21,9 +21,21 @@ pub enum OutputFormat {
 /// Prints records on a dedicated thread until the channel closes or stdout goes away
 /// (e.g. `| head`). Missed records are counted, never silently skipped.
 pub fn spawn_printer(
+    rx: broadcast::Receiver<SharedRecord>,
+    format: OutputFormat,
+    counters: Arc<Counters>,
+) -> std::thread::JoinHandle<()> {
+    spawn_printer_with(rx, format, counters, None)
+}
+
+/// [`spawn_printer`] with identities: text lines start with `pod <ns>/<name> <container>`
+/// (or `container <id>`) when known; JSON records get an `"identity"` object (and a
+/// `"peer_identity"` one when the remote end is a known pod or service).
+pub fn spawn_printer_with(
     mut rx: broadcast::Receiver<SharedRecord>,
     format: OutputFormat,
     counters: Arc<Counters>,
+    resolver: Option<Arc<Resolver>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let stdout = std::io::stdout();
@@ -37,10 +49,15 @@ pub fn spawn_printer(
                 }
                 Err(RecvError::Closed) => break,
             };
-            let written = match format {
-                OutputFormat::Text => writeln!(out, "{record}"),
-                OutputFormat::Json => write_json(&mut out, &*record),
-                OutputFormat::None => Ok(()),
+            let written = match (format, &resolver) {
+                (OutputFormat::Text, Some(r)) => match text_label(r, &record) {
+                    Some(label) => writeln!(out, "[{label}] {record}"),
+                    None => writeln!(out, "{record}"),
+                },
+                (OutputFormat::Json, Some(r)) => write_json(&mut out, &with_identity(r, &record)),
+                (OutputFormat::Text, None) => writeln!(out, "{record}"),
+                (OutputFormat::Json, None) => write_json(&mut out, &*record),
+                (OutputFormat::None, _) => Ok(()),
             };
             let flushed = if rx.is_empty() { out.flush() } else { Ok(()) };
             if written.and(flushed).is_err() {
@@ -63,4 +80,44 @@ pub struct Tagged<'a, T: Serialize> {
     pub kind: &'a str,
     #[serde(flatten)]
     pub value: &'a T,
+}
+
+fn has_subject(record: &Record) -> bool {
+    let s = record.subject();
+    s.pid.is_some() || s.cgroup_id.is_some()
+}
+
+/// The identity label of a record for text output, when it belongs to a container or pod.
+pub fn text_label(resolver: &Resolver, record: &Record) -> Option<String> {
+    if !has_subject(record) {
+        return None;
+    }
+    resolver.identify(record.subject()).label()
+}
+
+/// A record with its identity, serialized as the record's own fields plus `identity`
+/// (and `peer_identity`) objects.
+#[derive(Serialize)]
+pub struct WithIdentity<'a> {
+    #[serde(flatten)]
+    pub record: &'a Record,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "shared")]
+    pub identity: Option<Arc<crate::metadata::Identity>>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "shared")]
+    pub peer_identity: Option<Arc<crate::metadata::Identity>>,
+}
+
+fn shared<S: serde::Serializer>(
+    v: &Option<Arc<crate::metadata::Identity>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    v.as_deref().serialize(s)
+}
+
+pub fn with_identity<'a>(resolver: &Resolver, record: &'a Record) -> WithIdentity<'a> {
+    WithIdentity {
+        record,
+        identity: has_subject(record).then(|| resolver.identify(record.subject())),
+        peer_identity: record.peer().and_then(|a| resolver.peer(a.ip())),
+    }
 }

@@ -8,6 +8,9 @@
 //!
 //! Syscalls: a storm of `getppid` calls timed with no tracer, with hostscope, and with
 //! libbpf-tools `syscount -L` (counts and latency, like hostscope), interleaved rounds.
+//!
+//! Metadata: identity lookup cost on a cache hit, memory per 1,000 pods / 10,000
+//! processes, new cgroup → first labelled record (`tests/examples/metadata_bench.rs`).
 
 use std::{
     collections::BTreeMap,
@@ -43,6 +46,7 @@ pub enum Section {
     Tcp,
     Tls,
     Syscalls,
+    Metadata,
 }
 
 /// Programs `hostscope run` loads on this kernel: 5 TCP, 6 TLS (2 wire, 4 OpenSSL),
@@ -329,10 +333,34 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         if run_section(Section::Syscalls) {
             bench_syscalls(&args, &bin)?;
         }
+        if run_section(Section::Metadata) {
+            bench_metadata(&args)?;
+        }
         Ok(())
     })();
     let _ = sysctl("kernel.bpf_stats_enabled", &old_stats);
     result
+}
+
+// -- metadata -----------------------------------------------------------------------------
+
+/// Identity lookups are in-process work: the figures come from the library itself
+/// (`tests/examples/metadata_bench.rs`): cache-hit cost, memory per 1,000 pods and per
+/// 10,000 processes, and new cgroup → first labelled record with the real agent.
+fn bench_metadata(args: &BenchArgs) -> anyhow::Result<()> {
+    println!("== metadata ==");
+    let rounds = (args.rounds * 4).max(5).to_string();
+    run(cargo().args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "hostscope-tests",
+        "--example",
+        "metadata_bench",
+        "--",
+        &rounds,
+    ]))
 }
 
 // -- syscalls -----------------------------------------------------------------------------

@@ -3,9 +3,26 @@
 //! local API) ask the [`Resolver`] for an [`Identity`] per record; identities are cached
 //! and shared (`Arc`) so a cache hit costs a hash lookup, not an allocation.
 
-use std::{net::IpAddr, sync::Arc};
+pub mod cgroup;
+pub mod kube;
+pub mod kubelet;
+pub mod process;
 
-use serde::Serialize;
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use cgroup::{CgroupCache, CgroupInfo, QosClass, Runtime};
+pub use process::{CmdlinePolicy, ProcessCache, ProcessInfo};
 
 /// An attribute value as OpenTelemetry carries it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -41,10 +58,22 @@ impl From<bool> for AttrValue {
 /// `container.id`, `process.pid`, …), in a stable order.
 pub type Attributes = Vec<(String, AttrValue)>;
 
-/// Everything known about the subject of a record.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+/// Everything known about the subject of a record. Serializes as one JSON object of its
+/// attributes, in order (`{"process.pid": 42, "k8s.pod.name": "…", …}`).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Identity {
     pub attributes: Attributes,
+}
+
+impl Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.attributes.len()))?;
+        for (k, v) in &self.attributes {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 impl Identity {
@@ -70,26 +99,611 @@ pub struct Subject {
     pub cgroup_id: Option<u64>,
 }
 
-/// Resolves subjects and peers to identities.
-#[derive(Default)]
-pub struct Resolver {}
+impl Identity {
+    /// A short label for text output: `pod <ns>/<name> <container>` for pods,
+    /// `container <id12>` for other containers, `None` for host processes.
+    pub fn label(&self) -> Option<String> {
+        if let (Some(ns), Some(pod)) = (
+            self.get_str("k8s.namespace.name"),
+            self.get_str("k8s.pod.name"),
+        ) {
+            let container = self
+                .get_str("k8s.container.name")
+                .or(self.get_str("container.id").map(|c| &c[..c.len().min(12)]))
+                .unwrap_or("?");
+            return Some(format!("pod {ns}/{pod} {container}"));
+        }
+        if let Some(uid) = self.get_str("k8s.pod.uid") {
+            let container = self
+                .get_str("container.id")
+                .map(|c| &c[..c.len().min(12)])
+                .unwrap_or("?");
+            return Some(format!("pod uid {uid} {container}"));
+        }
+        self.get_str("container.id")
+            .map(|c| format!("container {}", &c[..c.len().min(12)]))
+    }
+}
+
+/// Metadata options: serde for a config file, [`MetadataArgs`] for the command line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataOptions {
+    /// Resolve identities at all (off: records carry only `process.pid`).
+    pub enabled: bool,
+    /// Read process details (/proc) for records with a pid.
+    pub processes: bool,
+    pub cmdline: CmdlinePolicy,
+    /// Parent of the kubelet's `pods/` and `containers/` log directories.
+    pub kubelet_log_root: PathBuf,
+    /// Watch this node's pods and the cluster's services on the Kubernetes API.
+    pub kube_api: bool,
+    /// kubeconfig file (default: in-cluster service account, then $KUBECONFIG).
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (default: $NODE_NAME, then the host name).
+    pub node_name: Option<String>,
+    /// How often exited processes and removed cgroups are evicted, in milliseconds.
+    pub revalidate_ms: u64,
+    /// Identities cached at most (beyond: the cache is cleared and refilled, counted).
+    pub max_identities: usize,
+}
+
+impl Default for MetadataOptions {
+    fn default() -> Self {
+        MetadataOptions {
+            enabled: true,
+            processes: true,
+            cmdline: CmdlinePolicy::default(),
+            kubelet_log_root: PathBuf::from("/var/log"),
+            kube_api: false,
+            kubeconfig: None,
+            node_name: None,
+            revalidate_ms: 2000,
+            max_identities: 65_536,
+        }
+    }
+}
+
+impl MetadataOptions {
+    pub fn node_name(&self) -> String {
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+            .unwrap_or_else(hostname)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Command-line flags of the metadata options (flattened into `hostscope run`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct MetadataArgs {
+    /// Do not resolve process / container / pod identity.
+    #[arg(long)]
+    pub no_metadata: bool,
+    /// Do not read process details from /proc (executable, command line, owner).
+    #[arg(long)]
+    pub no_process_metadata: bool,
+    /// Longest command line kept, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub cmdline_max_bytes: usize,
+    /// Redact the value of arguments whose name contains this word (repeatable; replaces
+    /// the defaults: password, secret, token, api-key, credential, auth, …).
+    #[arg(long = "redact-arg", value_name = "WORD")]
+    pub redact_args: Vec<String>,
+    /// Parent of the kubelet's `pods/` and `containers/` log directories.
+    #[arg(long, default_value = "/var/log", value_name = "DIR")]
+    pub kubelet_log_root: PathBuf,
+    /// Watch this node's pods and the services on the Kubernetes API (labels, owners,
+    /// peer identity).
+    #[arg(long)]
+    pub kube_api: bool,
+    /// kubeconfig for --kube-api (default: in-cluster service account, then $KUBECONFIG).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (default: $NODE_NAME, then the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+}
+
+impl MetadataArgs {
+    pub fn options(&self) -> MetadataOptions {
+        let mut cmdline = CmdlinePolicy {
+            max_bytes: self.cmdline_max_bytes,
+            ..CmdlinePolicy::default()
+        };
+        if !self.redact_args.is_empty() {
+            cmdline.redact_keys = self.redact_args.clone();
+        }
+        MetadataOptions {
+            enabled: !self.no_metadata,
+            processes: !self.no_process_metadata,
+            cmdline,
+            kubelet_log_root: self.kubelet_log_root.clone(),
+            kube_api: self.kube_api,
+            kubeconfig: self.kubeconfig.clone(),
+            node_name: self.node_name.clone(),
+            ..MetadataOptions::default()
+        }
+    }
+}
+
+/// The resolver's account of itself.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MetadataStats {
+    pub identities_cached: usize,
+    pub hits: u64,
+    pub builds: u64,
+    pub cache_resets: u64,
+    pub cgroups: cgroup::CgroupStats,
+    pub processes: process::ProcessStats,
+    pub kubelet_scans: u64,
+    pub kube: KubeStats,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KubeStats {
+    pub events: u64,
+    pub errors: u64,
+    pub synced: Vec<String>,
+    pub last_error: Option<String>,
+    pub pods: usize,
+    pub services: usize,
+}
+
+struct Cached {
+    generation: u64,
+    identity: Arc<Identity>,
+    /// Built while the pod or container name was still unknown (kubelet directory not
+    /// written or not rescanned yet): served until then, then rebuilt, instead of kept
+    /// for good. API changes need no such timer: they bump the generation.
+    retry_at: Option<Instant>,
+    /// Incomplete builds in a row: the retry interval doubles with each, from
+    /// [`INCOMPLETE_RETRY`] up to [`INCOMPLETE_RETRY_MAX`], so a pod whose name never
+    /// appears costs a rebuild every few seconds, not every 50 ms.
+    attempts: u32,
+    /// Hit since the last eviction pass: its process gets the full pid-reuse check.
+    used: std::sync::atomic::AtomicBool,
+}
+
+/// A peer lookup (also a negative one) and the cluster generation it was made in.
+type CachedPeer = (u64, Option<Arc<Identity>>);
+
+/// How long an incomplete identity is first served before being rebuilt; equal to the
+/// kubelet rescan interval, so the rebuild can see a directory the kubelet just wrote.
+const INCOMPLETE_RETRY: Duration = KUBELET_RESCAN;
+const INCOMPLETE_RETRY_MAX: Duration = Duration::from_secs(5);
+const KUBELET_RESCAN: Duration = Duration::from_millis(50);
+
+/// Resolves subjects and peers to identities. Shared as `Arc<Resolver>`; every method
+/// takes `&self` (caches behind locks). A cache hit is one read lock and one hash lookup.
+pub struct Resolver {
+    options: MetadataOptions,
+    node: String,
+    host: String,
+    cgroups: CgroupCache,
+    processes: ProcessCache,
+    kubelet: kubelet::KubeletLogs,
+    cluster: RwLock<kube::ClusterStore>,
+    /// Bumped by every cluster change: cached identities of older generations are rebuilt.
+    generation: AtomicU64,
+    identities: RwLock<HashMap<Subject, Cached>>,
+    peers: RwLock<HashMap<IpAddr, CachedPeer>>,
+    hits: AtomicU64,
+    builds: AtomicU64,
+    resets: AtomicU64,
+    kube: Mutex<KubeStats>,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver::node_local()
+    }
+}
 
 impl Resolver {
-    /// Identity from what the node alone tells (no Kubernetes API).
+    /// Identity from what the node alone tells (no Kubernetes API), default options.
     pub fn node_local() -> Resolver {
-        Resolver {}
+        Resolver::new(MetadataOptions::default())
+    }
+
+    pub fn new(options: MetadataOptions) -> Resolver {
+        let cgroups = CgroupCache::discover().unwrap_or_else(|_| CgroupCache::unavailable());
+        Resolver::with_cgroups(options, cgroups)
+    }
+
+    /// With an explicit cgroup cache (tests, benches).
+    pub fn with_cgroups(options: MetadataOptions, cgroups: CgroupCache) -> Resolver {
+        Resolver {
+            node: options.node_name(),
+            host: hostname(),
+            processes: ProcessCache::new(options.cmdline.clone()),
+            kubelet: kubelet::KubeletLogs::new(options.kubelet_log_root.clone(), KUBELET_RESCAN),
+            cgroups,
+            options,
+            cluster: RwLock::new(kube::ClusterStore::default()),
+            generation: AtomicU64::new(0),
+            identities: RwLock::new(HashMap::new()),
+            peers: RwLock::new(HashMap::new()),
+            hits: AtomicU64::new(0),
+            builds: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            kube: Mutex::new(KubeStats::default()),
+        }
+    }
+
+    pub fn options(&self) -> &MetadataOptions {
+        &self.options
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node
     }
 
     pub fn identify(&self, subject: Subject) -> Arc<Identity> {
-        let mut attributes = Attributes::new();
-        if let Some(pid) = subject.pid {
-            attributes.push(("process.pid".into(), (pid as i64).into()));
+        if !self.options.enabled {
+            let mut attributes = Attributes::new();
+            if let Some(pid) = subject.pid {
+                attributes.push(("process.pid".into(), i64::from(pid).into()));
+            }
+            return Arc::new(Identity { attributes });
         }
-        Arc::new(Identity { attributes })
+        let generation = self.generation.load(Ordering::Acquire);
+        {
+            let map = self.identities.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = map.get(&subject) {
+                let fresh = c.retry_at.is_none_or(|t| Instant::now() < t);
+                if c.generation == generation && fresh {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    // Load first: a store on every hit would bounce the cache line.
+                    if !c.used.load(Ordering::Relaxed) {
+                        c.used.store(true, Ordering::Relaxed);
+                    }
+                    return c.identity.clone();
+                }
+            }
+        }
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        let (identity, complete) = self.build(subject);
+        let identity = Arc::new(identity);
+        let mut map = self.identities.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= self.options.max_identities && !map.contains_key(&subject) {
+            map.clear();
+            self.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        let attempts = match (complete, map.get(&subject)) {
+            (true, _) => 0,
+            (false, Some(old)) if old.retry_at.is_some() => old.attempts.saturating_add(1),
+            (false, _) => 0,
+        };
+        let retry_at = (!complete).then(|| {
+            let wait = INCOMPLETE_RETRY.saturating_mul(1 << attempts.min(10));
+            Instant::now() + wait.min(INCOMPLETE_RETRY_MAX)
+        });
+        map.insert(
+            subject,
+            Cached {
+                generation,
+                identity: identity.clone(),
+                retry_at,
+                attempts,
+                used: std::sync::atomic::AtomicBool::new(true),
+            },
+        );
+        identity
+    }
+
+    /// The cgroup of a subject: by id (any process, even exited), else from /proc.
+    fn cgroup_of(&self, subject: Subject) -> Option<Arc<CgroupInfo>> {
+        if let Some(id) = subject.cgroup_id.filter(|id| *id != 0) {
+            if let Some(info) = self.cgroups.get(id) {
+                return Some(info);
+            }
+        }
+        let pid = subject.pid?;
+        let rel = cgroup::path_of_pid(pid)?;
+        Some(
+            self.cgroups
+                .get_by_path(subject.cgroup_id.filter(|id| *id != 0), &rel),
+        )
+    }
+
+    fn build(&self, subject: Subject) -> (Identity, bool) {
+        let mut a = Attributes::new();
+        let mut complete = true;
+        let mut put = |k: &str, v: AttrValue| a.push((k.to_string(), v));
+        put("host.name", self.host.as_str().into());
+        if let Some(pid) = subject.pid {
+            put("process.pid", i64::from(pid).into());
+            if self.options.processes {
+                if let Some(p) = self.processes.get(pid) {
+                    put("process.parent_pid", i64::from(p.parent_pid).into());
+                    put("process.executable.name", p.name.as_str().into());
+                    if let Some(exe) = &p.exe {
+                        put("process.executable.path", exe.as_str().into());
+                    }
+                    put("process.command_line", p.command_line.as_str().into());
+                    if let Some(uid) = p.uid {
+                        put("process.user.id", i64::from(uid).into());
+                    }
+                    if let Some(owner) = &p.owner {
+                        put("process.owner", owner.as_str().into());
+                    }
+                    if let Some(t) = &p.creation_time {
+                        put("process.creation.time", t.as_str().into());
+                    }
+                }
+            }
+        }
+        let cg = self.cgroup_of(subject);
+        let Some(cg) = cg else {
+            // Neither the cgroup nor the process could be found: say so, not "host".
+            put("hostscope.scope", "unknown".into());
+            return (Identity { attributes: a }, true);
+        };
+        put("hostscope.cgroup.path", cg.path.as_str().into());
+        if cg.is_host() {
+            put("hostscope.scope", "host".into());
+            return (Identity { attributes: a }, true);
+        }
+        put(
+            "hostscope.scope",
+            if cg.pod_uid.is_some() {
+                "pod"
+            } else {
+                "container"
+            }
+            .into(),
+        );
+        if let Some(id) = &cg.container_id {
+            put("container.id", id.as_str().into());
+        }
+        if let Some(rt) = cg.runtime {
+            put("container.runtime", rt.as_str().into());
+        }
+        let Some(uid) = &cg.pod_uid else {
+            return (Identity { attributes: a }, true);
+        };
+        put("k8s.pod.uid", uid.as_str().into());
+        if let Some(qos) = cg.qos {
+            put("k8s.pod.qos_class", qos.as_str().into());
+        }
+        let api_pod = self
+            .cluster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .pods
+            .get(uid)
+            .cloned();
+        if let Some(pod) = api_pod {
+            put("k8s.pod.name", pod.name.as_str().into());
+            put("k8s.namespace.name", pod.namespace.as_str().into());
+            put(
+                "k8s.node.name",
+                pod.node.as_deref().unwrap_or(&self.node).into(),
+            );
+            let container = cg
+                .container_id
+                .as_ref()
+                .and_then(|id| pod.containers.get(id).cloned())
+                .or_else(|| {
+                    let id = cg.container_id.as_ref()?;
+                    self.kubelet.container(id).map(|c| c.name.clone())
+                });
+            if let Some(c) = container {
+                put("k8s.container.name", c.into());
+            }
+            for (k, v) in &pod.workload {
+                put(k, v.as_str().into());
+            }
+            if let Some(ip) = pod.ip {
+                put("k8s.pod.ip", ip.to_string().into());
+            }
+            put("k8s.pod.host_network", pod.host_network.into());
+            for (k, v) in &pod.labels {
+                put(&format!("k8s.pod.label.{k}"), v.as_str().into());
+            }
+            return (Identity { attributes: a }, true);
+        }
+        match self.kubelet.pod(uid) {
+            Some(pod) => {
+                put("k8s.pod.name", pod.name.as_str().into());
+                put("k8s.namespace.name", pod.namespace.as_str().into());
+                put("k8s.node.name", self.node.as_str().into());
+            }
+            None => complete = false,
+        }
+        if let Some(id) = &cg.container_id {
+            match self.kubelet.container(id) {
+                Some(c) => put("k8s.container.name", c.name.as_str().into()),
+                None => complete = false,
+            }
+        }
+        (Identity { attributes: a }, complete)
     }
 
     /// The cluster workload (pod or service) behind a remote address, when known.
-    pub fn peer(&self, _addr: IpAddr) -> Option<Arc<Identity>> {
-        None
+    pub fn peer(&self, addr: IpAddr) -> Option<Arc<Identity>> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((g, id)) = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+        {
+            if *g == generation {
+                return id.clone();
+            }
+        }
+        let id = {
+            let cluster = self.cluster.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(svc) = cluster.services_by_ip.get(&addr) {
+                Some(Arc::new(Identity {
+                    attributes: vec![
+                        ("k8s.service.name".into(), svc.name.as_str().into()),
+                        ("k8s.namespace.name".into(), svc.namespace.as_str().into()),
+                    ],
+                }))
+            } else if let Some(pod) = cluster
+                .pod_by_ip
+                .get(&addr)
+                .and_then(|uid| cluster.pods.get(uid))
+            {
+                let mut attributes: Attributes = vec![
+                    ("k8s.pod.name".into(), pod.name.as_str().into()),
+                    ("k8s.namespace.name".into(), pod.namespace.as_str().into()),
+                    ("k8s.pod.uid".into(), pod.uid.as_str().into()),
+                ];
+                for (k, v) in &pod.workload {
+                    attributes.push((k.to_string(), v.as_str().into()));
+                }
+                Some(Arc::new(Identity { attributes }))
+            } else {
+                None
+            }
+        };
+        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        if peers.len() >= self.options.max_identities {
+            peers.clear();
+        }
+        peers.insert(addr, (generation, id.clone()));
+        id
+    }
+
+    /// Evicts exited processes (and reused pids) and removed cgroups; run on a timer.
+    pub fn maintain(&self) {
+        let used: std::collections::HashSet<u32> = self
+            .identities
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, c)| c.used.swap(false, Ordering::Relaxed))
+            .filter_map(|(s, _)| s.pid)
+            .collect();
+        let gone: std::collections::HashSet<u32> = self
+            .processes
+            .revalidate_some(Some(&used))
+            .into_iter()
+            .collect();
+        let pruned = self.cgroups.prune();
+        if gone.is_empty() && pruned == 0 {
+            return;
+        }
+        let mut map = self.identities.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|s, _| s.pid.is_none_or(|p| !gone.contains(&p)));
+        if pruned > 0 {
+            // Identities of removed cgroups are never asked for again (ids are not reused).
+            map.retain(|s, _| s.cgroup_id.is_none_or(|id| self.cgroups.contains(id)));
+        }
+    }
+
+    /// Applies a change to the cluster store; cached identities are rebuilt lazily.
+    pub fn update_cluster(&self, f: impl FnOnce(&mut kube::ClusterStore)) {
+        let mut c = self.cluster.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut c);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn kube_stats(&self) -> std::sync::MutexGuard<'_, KubeStats> {
+        self.kube.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn kube_event(&self) {
+        self.kube_stats().events += 1;
+    }
+
+    pub(crate) fn kube_synced(&self, what: &str) {
+        let mut k = self.kube_stats();
+        if !k.synced.iter().any(|s| s == what) {
+            k.synced.push(what.to_string());
+        }
+    }
+
+    pub(crate) fn kube_error(&self, what: &str, e: &dyn std::fmt::Display) {
+        let mut k = self.kube_stats();
+        k.errors += 1;
+        k.last_error = Some(format!("{what}: {e}"));
+    }
+
+    /// Starts the Kubernetes API watches (pods of this node, services) on the current
+    /// tokio runtime. A client that cannot be built is reported and counted; the
+    /// node-local identity keeps working either way.
+    pub fn spawn_kube_watch(
+        self: &Arc<Self>,
+        client: Option<::kube::Client>,
+        backoff: kube::Backoff,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let client = match client {
+                Some(c) => c,
+                None => match kube::client(me.options.kubeconfig.as_deref()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        me.kube_error("client", &e);
+                        return;
+                    }
+                },
+            };
+            let pods = kube::watch_pods(client.clone(), me.node.clone(), me.clone(), backoff);
+            let services = kube::watch_services(client, me.clone(), backoff);
+            tokio::join!(pods, services);
+        })
+    }
+
+    pub fn stats(&self) -> MetadataStats {
+        let mut kube = self.kube_stats().clone();
+        {
+            let c = self.cluster.read().unwrap_or_else(|p| p.into_inner());
+            kube.pods = c.pods.len();
+            kube.services = c.service_count();
+        }
+        MetadataStats {
+            identities_cached: self
+                .identities
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            hits: self.hits.load(Ordering::Relaxed),
+            builds: self.builds.load(Ordering::Relaxed),
+            cache_resets: self.resets.load(Ordering::Relaxed),
+            cgroups: self.cgroups.stats(),
+            processes: self.processes.stats(),
+            kubelet_scans: self.kubelet.scans(),
+            kube,
+        }
+    }
+}
+
+impl std::fmt::Display for MetadataStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "metadata: {} identities ({} hits, {} builds, {} resets), cgroups {} cached / {} misses / {} unresolved / {} pruned, processes {} cached / {} gone / {} exited / {} reused, kubelet scans {}, kube api {} events {} errors{}",
+            self.identities_cached,
+            self.hits,
+            self.builds,
+            self.cache_resets,
+            self.cgroups.cached,
+            self.cgroups.misses,
+            self.cgroups.unresolved,
+            self.cgroups.pruned,
+            self.processes.cached,
+            self.processes.gone,
+            self.processes.evicted_exited,
+            self.processes.evicted_reused,
+            self.kubelet_scans,
+            self.kube.events,
+            self.kube.errors,
+            self.kube
+                .last_error
+                .as_ref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default()
+        )
     }
 }
