@@ -205,3 +205,40 @@ fn bad_input_gets_a_clear_error() {
         "no pinned map at /nonexistent/hostscope/TCP_CONNS",
     );
 }
+
+/// The DaemonSet under deploy/ must not drift from the binary: every flag it passes is
+/// one `hostscope run` accepts, and the RBAC grants the watch the metadata layer makes.
+#[test]
+fn deploy_manifest_uses_real_flags_and_grants_the_watch() {
+    let manifest = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/hostscope.yaml"),
+    )
+    .unwrap();
+    let help = Command::new(bin())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flags: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .filter(|t| t.starts_with("--"))
+        .collect();
+    assert!(flags.contains(&"--kube-api"), "manifest flags: {flags:?}");
+    for flag in &flags {
+        assert!(
+            help.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+                .any(|w| w == *flag),
+            "deploy manifest passes {flag}, which `hostscope run` does not accept"
+        );
+    }
+    for needed in [
+        "resources: [\"pods\", \"services\"]",
+        "verbs: [\"get\", \"list\", \"watch\"]",
+        "fieldPath: spec.nodeName",
+        "hostPID: true",
+    ] {
+        assert!(manifest.contains(needed), "manifest lacks {needed}");
+    }
+}
