@@ -105,6 +105,16 @@ pub struct WithIdentity<'a> {
     pub identity: Option<Arc<crate::metadata::Identity>>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "shared")]
     pub peer_identity: Option<Arc<crate::metadata::Identity>>,
+    /// Syscall aggregates: the identity of each `processes[]` row, in the same order.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "shared_rows")]
+    pub process_identities: Vec<Arc<crate::metadata::Identity>>,
+}
+
+fn shared_rows<S: serde::Serializer>(
+    v: &[Arc<crate::metadata::Identity>],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|i| &**i))
 }
 
 fn shared<S: serde::Serializer>(
@@ -119,5 +129,51 @@ pub fn with_identity<'a>(resolver: &Resolver, record: &'a Record) -> WithIdentit
         record,
         identity: has_subject(record).then(|| resolver.identify(record.subject())),
         peer_identity: record.peer().and_then(|a| resolver.peer(a.ip())),
+        process_identities: match record {
+            Record::Syscalls(r) => r
+                .processes
+                .iter()
+                .map(|p| resolver.identify(crate::events::syscalls::row_subject(r.key_by, p.id)))
+                .collect(),
+            _ => Vec::new(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::syscalls::{ProcessSyscalls, SyscallsRecord};
+
+    fn row(id: u64) -> ProcessSyscalls {
+        ProcessSyscalls {
+            id,
+            comm: "x".into(),
+            calls: 1,
+            errors: 0,
+            syscalls: Vec::new(),
+            errnos: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn syscall_rows_carry_their_own_identity() {
+        let me = std::process::id();
+        let resolver = Resolver::node_local();
+        let record = Record::Syscalls(SyscallsRecord {
+            ts_unix_ns: 0,
+            interval_s: 1.0,
+            key_by: "pid",
+            calls: 2,
+            errors: 0,
+            processes: vec![row(me as u64), row(1)],
+        });
+        let json = serde_json::to_value(with_identity(&resolver, &record)).unwrap();
+        let rows = json["process_identities"].as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["process.pid"], me as i64);
+        assert_eq!(rows[1]["process.pid"], 1);
+        // The aggregate as a whole has no single subject.
+        assert!(json.get("identity").is_none());
     }
 }

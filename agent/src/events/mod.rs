@@ -44,10 +44,10 @@ impl Record {
                 pid: Some(r.pid),
                 cgroup_id: Some(r.cgroup_id),
             },
-            // Interval aggregates name many processes; each row is resolved on its own.
-            Record::TlsCertificate(_) | Record::Syscalls(_) | Record::SyscallAlert(_) => {
-                Subject::default()
-            }
+            Record::SyscallAlert(r) => syscalls::row_subject(r.key_by, r.id),
+            // Interval aggregates name many processes; each row is resolved on its own
+            // (`syscalls::row_subject`).
+            Record::TlsCertificate(_) | Record::Syscalls(_) => Subject::default(),
         }
     }
 

@@ -94,6 +94,21 @@ pub struct ProcessSyscalls {
     pub errnos: Vec<ErrnoRow>,
 }
 
+/// The subject of an aggregation row or alert: its id is a tgid or a cgroup id.
+pub fn row_subject(key_by: &str, id: u64) -> crate::metadata::Subject {
+    use crate::metadata::Subject;
+    match key_by {
+        "cgroup" => Subject {
+            pid: None,
+            cgroup_id: Some(id),
+        },
+        _ => Subject {
+            pid: u32::try_from(id).ok(),
+            cgroup_id: None,
+        },
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SyscallsRecord {
     pub ts_unix_ns: u64,
