@@ -4,6 +4,7 @@
 //! Every test triggers real kernel activity (sockets, packets) and expects the records
 //! the real probes produce.
 
+pub mod otlp;
 pub mod tls;
 
 use std::{
