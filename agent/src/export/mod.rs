@@ -381,13 +381,29 @@ impl Encoder {
         let now = now_unix_ns();
         let identity = self.resolver.identify(record.subject());
         self.metrics.observe(record, &identity, now);
-        if let Some(span) = spans::span(record) {
+        // The remote workload (pod, service) when the resolver knows it: on spans and
+        // logs only, as `hostscope.peer.<key>` (never on metrics: unbounded).
+        let peer: Vec<_> = record
+            .peer()
+            .and_then(|addr| self.resolver.peer(addr.ip()))
+            .map(|id| {
+                id.attributes
+                    .iter()
+                    .map(|(k, v)| {
+                        resource::kv(&format!("hostscope.peer.{k}"), resource::attr_value(v))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(mut span) = spans::span(record) {
+            span.attributes.extend(peer.iter().cloned());
             self.spans.push(&identity, span);
             if self.spans.len >= self.max_batch {
                 self.flush_spans();
             }
         }
-        if let Some(log) = logs::log(record, now) {
+        if let Some(mut log) = logs::log(record, now) {
+            log.attributes.extend(peer);
             self.logs.push(&identity, log);
             if self.logs.len >= self.max_batch {
                 self.flush_logs();
