@@ -26,8 +26,11 @@ pub fn spawn_printer(
     counters: Arc<Counters>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let stdout = std::io::stdout();
-        let mut out = std::io::BufWriter::new(stdout.lock());
+        // Not `stdout.lock()` for the thread's life: `run` prints its stats lines on
+        // stdout too (JSON), and would block on the lock forever. Whole lines are
+        // written at once so the two never interleave within a line.
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        let mut line = Vec::with_capacity(512);
         loop {
             let record = match rx.blocking_recv() {
                 Ok(r) => r,
@@ -37,11 +40,13 @@ pub fn spawn_printer(
                 }
                 Err(RecvError::Closed) => break,
             };
-            let written = match format {
-                OutputFormat::Text => writeln!(out, "{record}"),
-                OutputFormat::Json => write_json(&mut out, &*record),
+            line.clear();
+            let formatted = match format {
+                OutputFormat::Text => writeln!(line, "{record}"),
+                OutputFormat::Json => write_json(&mut line, &*record),
                 OutputFormat::None => Ok(()),
             };
+            let written = formatted.and_then(|_| out.write_all(&line));
             let flushed = if rx.is_empty() { out.flush() } else { Ok(()) };
             if written.and(flushed).is_err() {
                 break;

@@ -835,3 +835,96 @@ fn invalid_endpoint_and_headers_are_clear_errors_at_start() {
         assert!(err.contains(needle), "{flags:?} {env:?}: {err}");
     }
 }
+
+#[test]
+fn hostscope_run_exports_with_env_endpoint_and_reports_export_stats() {
+    if !privileged("hostscope_run_exports_with_env_endpoint_and_reports_export_stats") {
+        return;
+    }
+    let bin = std::env::var_os("HOSTSCOPE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostscope")
+        });
+    let receiver = Receiver::start("http", &[]);
+    let child = Command::new(&bin)
+        .args([
+            "run",
+            "--no-pin",
+            "--output",
+            "json",
+            "--duration",
+            "5",
+            "--otlp-interval",
+            "0.5",
+            "--stats-interval",
+            "1",
+        ])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", receiver.port),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20t0ken")
+        .env("OTEL_SERVICE_NAME", "node-agent")
+        .env("K8S_NODE_NAME", "node-7")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert!(TcpStream::connect(target).is_err());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stats: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "export_stats")
+        .collect();
+    let last = stats.last().expect("export_stats lines in the JSON output");
+    let sent: u64 = last["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["result"] == "sent" && i["signal"] == "traces")
+        .map(|i| i["items"].as_u64().unwrap())
+        .sum();
+    assert!(sent >= 1, "{last}");
+    assert_eq!(last["queue_len"], 0, "delivered before exit: {last}");
+
+    let requests = receiver.requests();
+    let port = target.port().to_string();
+    assert!(otlp::spans(&requests)
+        .iter()
+        .any(|(_, s)| attr(s, "network.peer.port").as_deref() == Some(port.as_str())));
+    let (res, _) = &otlp::spans(&requests)[0];
+    assert_eq!(
+        resource_attr(res, "service.name").as_deref(),
+        Some("node-agent")
+    );
+    assert_eq!(
+        resource_attr(res, "k8s.node.name").as_deref(),
+        Some("node-7")
+    );
+    assert!(requests
+        .iter()
+        .all(|r| r["headers"]["authorization"] == "Bearer t0ken"));
+    // The agent's own health, from `Agent::stats`, exported.
+    let lost = latest_points(&requests, "hostscope.probe.lost");
+    assert!(
+        point_with(&lost, &[("hostscope.probe.family", "tcp")]).is_some(),
+        "{lost:?}"
+    );
+    let emitted = latest_points(&requests, "hostscope.probe.events");
+    let tcp = point_with(
+        &emitted,
+        &[
+            ("hostscope.probe.family", "tcp"),
+            ("hostscope.probe.counter", "events_emitted"),
+        ],
+    )
+    .expect("tcp events_emitted");
+    assert!(int_value(tcp) >= 1);
+}
