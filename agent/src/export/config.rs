@@ -92,6 +92,10 @@ pub struct ExportArgs {
     /// Histogram bucket bounds of one metric, in its unit: `NAME=b1,b2,…` (repeatable).
     #[arg(long = "otlp-buckets", value_name = "NAME=BOUNDS")]
     pub otlp_buckets: Vec<String>,
+    /// Export histograms as base-2 exponential histograms (no bucket bounds to choose;
+    /// --otlp-buckets then does not apply).
+    #[arg(long)]
+    pub otlp_exponential_histograms: bool,
     /// Metric series kept at most; new attribute sets beyond it go to one overflow series
     /// (`otel.metric.overflow=true`) and are counted.
     #[arg(long, value_name = "N")]
@@ -171,6 +175,7 @@ pub struct ExportConfig {
     pub temporality: Temporality,
     /// Metric name -> explicit bounds (overrides the defaults).
     pub buckets: BTreeMap<String, Vec<f64>>,
+    pub exponential_histograms: bool,
     pub series_limit: usize,
     pub metric_pids: bool,
     pub metric_peers: bool,
@@ -372,6 +377,7 @@ impl ExportArgs {
             max_retry,
             temporality: self.otlp_temporality.unwrap_or(Temporality::Cumulative),
             buckets,
+            exponential_histograms: self.otlp_exponential_histograms,
             series_limit: self.otlp_series_limit.unwrap_or(10_000).max(1),
             metric_pids: self.otlp_metric_pids,
             metric_peers: self.otlp_metric_peers,

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use opentelemetry_proto::tonic::{
     common::v1::KeyValue,
     metrics::v1::{
-        metric::Data, number_data_point, AggregationTemporality, Gauge, Histogram,
-        HistogramDataPoint, Metric, NumberDataPoint, Sum,
+        exponential_histogram_data_point::Buckets, metric::Data, number_data_point,
+        AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge,
+        Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum,
     },
 };
 
@@ -180,8 +181,96 @@ impl Hist {
     }
 }
 
+/// Base-2 exponential histogram (OTLP `ExponentialHistogram`): starts at the finest scale
+/// and halves its resolution whenever the values seen need more than `EXP_MAX_BUCKETS`
+/// buckets, so no bucket bounds have to be chosen.
+#[derive(Clone, Debug)]
+struct ExpHist {
+    scale: i32,
+    zero_count: u64,
+    buckets: BTreeMap<i32, u64>,
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+pub const EXP_MAX_BUCKETS: usize = 160;
+const EXP_MAX_SCALE: i32 = 20;
+
+impl ExpHist {
+    fn new() -> ExpHist {
+        ExpHist {
+            scale: EXP_MAX_SCALE,
+            zero_count: 0,
+            buckets: BTreeMap::new(),
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+
+    /// Bucket `i` holds (base^i, base^(i+1)] with base = 2^(2^-scale).
+    fn index(v: f64, scale: i32) -> i32 {
+        (v.log2() * 2f64.powi(scale)).ceil() as i32 - 1
+    }
+
+    fn record(&mut self, v: f64, n: u64) {
+        self.count += n;
+        if v <= 0.0 || !v.is_finite() {
+            self.zero_count += n;
+            return;
+        }
+        *self.buckets.entry(Self::index(v, self.scale)).or_default() += n;
+        while let (Some((&lo, _)), Some((&hi, _))) = (
+            self.buckets.first_key_value(),
+            self.buckets.last_key_value(),
+        ) {
+            if ((hi - lo) as usize) < EXP_MAX_BUCKETS {
+                break;
+            }
+            // One scale down: buckets 2i and 2i+1 merge into i (floor division).
+            let old = std::mem::take(&mut self.buckets);
+            for (i, c) in old {
+                *self.buckets.entry(i >> 1).or_default() += c;
+            }
+            self.scale -= 1;
+        }
+    }
+
+    fn point(&self, key: &Key, start: u64, now: u64) -> ExponentialHistogramDataPoint {
+        let positive = match (
+            self.buckets.first_key_value(),
+            self.buckets.last_key_value(),
+        ) {
+            (Some((&lo, _)), Some((&hi, _))) => Some(Buckets {
+                offset: lo,
+                bucket_counts: (lo..=hi)
+                    .map(|i| self.buckets.get(&i).copied().unwrap_or(0))
+                    .collect(),
+            }),
+            _ => None,
+        };
+        ExponentialHistogramDataPoint {
+            attributes: to_kvs(key),
+            start_time_unix_nano: start,
+            time_unix_nano: now,
+            count: self.count,
+            sum: Some(self.sum),
+            scale: self.scale,
+            zero_count: self.zero_count,
+            positive,
+            min: self.min.is_finite().then_some(self.min),
+            max: self.max.is_finite().then_some(self.max),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Value {
+    Exponential(ExpHist),
     /// Cumulative total and what the last delta export reported.
     Counter {
         total: i64,
@@ -203,6 +292,8 @@ pub struct Options {
     pub series_limit: usize,
     pub pids: bool,
     pub peers: bool,
+    /// Histograms as base-2 exponential histograms instead of explicit buckets.
+    pub exponential: bool,
 }
 
 pub struct MetricsState {
@@ -263,6 +354,7 @@ impl MetricsState {
             }
         }
         let n_bounds = self.bounds[m as usize].len();
+        let exponential = self.opts.exponential;
         map.entry(key).or_insert_with(|| Series {
             start_ns: now_ns,
             value: match def.instrument {
@@ -271,6 +363,7 @@ impl MetricsState {
                     reported: 0,
                 },
                 Instrument::Gauge => Value::Gauge(0.0),
+                Instrument::Histogram if exponential => Value::Exponential(ExpHist::new()),
                 Instrument::Histogram => Value::Histogram(Hist::new(n_bounds)),
             },
         })
@@ -297,11 +390,20 @@ impl MetricsState {
 
     fn record(&mut self, m: M, key: Key, v: f64, now_ns: u64) {
         let bounds = self.bounds[m as usize].clone();
-        if let Value::Histogram(h) = &mut self.slot(m, key, now_ns).value {
-            h.record(&bounds, v, 1);
-            h.sum += v;
-            h.min = h.min.min(v);
-            h.max = h.max.max(v);
+        match &mut self.slot(m, key, now_ns).value {
+            Value::Histogram(h) => {
+                h.record(&bounds, v, 1);
+                h.sum += v;
+                h.min = h.min.min(v);
+                h.max = h.max.max(v);
+            }
+            Value::Exponential(h) => {
+                h.record(v, 1);
+                h.sum += v;
+                h.min = h.min.min(v);
+                h.max = h.max.max(v);
+            }
+            _ => {}
         }
     }
 
@@ -482,16 +584,29 @@ impl MetricsState {
 
     fn merge_log2(&mut self, m: M, key: Key, row: &crate::events::syscalls::SyscallRow, now: u64) {
         let bounds = self.bounds[m as usize].clone();
-        if let Value::Histogram(h) = &mut self.slot(m, key, now).value {
-            for (i, &n) in row.hist.iter().enumerate() {
-                if n > 0 {
-                    // [2^i, 2^(i+1)) ns, placed by its midpoint.
-                    let mid_s = 1.5 * (1u64 << i.min(62)) as f64 / 1e9;
-                    h.record(&bounds, mid_s, n);
+        let slot = &mut self.slot(m, key, now).value;
+        for (i, &n) in row.hist.iter().enumerate() {
+            if n > 0 {
+                // [2^i, 2^(i+1)) ns, placed by its midpoint.
+                let mid_s = 1.5 * (1u64 << i.min(62)) as f64 / 1e9;
+                match slot {
+                    Value::Histogram(h) => h.record(&bounds, mid_s, n),
+                    Value::Exponential(h) => h.record(mid_s, n),
+                    _ => {}
                 }
             }
-            h.sum += row.total_ns as f64 / 1e9;
-            h.max = h.max.max(row.max_ns as f64 / 1e9);
+        }
+        let (sum, max) = (row.total_ns as f64 / 1e9, row.max_ns as f64 / 1e9);
+        match slot {
+            Value::Histogram(h) => {
+                h.sum += sum;
+                h.max = h.max.max(max);
+            }
+            Value::Exponential(h) => {
+                h.sum += sum;
+                h.max = h.max.max(max);
+            }
+            _ => {}
         }
     }
 
@@ -651,6 +766,25 @@ impl MetricsState {
                         .collect();
                     (!dps.is_empty()).then_some(Data::Gauge(Gauge { data_points: dps }))
                 }
+                Instrument::Histogram if self.opts.exponential => {
+                    let mut dps = Vec::new();
+                    for (key, s) in map.iter_mut() {
+                        let Value::Exponential(h) = &mut s.value else {
+                            continue;
+                        };
+                        if delta && h.count == 0 {
+                            continue;
+                        }
+                        dps.push(h.point(key, if delta { since } else { s.start_ns }, now_ns));
+                        if delta {
+                            *h = ExpHist::new();
+                        }
+                    }
+                    (!dps.is_empty()).then_some(Data::ExponentialHistogram(ExponentialHistogram {
+                        data_points: dps,
+                        aggregation_temporality: temporality,
+                    }))
+                }
                 Instrument::Histogram => {
                     let mut dps = Vec::new();
                     for (key, s) in map.iter_mut() {
@@ -687,6 +821,7 @@ impl MetricsState {
                     Data::Sum(s) => s.data_points.len(),
                     Data::Gauge(g) => g.data_points.len(),
                     Data::Histogram(h) => h.data_points.len(),
+                    Data::ExponentialHistogram(h) => h.data_points.len(),
                     _ => 0,
                 };
                 out.push(Metric {
@@ -745,4 +880,26 @@ pub fn tls_version(v: &str) -> String {
         .trim_start_matches("TLS ")
         .trim_start_matches("TLS")
         .to_string()
+}
+
+#[cfg(test)]
+pub mod tests_support {
+    use super::ExpHist;
+
+    pub struct Exp(ExpHist);
+
+    pub fn new_exp() -> Exp {
+        Exp(ExpHist::new())
+    }
+
+    pub fn record(h: &mut Exp, v: f64) {
+        h.0.record(v, 1);
+    }
+
+    /// (scale, offset, dense counts)
+    pub fn buckets(h: &Exp) -> (i32, i32, Vec<u64>) {
+        let p = h.0.point(&Vec::new(), 0, 0);
+        let b = p.positive.unwrap_or_default();
+        (p.scale, b.offset, b.bucket_counts)
+    }
 }

@@ -332,6 +332,7 @@ impl Encoder {
                     series_limit: config.series_limit,
                     pids: config.metric_pids,
                     peers: config.metric_peers,
+                    exponential: config.exponential_histograms,
                 },
                 now,
             ),

@@ -56,6 +56,7 @@ fn opts() -> Options {
         series_limit: 100,
         pids: false,
         peers: false,
+        exponential: false,
     }
 }
 
@@ -302,4 +303,47 @@ fn security_event_is_a_warning_log_with_the_path() {
     assert_eq!(attr(&log.attributes, "process.pid"), Some(&AV::IntValue(5)));
     let body = log.body.unwrap().value.unwrap();
     assert_eq!(body, AV::StringValue("cat[5] open /etc/shadow (ok)".into()));
+}
+
+#[test]
+fn exponential_histograms_on_request() {
+    let mut m = MetricsState::new(
+        Options {
+            exponential: true,
+            ..opts()
+        },
+        0,
+    );
+    let id = Arc::new(Identity::default());
+    // 1.5 ms connect latency, then values spanning six decades force downscaling.
+    m.observe(&tcp(TcpEventKind::Connect, 0, 443), &id, 1);
+    let (metrics, _) = m.collect(2);
+    let Some(Data::ExponentialHistogram(h)) = &find(&metrics, "tcp.connect.duration").data else {
+        panic!("exponential histogram expected")
+    };
+    let p = &h.data_points[0];
+    assert_eq!(p.count, 1);
+    assert_eq!(p.scale, 20);
+    let b = p.positive.as_ref().unwrap();
+    let base = 2f64.powf(2f64.powi(-p.scale));
+    let lower = base.powi(b.offset);
+    assert!(lower < 0.0015 && 0.0015 <= lower * base, "{lower}");
+
+    let mut hist = super::metrics::tests_support::new_exp();
+    for v in [1e-6, 1e-3, 1.0] {
+        super::metrics::tests_support::record(&mut hist, v);
+    }
+    let (scale, offset, counts) = super::metrics::tests_support::buckets(&hist);
+    assert!(
+        counts.len() <= super::metrics::EXP_MAX_BUCKETS,
+        "{}",
+        counts.len()
+    );
+    assert_eq!(counts.iter().sum::<u64>(), 3);
+    let base = 2f64.powf(2f64.powi(-scale));
+    for v in [1e-6f64, 1e-3, 1.0] {
+        let i = (v.log2() * 2f64.powi(scale)).ceil() as i32 - 1;
+        assert!(i >= offset && ((i - offset) as usize) < counts.len());
+        assert!(base.powi(i) < v * 1.000001 && v <= base.powi(i + 1) * 1.000001);
+    }
 }
