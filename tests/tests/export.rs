@@ -821,6 +821,16 @@ fn invalid_endpoint_and_headers_are_clear_errors_at_start() {
             &[],
             "reading CA",
         ),
+        (
+            &[
+                "--otlp-endpoint",
+                "https://c:4317",
+                "--otlp-ca",
+                "/etc/hostname",
+            ],
+            &[],
+            "no -----BEGIN CERTIFICATE----- block",
+        ),
     ];
     for (flags, env, needle) in cases {
         let out = Command::new(&bin)

@@ -331,6 +331,30 @@ impl ExportArgs {
                 "client key",
             )?,
         };
+        // Checked here so a wrong file is named at start, not retried as a connect error.
+        for (pem, what, marker) in [
+            (
+                &tls.ca,
+                "--otlp-ca / OTEL_EXPORTER_OTLP_CERTIFICATE",
+                "-----BEGIN CERTIFICATE-----",
+            ),
+            (
+                &tls.client_cert,
+                "--otlp-client-cert",
+                "-----BEGIN CERTIFICATE-----",
+            ),
+            (&tls.client_key, "--otlp-client-key", "PRIVATE KEY-----"),
+        ] {
+            if let Some(bytes) = pem {
+                if !String::from_utf8_lossy(bytes).contains(marker) {
+                    return Err(ConfigError::Value {
+                        name: "PEM file",
+                        value: what.into(),
+                        why: format!("no {marker} block"),
+                    });
+                }
+            }
+        }
         if tls.client_cert.is_some() != tls.client_key.is_some() {
             return Err(ConfigError::Value {
                 name: "mTLS",

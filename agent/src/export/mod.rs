@@ -96,7 +96,8 @@ pub struct ExportSnapshot {
     pub items: BTreeMap<(&'static str, &'static str, String), u64>,
     pub retries: u64,
     pub requests_sent: u64,
-    /// Request bytes on the wire (after compression).
+    /// Request bytes sent: HTTP body on the wire (after compression); gRPC message size
+    /// before compression.
     pub bytes_sent: u64,
     pub series: usize,
 }

@@ -27,7 +27,6 @@ pub struct GrpcTransport {
     logs: LogsServiceClient<Channel>,
     metadata: MetadataMap,
     timeout: Duration,
-    gzip: bool,
 }
 
 impl GrpcTransport {
@@ -93,7 +92,6 @@ impl GrpcTransport {
             logs,
             metadata,
             timeout: config.timeout,
-            gzip,
         })
     }
 
@@ -105,12 +103,10 @@ impl GrpcTransport {
     }
 
     pub async fn send(&self, signal: Signal, payload: &[u8]) -> (Result<Accepted, SendError>, u64) {
-        // What gRPC puts on the wire: the message, gzipped when on, plus the 5-byte frame.
-        let wire = if self.gzip {
-            crate::export::gzip(payload).len() as u64 + 5
-        } else {
-            payload.len() as u64 + 5
-        };
+        // tonic compresses inside the call; compressing a second time only to count the
+        // bytes would double the cost, so gRPC reports the message size before
+        // compression (plus the 5-byte frame).
+        let wire = payload.len() as u64 + 5;
         let decode_err = |e: prost::DecodeError| SendError {
             retryable: false,
             retry_after: None,
