@@ -262,7 +262,24 @@ fn grpc_exports_refused_connect_expired_certificate_and_watched_file() {
                 .any(|(_, l)| attr(l, "file.path").as_deref() == Some(secret.as_str()))
             && otlp::spans(r)
                 .iter()
-                .any(|(_, s)| s["name"] == "tls.handshake")
+                .any(|(_, s)| {
+                    s["name"] == "tls.handshake"
+                        && s["kind"] == "SPAN_KIND_CLIENT"
+                        && attr(s, "error.type").as_deref() == Some("certificate_expired")
+                })
+            && otlp::spans(r).iter().any(|(_, s)| {
+                s["name"] == "tcp.connect"
+                    && attr(s, "network.peer.port").as_deref() == Some(port.as_str())
+            })
+            // Logs travel in their own requests, after the spans of the same interval.
+            && otlp::logs(r).iter().any(|(_, l)| {
+                l["eventName"] == "hostscope.tls.handshake_failed"
+                    && attr(l, "error.type").as_deref() == Some("certificate_expired")
+            })
+            && otlp::logs(r).iter().any(|(_, l)| {
+                l["eventName"] == "hostscope.tcp.connect_failed"
+                    && attr(l, "network.peer.port").as_deref() == Some(port.as_str())
+            })
     });
     exporter.set_agent_stats(h.agent().stats());
 
