@@ -8,6 +8,12 @@
 //! - export latency, kernel event -> received by the backend, for real refused connects
 //!   under the real probes (needs root), median and p99, at the configured interval;
 //! - memory (RSS) during a backend outage at a steady record rate, memory queue.
+//!
+//! `otlp_bench [SPANS]`; `OTLP_BENCH_INTERVAL=S` changes the export interval of the span
+//! run (default 1 s), `OTLP_BENCH_SPANS_ONLY=1` stops after the throughput figures.
+//! Known limit of the span figure: with a 1 s interval the runs end on whole seconds
+//! (2.0, 3.0, 4.0 s), so it is a lower bound; shorter intervals fill the 16 MiB queue
+//! and drop (counted). Not explained yet.
 
 use std::{
     collections::BTreeMap,
@@ -250,11 +256,15 @@ fn spans_per_second(
     port: u16,
     compression: Compression,
     n: u64,
-) -> (u64, f64, f64, f64) {
+) -> (u64, u64, f64, f64, f64) {
     // Whole batches only: a partial last batch would wait for the interval and time that.
     let n = (n / 512).max(1) * 512;
     let before = sink.bytes.load(Ordering::Relaxed);
-    let one = OneCore::start(config(port, compression, 1.0, |_| {}));
+    let interval: f64 = std::env::var("OTLP_BENCH_INTERVAL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let one = OneCore::start(config(port, compression, interval, |_| {}));
     let t0 = Instant::now();
     let cpu0 = one.cpu_start;
     for i in 0..n {
@@ -273,12 +283,13 @@ fn spans_per_second(
     let cpu = process_cpu().saturating_sub(cpu0);
     let s = one.finish(Duration::from_secs(2));
     let wire = sink.bytes.load(Ordering::Relaxed) - before;
-    assert_eq!(s.count("traces", "sent"), n, "every span delivered: {s}");
+    let sent = s.count("traces", "sent");
     (
         n,
-        n as f64 / elapsed.as_secs_f64(),
+        sent,
+        sent as f64 / elapsed.as_secs_f64(),
         // Spans, logs and metrics together, per span.
-        wire as f64 / n as f64,
+        wire as f64 / sent.max(1) as f64,
         cpu.as_secs_f64(),
     )
 }
@@ -422,9 +433,9 @@ fn main() {
     let port = serve(sink.clone());
     println!("== OTLP export (OTLP/HTTP protobuf to a local sink; exporter on one core)");
     for (name, c) in [("gzip", Compression::Gzip), ("none", Compression::None)] {
-        let (n, rate, bytes, cpu) = spans_per_second(&sink, port, c, spans);
+        let (n, sent, rate, bytes, cpu) = spans_per_second(&sink, port, c, spans);
         println!(
-            "spans ({name:4}): {n} failed-connect records -> {rate:>9.0} spans/s (each also a log record and metric updates), {bytes:6.1} wire bytes per span (spans+logs+metrics), CPU of the whole bench process (exporter + feeder + sink) {cpu:.2} s"
+            "spans ({name:4}): {n} failed-connect records, {sent} spans delivered (the rest dropped and counted: queue full) -> {rate:>9.0} spans/s (each also a log record and metric updates), {bytes:6.1} wire bytes per span (spans+logs+metrics), CPU of the whole bench process (exporter + feeder + sink) {cpu:.2} s"
         );
     }
     for (name, c) in [("gzip", Compression::Gzip), ("none", Compression::None)] {
@@ -432,6 +443,9 @@ fn main() {
         println!(
             "data points ({name:4}): 5000 series re-exported every 10 ms (saturated) -> {rate:>9.0} data points/s sent, {bytes:5.1} wire bytes per point, {dropped} points dropped (queue full)"
         );
+    }
+    if std::env::var_os("OTLP_BENCH_SPANS_ONLY").is_some() {
+        return;
     }
     for interval in [1.0, 0.1] {
         match latency(&sink, port, interval, 500) {
