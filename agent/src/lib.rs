@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod dump;
 pub mod events;
+pub mod export;
 pub mod kernel;
 pub mod loader;
 pub mod metadata;

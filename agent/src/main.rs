@@ -70,6 +70,8 @@ struct RunArgs {
     syscalls: SyscallArgs,
     #[command(flatten)]
     metadata: hostscope::metadata::MetadataArgs,
+    #[command(flatten)]
+    export: Box<hostscope::export::ExportArgs>,
 }
 
 /// Syscall telemetry and security events.
@@ -223,6 +225,10 @@ fn main() -> ExitCode {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Bad options are reported before privileges are.
     let syscalls = args.syscalls.options()?;
+    let export = args
+        .export
+        .resolve(&hostscope::export::config::ProcessEnv)
+        .context("OTLP export options")?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("hostscope run needs root (CAP_BPF, CAP_PERFMON and access to tracefs)");
@@ -254,6 +260,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         agent.counters(),
         args.metadata.options().enabled.then(|| agent.resolver()),
     );
+    let (exporter, mut export_tick) = match export {
+        Some(config) => {
+            let tick = tokio::time::interval(config.interval);
+            let e = hostscope::export::Exporter::start(
+                config,
+                agent.subscribe(),
+                agent.resolver(),
+                agent.counters(),
+            )
+            .context("starting the OTLP exporter")?;
+            (Some(e), Some(tick))
+        }
+        None => (None, None),
+    };
 
     let stop = async {
         match args.duration {
@@ -273,6 +293,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = ticker.tick(), if args.stats_interval > 0 => {
                 print_stats(&agent.stats(), args.output)?;
                 print_metadata_stats(&agent.resolver().stats(), args.output)?;
+                if let Some(e) = &exporter {
+                    print_export(&e.snapshot(), args.output)?;
+                }
+            }
+            // The agent's health goes out with the exporter's own metrics.
+            _ = async {
+                match export_tick.as_mut() {
+                    Some(t) => { t.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                if let Some(e) = &exporter {
+                    e.set_agent_stats(agent.stats());
+                }
             }
             _ = rescan.tick() => {
                 for problem in agent.refresh() {
@@ -281,12 +315,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(e) = &exporter {
+        e.set_agent_stats(agent.stats());
+    }
     let metadata = agent.resolver();
     let stats = agent.stop().await;
     // The agent's channel is closed now; the printer finishes what it has.
     let _ = tokio::task::spawn_blocking(move || printer.join()).await;
     print_stats(&stats, args.output)?;
     print_metadata_stats(&metadata.stats(), args.output)?;
+    if let Some(e) = exporter {
+        print_export(&e.stop(Duration::from_secs(5)).await, args.output)?;
+    }
     Ok(())
 }
 
@@ -305,6 +345,14 @@ fn print_stats(stats: &hostscope::stats::AgentStats, format: OutputFormat) -> an
     match format {
         OutputFormat::Json => print_tagged("agent_stats", stats)?,
         _ => eprintln!("{stats}"),
+    }
+    Ok(())
+}
+
+fn print_export(s: &hostscope::export::ExportSnapshot, format: OutputFormat) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => print_tagged("export_stats", s)?,
+        _ => eprintln!("{s}"),
     }
     Ok(())
 }

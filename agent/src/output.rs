@@ -38,8 +38,11 @@ pub fn spawn_printer_with(
     resolver: Option<Arc<Resolver>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let stdout = std::io::stdout();
-        let mut out = std::io::BufWriter::new(stdout.lock());
+        // Not `stdout.lock()` for the thread's life: `run` prints its stats lines on
+        // stdout too (JSON), and would block on the lock forever. Whole lines are
+        // written at once so the two never interleave within a line.
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        let mut line = Vec::with_capacity(512);
         loop {
             let record = match rx.blocking_recv() {
                 Ok(r) => r,
@@ -49,16 +52,18 @@ pub fn spawn_printer_with(
                 }
                 Err(RecvError::Closed) => break,
             };
-            let written = match (format, &resolver) {
+            line.clear();
+            let formatted = match (format, &resolver) {
                 (OutputFormat::Text, Some(r)) => match text_label(r, &record) {
-                    Some(label) => writeln!(out, "[{label}] {record}"),
-                    None => writeln!(out, "{record}"),
+                    Some(label) => writeln!(line, "[{label}] {record}"),
+                    None => writeln!(line, "{record}"),
                 },
-                (OutputFormat::Json, Some(r)) => write_json(&mut out, &with_identity(r, &record)),
-                (OutputFormat::Text, None) => writeln!(out, "{record}"),
-                (OutputFormat::Json, None) => write_json(&mut out, &*record),
+                (OutputFormat::Json, Some(r)) => write_json(&mut line, &with_identity(r, &record)),
+                (OutputFormat::Text, None) => writeln!(line, "{record}"),
+                (OutputFormat::Json, None) => write_json(&mut line, &*record),
                 (OutputFormat::None, _) => Ok(()),
             };
+            let written = formatted.and_then(|_| out.write_all(&line));
             let flushed = if rx.is_empty() { out.flush() } else { Ok(()) };
             if written.and(flushed).is_err() {
                 break;

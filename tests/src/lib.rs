@@ -5,6 +5,7 @@
 //! the real probes produce.
 
 pub mod metadata;
+pub mod otlp;
 pub mod tls;
 
 use std::{

@@ -47,6 +47,7 @@ pub enum Section {
     Tls,
     Syscalls,
     Metadata,
+    Otlp,
 }
 
 /// Programs `hostscope run` loads on this kernel: 5 TCP, 6 TLS (2 wire, 4 OpenSSL),
@@ -336,6 +337,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         if run_section(Section::Metadata) {
             bench_metadata(&args)?;
         }
+        if run_section(Section::Otlp) {
+            bench_otlp()?;
+        }
         Ok(())
     })();
     let _ = sysctl("kernel.bpf_stats_enabled", &old_stats);
@@ -361,6 +365,26 @@ fn bench_metadata(args: &BenchArgs) -> anyhow::Result<()> {
         "--",
         &rounds,
     ]))
+}
+
+// -- OTLP export ---------------------------------------------------------------------------
+
+/// The export figures come from a dedicated binary (tests/src/bin/otlp_bench.rs) that
+/// drives the exporter in-process: spans and data points per second on one core, bytes on
+/// the wire with and without gzip, kernel-event-to-backend latency, memory in an outage.
+fn bench_otlp() -> anyhow::Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "hostscope-tests",
+        "--bin",
+        "otlp_bench",
+    ]))?;
+    run(&mut std::process::Command::new(
+        workspace_root().join("target/release/otlp_bench"),
+    ))
+    .context("OTLP benchmark")
 }
 
 // -- syscalls -----------------------------------------------------------------------------

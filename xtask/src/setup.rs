@@ -21,7 +21,13 @@ const PACKAGES: &[&str] = &[
     "libbpf-tools",
     "procps",
     "curl",
+    // The OTLP test receiver's virtualenv (see otlp_receiver).
+    "python3-venv",
 ];
+
+/// The OTLP receiver the export tests run against: the OpenTelemetry project's
+/// generated protobuf/gRPC package and grpcio, pinned, in a virtualenv under target/.
+const OTLP_RECEIVER_PACKAGES: &[&str] = &["opentelemetry-proto==1.45.2", "grpcio==1.85.3"];
 
 /// bpf-linker release known to build against the image's nightly LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -42,8 +48,46 @@ pub fn setup() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     cargo_fuzz()?;
+    otlp_receiver()?;
     mounts()?;
     eprintln!("setup: done");
+    Ok(())
+}
+
+/// Where the export tests find the receiver's Python (tests/src/otlp.rs says the same).
+pub fn otlp_venv() -> PathBuf {
+    cmd::workspace_root().join("target/otlp-venv")
+}
+
+fn otlp_receiver() -> anyhow::Result<()> {
+    step("OTLP test receiver (Python opentelemetry-proto + grpcio)");
+    let venv = otlp_venv();
+    let python = venv.join("bin/python3");
+    let check = "import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc";
+    if output(Command::new(&python).args(["-c", check])).is_some() {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: creating {} and installing {}",
+        venv.display(),
+        OTLP_RECEIVER_PACKAGES.join(" ")
+    );
+    // The system Python, not a user's pyenv shim: the same interpreter on every machine.
+    run(Command::new("/usr/bin/python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv))
+    .context("creating the receiver's virtualenv (python3-venv)")?;
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(OTLP_RECEIVER_PACKAGES))
+    .context("pip install of the OTLP receiver's packages failed (is PyPI reachable?)")?;
+    if output(Command::new(&python).args(["-c", check])).is_none() {
+        bail!(
+            "{} cannot import grpc and opentelemetry.proto after install",
+            python.display()
+        );
+    }
     Ok(())
 }
 

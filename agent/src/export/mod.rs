@@ -1,0 +1,606 @@
+//! OTLP export: a sink on the agent's record channel that turns records into metrics
+//! ([`metrics`]), spans ([`spans`]) and logs ([`logs`]), encodes them as OTLP requests,
+//! queues them ([`queue`]) and sends them over gRPC or HTTP ([`transport`]) with retries
+//! ([`retry`]). Every item that is not delivered is counted by signal and reason, shown in
+//! the agent's stats and exported as self-metrics (`hostscope.export.*`).
+//!
+//! Two tasks: the encoder (records in, requests queued) and the sender (one request in
+//! flight, oldest first: order is kept, and with the disk queue an outage replays in
+//! order).
+
+pub mod config;
+pub mod logs;
+pub mod metrics;
+pub mod queue;
+pub mod resource;
+pub mod retry;
+pub mod spans;
+pub mod transport;
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+pub use config::{ConfigError, ExportArgs, ExportConfig};
+use opentelemetry_proto::tonic::{
+    collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    },
+    logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+    metrics::v1::{ResourceMetrics, ScopeMetrics},
+    trace::v1::{ResourceSpans, ScopeSpans, Span},
+};
+use prost::Message;
+use serde::Serialize;
+use tokio::{
+    sync::{broadcast, broadcast::error::RecvError, watch},
+    task::JoinHandle,
+};
+
+use crate::{
+    agent::SharedRecord,
+    metadata::{Identity, Resolver},
+    stats::{AgentStats, Counters},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    Metrics,
+    Traces,
+    Logs,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Metrics => "metrics",
+            Signal::Traces => "traces",
+            Signal::Logs => "logs",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Signal> {
+        match s {
+            "metrics" => Some(Signal::Metrics),
+            "traces" => Some(Signal::Traces),
+            "logs" => Some(Signal::Logs),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
+}
+
+/// What happened to exported items so far.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ExportSnapshot {
+    pub queue_len: usize,
+    pub queue_bytes: u64,
+    /// (signal, result, reason) -> items. Results: `sent`, `failed` (a non-retryable error
+    /// or retries exhausted), `dropped` (never sent: queue full, lagged, shutdown),
+    /// `rejected` (partial success).
+    #[serde(serialize_with = "items_as_list")]
+    pub items: BTreeMap<(&'static str, &'static str, String), u64>,
+    pub retries: u64,
+    pub requests_sent: u64,
+    /// Request bytes sent: HTTP body on the wire (after compression); gRPC message size
+    /// before compression.
+    pub bytes_sent: u64,
+    pub series: usize,
+}
+
+fn items_as_list<S: serde::Serializer>(
+    items: &BTreeMap<(&'static str, &'static str, String), u64>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let list: Vec<_> = items
+        .iter()
+        .map(|((signal, result, reason), n)| {
+            serde_json::json!({"signal": signal, "result": result, "reason": reason, "items": n})
+        })
+        .collect();
+    list.serialize(s)
+}
+
+impl ExportSnapshot {
+    pub fn count(&self, signal: &str, result: &str) -> u64 {
+        self.items
+            .iter()
+            .filter(|((s, r, _), _)| *s == signal && *r == result)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+impl std::fmt::Display for ExportSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "export: queue {} requests / {} bytes, {} requests sent ({} bytes), {} retries, {} series",
+            self.queue_len, self.queue_bytes, self.requests_sent, self.bytes_sent, self.retries, self.series
+        )?;
+        for ((signal, result, reason), n) in &self.items {
+            write!(f, "; {signal} {result}")?;
+            if !reason.is_empty() {
+                write!(f, " ({reason})")?;
+            }
+            write!(f, "={n}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    items: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
+    retries: std::sync::atomic::AtomicU64,
+    requests_sent: std::sync::atomic::AtomicU64,
+    bytes_sent: std::sync::atomic::AtomicU64,
+    series: std::sync::atomic::AtomicUsize,
+    agent: Mutex<Option<AgentStats>>,
+}
+
+impl Shared {
+    fn count(&self, signal: &'static str, result: &'static str, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        *items
+            .entry((signal, result, reason.to_string()))
+            .or_default() += n;
+    }
+}
+
+pub struct Exporter {
+    shared: Arc<Shared>,
+    queue: Arc<queue::Queue>,
+    encoder: JoinHandle<()>,
+    sender: JoinHandle<()>,
+    /// Deadline for the sender to give up once the encoder is done.
+    stop_sender: watch::Sender<Option<Instant>>,
+    shutdown: watch::Sender<bool>,
+    timeout: Duration,
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+impl Exporter {
+    /// Starts the encoder and sender tasks (inside tokio). Fails on a bad TLS file or an
+    /// unusable disk queue; an unreachable backend is not an error (requests queue).
+    pub fn start(
+        config: ExportConfig,
+        records: broadcast::Receiver<SharedRecord>,
+        resolver: Arc<Resolver>,
+        agent_counters: Arc<Counters>,
+    ) -> Result<Exporter, ExportError> {
+        let transport = transport::Transport::new(&config)?;
+        let queue = Arc::new(match &config.disk_queue {
+            Some(dir) => queue::Queue::disk(dir, config.disk_queue_bytes)?,
+            None => queue::Queue::memory(config.queue_bytes),
+        });
+        let shared = Arc::new(Shared::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (stop_sender, stop_rx) = watch::channel(None);
+        let encoder = tokio::spawn(
+            Encoder::new(&config, queue.clone(), shared.clone(), resolver).run(
+                records,
+                agent_counters,
+                shutdown_rx,
+            ),
+        );
+        let sender = tokio::spawn(send_loop(
+            transport,
+            queue.clone(),
+            shared.clone(),
+            config.max_retry,
+            stop_rx,
+        ));
+        Ok(Exporter {
+            shared,
+            queue,
+            encoder,
+            sender,
+            stop_sender,
+            shutdown,
+            timeout: config.timeout,
+        })
+    }
+
+    /// The agent's latest stats, exported as self-metrics at the next interval.
+    pub fn set_agent_stats(&self, stats: AgentStats) {
+        *self.shared.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+    }
+
+    pub fn snapshot(&self) -> ExportSnapshot {
+        snapshot(&self.shared, &self.queue)
+    }
+
+    /// Encodes what is pending, then gives the sender up to `grace` (at least the request
+    /// timeout) to deliver the queue. A memory queue's leftovers are counted as dropped; a
+    /// disk queue keeps them for the next start.
+    pub async fn stop(self, grace: Duration) -> ExportSnapshot {
+        let _ = self.shutdown.send(true);
+        let _ = self.encoder.await;
+        let deadline = Instant::now() + grace.max(self.timeout);
+        let _ = self.stop_sender.send(Some(deadline));
+        self.queue.notify.notify_one();
+        let _ = self.sender.await;
+        for b in self.queue.drain_memory() {
+            self.shared
+                .count(b.signal.as_str(), "dropped", "shutdown", b.items);
+        }
+        snapshot(&self.shared, &self.queue)
+    }
+}
+
+fn snapshot(shared: &Shared, queue: &queue::Queue) -> ExportSnapshot {
+    let (queue_len, queue_bytes) = queue.len();
+    ExportSnapshot {
+        queue_len,
+        queue_bytes,
+        items: shared
+            .items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        retries: shared.retries.load(Ordering::Relaxed),
+        requests_sent: shared.requests_sent.load(Ordering::Relaxed),
+        bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
+        series: shared.series.load(Ordering::Relaxed),
+    }
+}
+
+/// Spans or logs waiting for a batch, grouped by the identity that goes on their resource.
+struct Pending<T> {
+    groups: Vec<(Arc<Identity>, Vec<T>)>,
+    len: usize,
+}
+
+impl<T> Pending<T> {
+    fn new() -> Self {
+        Pending {
+            groups: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, identity: &Arc<Identity>, item: T) {
+        self.len += 1;
+        match self
+            .groups
+            .iter_mut()
+            .find(|(id, _)| Arc::ptr_eq(id, identity) || **id == **identity)
+        {
+            Some((_, items)) => items.push(item),
+            None => self.groups.push((identity.clone(), vec![item])),
+        }
+    }
+
+    fn take(&mut self) -> Vec<(Arc<Identity>, Vec<T>)> {
+        self.len = 0;
+        std::mem::take(&mut self.groups)
+    }
+}
+
+pub struct Encoder {
+    node: Vec<(String, String)>,
+    metrics: metrics::MetricsState,
+    spans: Pending<Span>,
+    logs: Pending<LogRecord>,
+    max_batch: usize,
+    interval: Duration,
+    queue: Arc<queue::Queue>,
+    shared: Arc<Shared>,
+    resolver: Arc<Resolver>,
+}
+
+impl Encoder {
+    fn new(
+        config: &ExportConfig,
+        queue: Arc<queue::Queue>,
+        shared: Arc<Shared>,
+        resolver: Arc<Resolver>,
+    ) -> Encoder {
+        let now = crate::events::Clock::now().unix_ns(crate::events::monotonic_ns());
+        Encoder {
+            node: resource::node_resource(&config.resource),
+            metrics: metrics::MetricsState::new(
+                metrics::Options {
+                    temporality: config.temporality,
+                    buckets: config.buckets.clone(),
+                    series_limit: config.series_limit,
+                    pids: config.metric_pids,
+                    peers: config.metric_peers,
+                    exponential: config.exponential_histograms,
+                },
+                now,
+            ),
+            spans: Pending::new(),
+            logs: Pending::new(),
+            max_batch: config.max_batch,
+            interval: config.interval,
+            queue,
+            shared,
+            resolver,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut records: broadcast::Receiver<SharedRecord>,
+        agent_counters: Arc<Counters>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                r = records.recv() => match r {
+                    Ok(record) => self.handle(&record),
+                    Err(RecvError::Lagged(n)) => {
+                        // The exporter fell behind the probes: counted twice, as the
+                        // agent's lagged records and as exporter drops.
+                        agent_counters.records_lagged.fetch_add(n, Ordering::Relaxed);
+                        self.shared.count("records", "dropped", "lagged", n);
+                    }
+                    Err(RecvError::Closed) => break,
+                },
+                _ = tick.tick() => self.flush_all(),
+                _ = shutdown.changed() => break,
+            }
+        }
+        // What the channel still holds when we are told to stop is exported too.
+        while let Ok(record) = records.try_recv() {
+            self.handle(&record);
+        }
+        self.flush_all();
+    }
+
+    pub fn handle(&mut self, record: &crate::events::Record) {
+        let now = now_unix_ns();
+        let identity = self.resolver.identify(record.subject());
+        self.metrics.observe(record, &identity, now);
+        // The remote workload (pod, service) when the resolver knows it: on spans and
+        // logs only, as `hostscope.peer.<key>` (never on metrics: unbounded).
+        let peer: Vec<_> = record
+            .peer()
+            .and_then(|addr| self.resolver.peer(addr.ip()))
+            .map(|id| {
+                id.attributes
+                    .iter()
+                    .map(|(k, v)| {
+                        resource::kv(&format!("hostscope.peer.{k}"), resource::attr_value(v))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(mut span) = spans::span(record) {
+            span.attributes.extend(peer.iter().cloned());
+            self.spans.push(&identity, span);
+            if self.spans.len >= self.max_batch {
+                self.flush_spans();
+            }
+        }
+        if let Some(mut log) = logs::log(record, now) {
+            log.attributes.extend(peer);
+            self.logs.push(&identity, log);
+            if self.logs.len >= self.max_batch {
+                self.flush_logs();
+            }
+        }
+    }
+
+    fn enqueue(&self, signal: Signal, items: u64, payload: Vec<u8>) {
+        if items == 0 {
+            return;
+        }
+        let batch = queue::Batch {
+            signal,
+            items,
+            payload,
+        };
+        if let Err(full) = self.queue.push(batch) {
+            let reason = match full {
+                queue::Full::Memory => "queue_full",
+                queue::Full::Disk => "disk_queue_full",
+                queue::Full::DiskError => "disk_queue_error",
+            };
+            self.shared.count(signal.as_str(), "dropped", reason, items);
+        }
+    }
+
+    pub fn flush_all(&mut self) {
+        self.flush_metrics();
+        self.flush_spans();
+        self.flush_logs();
+    }
+
+    fn flush_metrics(&mut self) {
+        let now = now_unix_ns();
+        let agent = self
+            .shared
+            .agent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let snap = snapshot(&self.shared, &self.queue);
+        // Without the agent's stats (tests driving the encoder alone) the exporter's own
+        // health is still reported.
+        self.metrics
+            .observe_health(&agent.unwrap_or_default(), &snap, now);
+        let (metrics, points) = self.metrics.collect(now);
+        self.shared
+            .series
+            .store(self.metrics.series_count(), Ordering::Relaxed);
+        let req = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(resource::to_resource(&self.node, Vec::new())),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(resource::scope()),
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        self.enqueue(Signal::Metrics, points as u64, req.encode_to_vec());
+    }
+
+    fn flush_spans(&mut self) {
+        let n = self.spans.len as u64;
+        let groups = self.spans.take();
+        let req = ExportTraceServiceRequest {
+            resource_spans: groups
+                .into_iter()
+                .map(|(id, spans)| ResourceSpans {
+                    resource: Some(resource::to_resource(
+                        &self.node,
+                        resource::identity_kvs(&id),
+                    )),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(resource::scope()),
+                        spans,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        self.enqueue(Signal::Traces, n, req.encode_to_vec());
+    }
+
+    fn flush_logs(&mut self) {
+        let n = self.logs.len as u64;
+        let groups = self.logs.take();
+        let req = ExportLogsServiceRequest {
+            resource_logs: groups
+                .into_iter()
+                .map(|(id, log_records)| ResourceLogs {
+                    resource: Some(resource::to_resource(
+                        &self.node,
+                        resource::identity_kvs(&id),
+                    )),
+                    scope_logs: vec![ScopeLogs {
+                        scope: Some(resource::scope()),
+                        log_records,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        self.enqueue(Signal::Logs, n, req.encode_to_vec());
+    }
+}
+
+fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// One request in flight, oldest first. A retryable failure is retried with backoff
+/// (memory queue: for up to `max_retry`; disk queue: until delivered, the disk bound
+/// protecting the node); a non-retryable one drops the request, counted.
+async fn send_loop(
+    transport: transport::Transport,
+    queue: Arc<queue::Queue>,
+    shared: Arc<Shared>,
+    max_retry: Duration,
+    mut stop: watch::Receiver<Option<Instant>>,
+) {
+    let disk = queue.is_disk();
+    loop {
+        let deadline = *stop.borrow();
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return;
+        }
+        let Some(batch) = queue.front() else {
+            if deadline.is_some() {
+                return;
+            }
+            tokio::select! {
+                _ = queue.notify.notified() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
+        let signal = batch.signal.as_str();
+        let first = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let (result, wire) = transport.send(batch.signal, &batch.payload).await;
+            match result {
+                Ok(accepted) => {
+                    shared.requests_sent.fetch_add(1, Ordering::Relaxed);
+                    shared.bytes_sent.fetch_add(wire, Ordering::Relaxed);
+                    let rejected = (accepted.rejected as u64).min(batch.items);
+                    shared.count(signal, "sent", "", batch.items - rejected);
+                    shared.count(signal, "rejected", "partial_success", rejected);
+                    queue.done();
+                    break;
+                }
+                Err(e) if e.retryable && (disk || first.elapsed() < max_retry) => {
+                    shared.retries.fetch_add(1, Ordering::Relaxed);
+                    let wait = retry::delay(attempt, e.retry_after);
+                    attempt = attempt.saturating_add(1);
+                    let give_up_at = *stop.borrow();
+                    let sleep = tokio::time::sleep(wait);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            _ = &mut sleep => break,
+                            _ = stop.changed() => {}
+                        }
+                        if stop.borrow().is_some_and(|d| Instant::now() >= d) {
+                            break;
+                        }
+                    }
+                    let now_deadline = (*stop.borrow()).or(give_up_at);
+                    if now_deadline.is_some_and(|d| Instant::now() >= d) {
+                        // Shutting down: a disk queue keeps the request for the next run;
+                        // a memory queue's leftovers are counted by `Exporter::stop`.
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let reason = if e.retryable {
+                        format!("{}_retries_exhausted", e.kind)
+                    } else {
+                        e.kind.clone()
+                    };
+                    shared.count(signal, "failed", &reason, batch.items);
+                    queue.done();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

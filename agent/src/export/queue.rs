@@ -1,0 +1,280 @@
+//! The export queue: encoded requests waiting to be sent, in order. In memory it is bounded
+//! by bytes; with a directory it is on disk (one file per request, named by sequence
+//! number) so an outage, or a restart during one, loses nothing up to the disk bound.
+//! Either way a request that does not fit is dropped and counted by the caller.
+
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use super::Signal;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub signal: Signal,
+    /// Data points, spans or log records in the request.
+    pub items: u64,
+    /// The encoded Export*ServiceRequest.
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("disk queue {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a request was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Full {
+    Memory,
+    Disk,
+    /// The disk write failed (counted as a drop with this reason).
+    DiskError,
+}
+
+struct Disk {
+    dir: PathBuf,
+    limit: u64,
+    bytes: u64,
+    /// Sequence numbers on disk, oldest first.
+    files: VecDeque<(u64, Signal, u64, u64)>,
+    next_seq: u64,
+}
+
+enum Store {
+    Memory {
+        items: VecDeque<Batch>,
+        bytes: usize,
+        limit: usize,
+    },
+    Disk(Disk),
+}
+
+pub struct Queue {
+    store: Mutex<Store>,
+    pub notify: tokio::sync::Notify,
+}
+
+fn file_name(seq: u64, signal: Signal, items: u64) -> String {
+    format!("{seq:016x}.{}.{items}.pb", signal.as_str())
+}
+
+fn parse_name(name: &str) -> Option<(u64, Signal, u64)> {
+    let mut parts = name.strip_suffix(".pb")?.split('.');
+    let seq = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let signal = Signal::parse(parts.next()?)?;
+    let items = parts.next()?.parse().ok()?;
+    Some((seq, signal, items))
+}
+
+impl Queue {
+    pub fn memory(limit_bytes: usize) -> Queue {
+        Queue {
+            store: Mutex::new(Store::Memory {
+                items: VecDeque::new(),
+                bytes: 0,
+                limit: limit_bytes,
+            }),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Opens (creating it if needed) a disk queue; requests left by an earlier run are
+    /// kept and sent first.
+    pub fn disk(dir: &Path, limit_bytes: u64) -> Result<Queue, QueueError> {
+        let io = |source| QueueError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut files = Vec::new();
+        let mut bytes = 0;
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            let Some((seq, signal, items)) = name.to_str().and_then(parse_name) else {
+                // Partial writes (`.tmp`) of a crashed run are not requests.
+                continue;
+            };
+            let len = entry.metadata().map_err(io)?.len();
+            bytes += len;
+            files.push((seq, signal, items, len));
+        }
+        files.sort_by_key(|f| f.0);
+        let next_seq = files.last().map(|f| f.0 + 1).unwrap_or(0);
+        Ok(Queue {
+            store: Mutex::new(Store::Disk(Disk {
+                dir: dir.to_path_buf(),
+                limit: limit_bytes,
+                bytes,
+                files: files.into(),
+                next_seq,
+            })),
+            notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, batch: Batch) -> Result<(), Full> {
+        {
+            let mut store = self.lock();
+            match &mut *store {
+                Store::Memory {
+                    items,
+                    bytes,
+                    limit,
+                } => {
+                    if *bytes + batch.payload.len() > *limit {
+                        return Err(Full::Memory);
+                    }
+                    *bytes += batch.payload.len();
+                    items.push_back(batch);
+                }
+                Store::Disk(d) => {
+                    let len = batch.payload.len() as u64;
+                    if d.bytes + len > d.limit {
+                        return Err(Full::Disk);
+                    }
+                    let seq = d.next_seq;
+                    let name = file_name(seq, batch.signal, batch.items);
+                    let tmp = d.dir.join(format!("{name}.tmp"));
+                    // Written then renamed: a crash never leaves a half request to replay.
+                    let written = std::fs::write(&tmp, &batch.payload)
+                        .and_then(|_| std::fs::rename(&tmp, d.dir.join(&name)));
+                    if written.is_err() {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(Full::DiskError);
+                    }
+                    d.next_seq += 1;
+                    d.bytes += len;
+                    d.files.push_back((seq, batch.signal, batch.items, len));
+                }
+            }
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// The oldest request, left in the queue until [`Queue::done`].
+    pub fn front(&self) -> Option<Batch> {
+        let store = self.lock();
+        match &*store {
+            Store::Memory { items, .. } => items.front().cloned(),
+            Store::Disk(d) => {
+                let &(seq, signal, items, _) = d.files.front()?;
+                let payload = std::fs::read(d.dir.join(file_name(seq, signal, items))).ok()?;
+                Some(Batch {
+                    signal,
+                    items,
+                    payload,
+                })
+            }
+        }
+    }
+
+    /// Removes the oldest request (sent, or given up on).
+    pub fn done(&self) {
+        let mut store = self.lock();
+        match &mut *store {
+            Store::Memory { items, bytes, .. } => {
+                if let Some(b) = items.pop_front() {
+                    *bytes -= b.payload.len();
+                }
+            }
+            Store::Disk(d) => {
+                if let Some((seq, signal, items, len)) = d.files.pop_front() {
+                    let _ = std::fs::remove_file(d.dir.join(file_name(seq, signal, items)));
+                    d.bytes -= len;
+                }
+            }
+        }
+    }
+
+    /// Requests and bytes waiting.
+    pub fn len(&self) -> (usize, u64) {
+        let store = self.lock();
+        match &*store {
+            Store::Memory { items, bytes, .. } => (items.len(), *bytes as u64),
+            Store::Disk(d) => (d.files.len(), d.bytes),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len().0 == 0
+    }
+
+    pub fn is_disk(&self) -> bool {
+        matches!(&*self.lock(), Store::Disk(_))
+    }
+
+    /// Empties a memory queue, returning what was in it (to be counted as dropped).
+    pub fn drain_memory(&self) -> Vec<Batch> {
+        let mut store = self.lock();
+        match &mut *store {
+            Store::Memory { items, bytes, .. } => {
+                *bytes = 0;
+                items.drain(..).collect()
+            }
+            Store::Disk(_) => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: u8) -> Batch {
+        Batch {
+            signal: Signal::Logs,
+            items: n as u64,
+            payload: vec![n; 100],
+        }
+    }
+
+    #[test]
+    fn memory_bound_in_bytes_and_order() {
+        let q = Queue::memory(250);
+        q.push(batch(1)).unwrap();
+        q.push(batch(2)).unwrap();
+        assert_eq!(q.push(batch(3)), Err(Full::Memory));
+        assert_eq!(q.front().unwrap().items, 1);
+        q.done();
+        assert_eq!(q.front().unwrap().items, 2);
+        assert_eq!(q.len(), (1, 100));
+    }
+
+    #[test]
+    fn disk_survives_reopen_in_order_and_enforces_its_bound() {
+        let dir = std::env::temp_dir().join(format!("hostscope-q-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let q = Queue::disk(&dir, 300).unwrap();
+            for n in 1..=3 {
+                q.push(batch(n)).unwrap();
+            }
+            assert_eq!(q.push(batch(4)), Err(Full::Disk));
+            q.done();
+        }
+        std::fs::write(dir.join("junk.tmp"), b"x").unwrap();
+        let q = Queue::disk(&dir, 300).unwrap();
+        assert_eq!(q.len(), (2, 200));
+        assert_eq!(q.front().unwrap(), batch(2));
+        q.done();
+        q.push(batch(5)).unwrap();
+        assert_eq!(q.front().unwrap(), batch(3));
+        q.done();
+        assert_eq!(q.front().unwrap(), batch(5));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

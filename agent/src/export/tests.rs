@@ -1,0 +1,349 @@
+//! Encoding tests: records in, OTLP messages out, checked field by field.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::{
+    common::v1::{any_value::Value as AV, KeyValue},
+    metrics::v1::{metric::Data, number_data_point, Metric},
+    trace::v1::status::StatusCode,
+};
+
+use super::{
+    config::Temporality,
+    metrics::{MetricsState, Options},
+};
+use crate::{
+    events::{
+        syscalls::{Access, SecurityRecord},
+        tcp::{Direction, Failure, TcpEventKind, TcpRecord},
+        Record,
+    },
+    metadata::{Identity, Resolver},
+};
+
+fn tcp(event: TcpEventKind, errno: u32, port: u16) -> Record {
+    Record::Tcp(TcpRecord {
+        event,
+        timestamp_unix_ns: 2_000_000_000,
+        conn_id: 7,
+        direction: Direction::Active,
+        local: "10.0.0.1:40000".parse().unwrap(),
+        remote: format!("10.0.0.2:{port}").parse().unwrap(),
+        pid: Some(42),
+        tid: Some(42),
+        comm: Some("curl".into()),
+        cgroup_id: Some(1),
+        state: "CLOSE",
+        previous_state: "SYN_SENT",
+        connect_latency_us: Some(1500.0),
+        handshake_rtt_us: None,
+        syn_retransmits: 0,
+        failure: (event == TcpEventKind::ConnectFailed).then(|| Failure::from_errno(errno)),
+        duration_us: Some(250.0),
+        bytes_acked: Some(1),
+        bytes_received: Some(1),
+        srtt_us: Some(100),
+        retransmits: Some(0),
+        resets_sent: 0,
+        resets_received: 0,
+    })
+}
+
+fn opts() -> Options {
+    Options {
+        temporality: Temporality::Cumulative,
+        buckets: Default::default(),
+        series_limit: 100,
+        pids: false,
+        peers: false,
+        exponential: false,
+    }
+}
+
+fn find<'a>(metrics: &'a [Metric], name: &str) -> &'a Metric {
+    metrics.iter().find(|m| m.name == name).unwrap_or_else(|| {
+        panic!(
+            "{name} not in {:?}",
+            metrics.iter().map(|m| &m.name).collect::<Vec<_>>()
+        )
+    })
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AV> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn int_points(m: &Metric) -> Vec<(Vec<KeyValue>, i64)> {
+    match m.data.as_ref().unwrap() {
+        Data::Sum(s) => s
+            .data_points
+            .iter()
+            .map(|p| {
+                let v = match p.value {
+                    Some(number_data_point::Value::AsInt(i)) => i,
+                    _ => panic!("int expected"),
+                };
+                (p.attributes.clone(), v)
+            })
+            .collect(),
+        _ => panic!("{} is not a sum", m.name),
+    }
+}
+
+fn pid_identity() -> Arc<Identity> {
+    Resolver::node_local().identify(crate::metadata::Subject {
+        pid: Some(42),
+        cgroup_id: None,
+    })
+}
+
+#[test]
+fn refused_connect_counts_by_reason_without_pid_or_peer() {
+    let mut m = MetricsState::new(opts(), 0);
+    let id = pid_identity();
+    m.observe(
+        &tcp(TcpEventKind::ConnectFailed, libc::ECONNREFUSED as u32, 9),
+        &id,
+        1,
+    );
+    m.observe(
+        &tcp(TcpEventKind::ConnectFailed, libc::ECONNREFUSED as u32, 9),
+        &id,
+        1,
+    );
+    m.observe(
+        &tcp(TcpEventKind::ConnectFailed, libc::ETIMEDOUT as u32, 9),
+        &id,
+        1,
+    );
+    let (metrics, _) = m.collect(10);
+    let f = find(&metrics, "tcp.connect.failures");
+    assert_eq!(f.unit, "{connection}");
+    let points = int_points(f);
+    assert_eq!(points.len(), 2);
+    let refused = points
+        .iter()
+        .find(|(a, _)| attr(a, "error.type") == Some(&AV::StringValue("refused".into())))
+        .unwrap();
+    assert_eq!(refused.1, 2);
+    assert_eq!(attr(&refused.0, "server.port"), Some(&AV::IntValue(9)));
+    assert_eq!(
+        attr(&refused.0, "network.type"),
+        Some(&AV::StringValue("ipv4".into()))
+    );
+    assert!(attr(&refused.0, "process.pid").is_none());
+    assert!(attr(&refused.0, "network.peer.address").is_none());
+
+    let mut m = MetricsState::new(
+        Options {
+            pids: true,
+            peers: true,
+            ..opts()
+        },
+        0,
+    );
+    m.observe(
+        &tcp(TcpEventKind::ConnectFailed, libc::ECONNREFUSED as u32, 9),
+        &id,
+        1,
+    );
+    let (metrics, _) = m.collect(10);
+    let points = int_points(find(&metrics, "tcp.connect.failures"));
+    assert_eq!(attr(&points[0].0, "process.pid"), Some(&AV::IntValue(42)));
+    assert_eq!(
+        attr(&points[0].0, "network.peer.address"),
+        Some(&AV::StringValue("10.0.0.2".into()))
+    );
+}
+
+#[test]
+fn histogram_uses_configured_bounds_and_seconds() {
+    let mut o = opts();
+    o.buckets
+        .insert("tcp.connect.duration".into(), vec![0.001, 0.002, 0.004]);
+    let mut m = MetricsState::new(o, 0);
+    let id = Arc::new(Identity::default());
+    m.observe(&tcp(TcpEventKind::Connect, 0, 443), &id, 5);
+    let (metrics, _) = m.collect(10);
+    let h = find(&metrics, "tcp.connect.duration");
+    assert_eq!(h.unit, "s");
+    let Some(Data::Histogram(h)) = &h.data else {
+        panic!("histogram expected")
+    };
+    let p = &h.data_points[0];
+    assert_eq!(p.explicit_bounds, vec![0.001, 0.002, 0.004]);
+    // 1.5 ms lands in (0.001, 0.002].
+    assert_eq!(p.bucket_counts, vec![0, 1, 0, 0]);
+    assert_eq!(p.count, 1);
+    assert!((p.sum.unwrap() - 0.0015).abs() < 1e-12);
+    assert_eq!(p.start_time_unix_nano, 5);
+}
+
+#[test]
+fn series_cap_folds_into_overflow_series_and_counts() {
+    let mut m = MetricsState::new(
+        Options {
+            series_limit: 3,
+            ..opts()
+        },
+        0,
+    );
+    let id = Arc::new(Identity::default());
+    for port in 1..=10 {
+        m.observe(
+            &tcp(TcpEventKind::ConnectFailed, libc::ECONNREFUSED as u32, port),
+            &id,
+            1,
+        );
+    }
+    m.observe_health(&Default::default(), &Default::default(), 2);
+    let (metrics, _) = m.collect(10);
+    let points = int_points(find(&metrics, "tcp.connect.failures"));
+    assert_eq!(points.len(), 4);
+    let overflow = points
+        .iter()
+        .find(|(a, _)| attr(a, "otel.metric.overflow") == Some(&AV::BoolValue(true)))
+        .unwrap();
+    assert_eq!(overflow.1, 7);
+    let total: i64 = points.iter().map(|p| p.1).sum();
+    assert_eq!(total, 10, "nothing lost, only folded");
+    let counted = int_points(find(&metrics, "hostscope.metrics.series_overflow"));
+    assert_eq!(counted[0].1, 7);
+}
+
+#[test]
+fn delta_temporality_reports_changes_only() {
+    let mut m = MetricsState::new(
+        Options {
+            temporality: Temporality::Delta,
+            ..opts()
+        },
+        0,
+    );
+    let id = Arc::new(Identity::default());
+    let refused = tcp(TcpEventKind::ConnectFailed, libc::ECONNREFUSED as u32, 9);
+    m.observe(&refused, &id, 1);
+    m.observe(&refused, &id, 1);
+    let (metrics, _) = m.collect(10);
+    let f = find(&metrics, "tcp.connect.failures");
+    let Some(Data::Sum(s)) = &f.data else {
+        panic!()
+    };
+    assert_eq!(s.aggregation_temporality, 1, "delta");
+    assert_eq!(s.data_points[0].start_time_unix_nano, 0);
+    assert_eq!(int_points(f)[0].1, 2);
+    let (metrics, _) = m.collect(20);
+    assert!(metrics.iter().all(|m| m.name != "tcp.connect.failures"));
+    m.observe(&refused, &id, 21);
+    let (metrics, _) = m.collect(30);
+    let f = find(&metrics, "tcp.connect.failures");
+    assert_eq!(int_points(f)[0].1, 1);
+    let Some(Data::Sum(s)) = &f.data else {
+        panic!()
+    };
+    assert_eq!(s.data_points[0].start_time_unix_nano, 20);
+}
+
+#[test]
+fn failed_connect_span_and_log() {
+    let r = tcp(TcpEventKind::ConnectFailed, libc::ECONNREFUSED as u32, 9);
+    let span = super::spans::span(&r).unwrap();
+    assert_eq!(span.name, "tcp.connect");
+    let status = span.status.unwrap();
+    assert_eq!(status.code, StatusCode::Error as i32);
+    assert!(status.message.contains("refused"), "{}", status.message);
+    assert_eq!(span.end_time_unix_nano - span.start_time_unix_nano, 250_000);
+    assert_eq!(span.trace_id.len(), 16);
+    assert_eq!(span.span_id.len(), 8);
+    assert_eq!(
+        attr(&span.attributes, "error.type"),
+        Some(&AV::StringValue("refused".into()))
+    );
+    let log = super::logs::log(&r, 5).unwrap();
+    assert_eq!(log.event_name, "hostscope.tcp.connect_failed");
+    assert_eq!(log.severity_number, 13);
+    assert_eq!(
+        attr(&log.attributes, "network.peer.port"),
+        Some(&AV::IntValue(9))
+    );
+    // A successful connect is neither.
+    assert!(super::spans::span(&tcp(TcpEventKind::Connect, 0, 9)).is_none());
+    assert!(super::logs::log(&tcp(TcpEventKind::Connect, 0, 9), 5).is_none());
+}
+
+#[test]
+fn security_event_is_a_warning_log_with_the_path() {
+    let r = Record::Security(SecurityRecord {
+        ts_unix_ns: 1,
+        access: Access::Open,
+        syscall: "openat".into(),
+        pid: 5,
+        tid: 5,
+        ppid: Some(1),
+        uid: 0,
+        gid: 0,
+        comm: "cat".into(),
+        cgroup_id: 9,
+        path: "/etc/shadow".into(),
+        truncated: false,
+        flags: 0,
+        result: 3,
+        errno_name: None,
+    });
+    let log = super::logs::log(&r, 2).unwrap();
+    assert_eq!(log.severity_text, "WARN");
+    assert_eq!(
+        attr(&log.attributes, "file.path"),
+        Some(&AV::StringValue("/etc/shadow".into()))
+    );
+    assert_eq!(attr(&log.attributes, "process.pid"), Some(&AV::IntValue(5)));
+    let body = log.body.unwrap().value.unwrap();
+    assert_eq!(body, AV::StringValue("cat[5] open /etc/shadow (ok)".into()));
+}
+
+#[test]
+fn exponential_histograms_on_request() {
+    let mut m = MetricsState::new(
+        Options {
+            exponential: true,
+            ..opts()
+        },
+        0,
+    );
+    let id = Arc::new(Identity::default());
+    // 1.5 ms connect latency, then values spanning six decades force downscaling.
+    m.observe(&tcp(TcpEventKind::Connect, 0, 443), &id, 1);
+    let (metrics, _) = m.collect(2);
+    let Some(Data::ExponentialHistogram(h)) = &find(&metrics, "tcp.connect.duration").data else {
+        panic!("exponential histogram expected")
+    };
+    let p = &h.data_points[0];
+    assert_eq!(p.count, 1);
+    assert_eq!(p.scale, 20);
+    let b = p.positive.as_ref().unwrap();
+    let base = 2f64.powf(2f64.powi(-p.scale));
+    let lower = base.powi(b.offset);
+    assert!(lower < 0.0015 && 0.0015 <= lower * base, "{lower}");
+
+    let mut hist = super::metrics::tests_support::new_exp();
+    for v in [1e-6, 1e-3, 1.0] {
+        super::metrics::tests_support::record(&mut hist, v);
+    }
+    let (scale, offset, counts) = super::metrics::tests_support::buckets(&hist);
+    assert!(
+        counts.len() <= super::metrics::EXP_MAX_BUCKETS,
+        "{}",
+        counts.len()
+    );
+    assert_eq!(counts.iter().sum::<u64>(), 3);
+    let base = 2f64.powf(2f64.powi(-scale));
+    for v in [1e-6f64, 1e-3, 1.0] {
+        let i = (v.log2() * 2f64.powi(scale)).ceil() as i32 - 1;
+        assert!(i >= offset && ((i - offset) as usize) < counts.len());
+        assert!(base.powi(i) < v * 1.000001 && v <= base.powi(i + 1) * 1.000001);
+    }
+}

@@ -1,0 +1,957 @@
+//! OTLP export against a receiver we did not write: the OpenTelemetry project's Python
+//! `opentelemetry-proto` messages and services on grpcio (and a plain http.server handler
+//! for OTLP/HTTP), decoding what hostscope sends into JSON (tests/otlp/receiver.py).
+//!
+//! The first tests trigger real events under the real probes (a refused connect, an
+//! expired-certificate handshake, a watched-file read) and check names, units, attributes
+//! and values. The failure-path tests feed the exporter synthetic records so that every
+//! item can be accounted for exactly: outages with the disk queue, retryable and
+//! non-retryable answers, a slow receiver, TLS and mTLS, bad options.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hostscope::{
+    agent::SharedRecord,
+    events::{
+        tcp::{Direction, Failure, TcpEventKind, TcpRecord},
+        Record,
+    },
+    export::{
+        config::{Compression, Protocol},
+        ExportArgs, ExportConfig, ExportSnapshot, Exporter,
+    },
+    loader::{syscalls::SyscallOptions, LoaderConfig},
+    metadata::Resolver,
+    AgentConfig,
+};
+use hostscope_tests::{
+    closed_port,
+    otlp::{self, attr, int_value, latest_points, local_pki, Receiver},
+    privileged,
+    tls::{pki, s_client, Server, SERVER_NAME},
+    Harness,
+};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn args(endpoint: &str, protocol: Protocol) -> ExportArgs {
+    ExportArgs {
+        otlp_endpoint: Some(endpoint.into()),
+        otlp_protocol: Some(protocol),
+        otlp_interval: Some(0.3),
+        otlp_timeout_ms: Some(3000),
+        otlp_max_retry: Some(60.0),
+        ..Default::default()
+    }
+}
+
+fn resolve(a: ExportArgs) -> ExportConfig {
+    a.resolve(&BTreeMap::<&str, &str>::new())
+        .expect("valid options")
+        .expect("an endpoint")
+}
+
+/// An exporter fed by the test through its own record channel.
+struct Fed {
+    rt: tokio::runtime::Runtime,
+    tx: broadcast::Sender<SharedRecord>,
+    exporter: Option<Exporter>,
+}
+
+impl Fed {
+    fn start(config: ExportConfig) -> Fed {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = broadcast::channel(4096);
+        let exporter = {
+            let _g = rt.enter();
+            Exporter::start(
+                config,
+                rx,
+                Arc::new(Resolver::node_local()),
+                Arc::new(Default::default()),
+            )
+            .expect("exporter starts")
+        };
+        Fed {
+            rt,
+            tx,
+            exporter: Some(exporter),
+        }
+    }
+
+    fn send(&self, ids: std::ops::Range<u64>) {
+        for id in ids {
+            self.tx.send(Arc::new(failed_connect(id))).unwrap();
+        }
+    }
+
+    fn snapshot(&self) -> ExportSnapshot {
+        self.exporter.as_ref().unwrap().snapshot()
+    }
+
+    fn wait_snapshot(&self, what: &str, pred: impl Fn(&ExportSnapshot) -> bool) -> ExportSnapshot {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.snapshot();
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what} not reached: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(mut self, grace: Duration) -> ExportSnapshot {
+        let e = self.exporter.take().unwrap();
+        self.rt.block_on(e.stop(grace))
+    }
+}
+
+/// A refused connect to 10.9.9.9:9, told apart by its connection id.
+fn failed_connect(conn_id: u64) -> Record {
+    Record::Tcp(TcpRecord {
+        event: TcpEventKind::ConnectFailed,
+        timestamp_unix_ns: 1_700_000_000_000_000_000 + conn_id,
+        conn_id,
+        direction: Direction::Active,
+        local: "10.9.9.1:40000".parse().unwrap(),
+        remote: "10.9.9.9:9".parse().unwrap(),
+        pid: Some(4242),
+        tid: Some(4242),
+        comm: Some("synthetic".into()),
+        cgroup_id: Some(1),
+        state: "CLOSE",
+        previous_state: "SYN_SENT",
+        connect_latency_us: None,
+        handshake_rtt_us: None,
+        syn_retransmits: 0,
+        failure: Some(Failure::from_errno(libc::ECONNREFUSED as u32)),
+        duration_us: Some(120.0),
+        bytes_acked: None,
+        bytes_received: None,
+        srtt_us: None,
+        retransmits: None,
+        resets_sent: 0,
+        resets_received: 0,
+    })
+}
+
+/// Connection ids of the spans received, in order.
+fn span_ids(requests: &[Value]) -> Vec<u64> {
+    otlp::spans(requests)
+        .iter()
+        .filter_map(|(_, s)| attr(s, "hostscope.tcp.conn_id")?.parse().ok())
+        .collect()
+}
+
+fn log_ids(requests: &[Value]) -> Vec<u64> {
+    otlp::logs(requests)
+        .iter()
+        .filter_map(|(_, l)| attr(l, "hostscope.tcp.conn_id")?.parse().ok())
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn resource_attr(resource: &Value, key: &str) -> Option<String> {
+    attr(resource, key)
+}
+
+// ---- real events under the real probes ----------------------------------------------
+
+fn watched_dir() -> PathBuf {
+    let d = otlp::temp_path("watched");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn harness_watching(dir: &std::path::Path) -> Harness {
+    Harness::start_with(AgentConfig {
+        loader: LoaderConfig {
+            pin_dir: None,
+            syscalls: SyscallOptions {
+                watch_paths: vec![format!("{}/", dir.display())],
+                ..SyscallOptions::default()
+            },
+            ..LoaderConfig::default()
+        },
+        ..AgentConfig::default()
+    })
+}
+
+fn start_exporter(h: &Harness, config: ExportConfig) -> Exporter {
+    let _g = h.rt.enter();
+    let agent = h.agent();
+    Exporter::start(
+        config,
+        agent.subscribe(),
+        Arc::new(Resolver::node_local()),
+        agent.counters(),
+    )
+    .expect("exporter starts")
+}
+
+fn point_with<'a>(points: &'a [Value], pairs: &[(&str, &str)]) -> Option<&'a Value> {
+    points
+        .iter()
+        .find(|p| pairs.iter().all(|(k, v)| attr(p, k).as_deref() == Some(*v)))
+}
+
+#[test]
+fn grpc_exports_refused_connect_expired_certificate_and_watched_file() {
+    if !privileged("grpc_exports_refused_connect_expired_certificate_and_watched_file") {
+        return;
+    }
+    let receiver = Receiver::start("grpc", &[]);
+    let dir = watched_dir();
+    let h = harness_watching(&dir);
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    );
+    a.otlp_headers = vec!["x-tenant=net-team".into()];
+    a.otlp_resource = vec![
+        "service.name=hostscope-test".into(),
+        "deployment.environment=ci".into(),
+    ];
+    let exporter = start_exporter(&h, resolve(a));
+
+    // A refused connect, an expired certificate over TLS 1.2, a watched file read.
+    let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert!(TcpStream::connect(target).is_err());
+    let server = Server::start(&pki().expired(), &["-tls1_2"]);
+    let (_, ok) = s_client(server.addr, &[]);
+    assert!(!ok, "s_client must reject the expired certificate");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, b"not exported").unwrap();
+    let _ = std::fs::read(&secret).unwrap();
+    let secret = secret.display().to_string();
+    let port = target.port().to_string();
+    let me = std::process::id().to_string();
+
+    let requests = receiver.wait(WAIT, "refused, TLS failure and file access", |r| {
+        let failures = latest_points(r, "tcp.connect.failures");
+        let tls = latest_points(r, "tls.handshake.failures");
+        point_with(
+            &failures,
+            &[("error.type", "refused"), ("server.port", &port)],
+        )
+        .is_some()
+            && point_with(&tls, &[("error.type", "certificate_expired")]).is_some()
+            && otlp::logs(r)
+                .iter()
+                .any(|(_, l)| attr(l, "file.path").as_deref() == Some(secret.as_str()))
+            && otlp::spans(r)
+                .iter()
+                .any(|(_, s)| {
+                    s["name"] == "tls.handshake"
+                        && s["kind"] == "SPAN_KIND_CLIENT"
+                        && attr(s, "error.type").as_deref() == Some("certificate_expired")
+                })
+            && otlp::spans(r).iter().any(|(_, s)| {
+                s["name"] == "tcp.connect"
+                    && attr(s, "network.peer.port").as_deref() == Some(port.as_str())
+            })
+            // Logs travel in their own requests, after the spans of the same interval.
+            && otlp::logs(r).iter().any(|(_, l)| {
+                l["eventName"] == "hostscope.tls.handshake_failed"
+                    && attr(l, "error.type").as_deref() == Some("certificate_expired")
+            })
+            && otlp::logs(r).iter().any(|(_, l)| {
+                l["eventName"] == "hostscope.tcp.connect_failed"
+                    && attr(l, "network.peer.port").as_deref() == Some(port.as_str())
+            })
+    });
+    exporter.set_agent_stats(h.agent().stats());
+
+    // Metrics: names, units, attributes, values.
+    let all = otlp::metrics(&requests);
+    let unit = |name: &str| {
+        all.iter()
+            .find(|m| m["name"] == name)
+            .map(|m| m["unit"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(
+        unit("tcp.connect.failures").as_deref(),
+        Some("{connection}")
+    );
+    assert_eq!(unit("tls.handshake.duration").as_deref(), Some("s"));
+    assert_eq!(unit("tls.certificate.time_to_expiry").as_deref(), Some("s"));
+    let failures = latest_points(&requests, "tcp.connect.failures");
+    let refused = point_with(
+        &failures,
+        &[("error.type", "refused"), ("server.port", &port)],
+    )
+    .unwrap();
+    assert!(int_value(refused) >= 1, "{refused}");
+    assert_eq!(attr(refused, "network.type").as_deref(), Some("ipv4"));
+    assert!(
+        attr(refused, "process.pid").is_none(),
+        "pids are not metric attributes by default"
+    );
+    assert!(attr(refused, "network.peer.address").is_none());
+    let sum = all
+        .iter()
+        .find(|m| m["name"] == "tcp.connect.failures")
+        .unwrap();
+    assert_eq!(sum["sum"]["isMonotonic"], true);
+    assert_eq!(
+        sum["sum"]["aggregationTemporality"],
+        "AGGREGATION_TEMPORALITY_CUMULATIVE"
+    );
+
+    let hs = latest_points(&requests, "tls.handshake.duration");
+    let failed = point_with(
+        &hs,
+        &[
+            ("hostscope.tls.outcome", "failure"),
+            ("error.type", "certificate_expired"),
+        ],
+    )
+    .unwrap_or_else(|| panic!("no failed handshake duration point in {hs:?}"));
+    assert!(failed["count"].as_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(failed["sum"].as_f64().unwrap() > 0.0 && failed["sum"].as_f64().unwrap() < 5.0);
+    assert_eq!(failed["explicitBounds"].as_array().unwrap().len(), 11);
+
+    let expiry = receiver.wait(WAIT, "certificate expiry gauge", |r| {
+        point_with(
+            &latest_points(r, "tls.certificate.time_to_expiry"),
+            &[("server.address", SERVER_NAME)],
+        )
+        .is_some()
+    });
+    let points = latest_points(&expiry, "tls.certificate.time_to_expiry");
+    let gauge = point_with(&points, &[("server.address", SERVER_NAME)]).unwrap();
+    // Expired on 2020-02-01: years in the past.
+    assert!(
+        gauge["asDouble"].as_f64().unwrap() < -86_400.0 * 365.0,
+        "{gauge}"
+    );
+
+    // Spans: failed connect and TLS handshake, error status, process on the resource.
+    let spans = otlp::spans(&requests);
+    let (res, connect) = spans
+        .iter()
+        .find(|(_, s)| {
+            s["name"] == "tcp.connect"
+                && attr(s, "network.peer.port").as_deref() == Some(port.as_str())
+        })
+        .expect("failed-connect span");
+    assert_eq!(connect["status"]["code"], "STATUS_CODE_ERROR");
+    assert_eq!(connect["kind"], "SPAN_KIND_CLIENT");
+    assert_eq!(attr(connect, "error.type").as_deref(), Some("refused"));
+    assert_eq!(
+        resource_attr(res, "process.pid").as_deref(),
+        Some(me.as_str())
+    );
+    assert_eq!(
+        resource_attr(res, "service.name").as_deref(),
+        Some("hostscope-test")
+    );
+    assert_eq!(
+        resource_attr(res, "deployment.environment").as_deref(),
+        Some("ci")
+    );
+    assert!(resource_attr(res, "host.name").is_some());
+    let (_, tls) = spans
+        .iter()
+        .find(|(_, s)| {
+            s["name"] == "tls.handshake"
+                && s["kind"] == "SPAN_KIND_CLIENT"
+                && attr(s, "error.type").as_deref() == Some("certificate_expired")
+        })
+        .expect("failed TLS handshake span from the client");
+    assert_eq!(tls["status"]["code"], "STATUS_CODE_ERROR");
+    assert_eq!(attr(tls, "server.address").as_deref(), Some(SERVER_NAME));
+    assert_eq!(attr(tls, "tls.protocol.version").as_deref(), Some("1.2"));
+
+    // Logs: the file access and the network root causes.
+    let logs = otlp::logs(&requests);
+    let (_, file) = logs
+        .iter()
+        .find(|(_, l)| attr(l, "file.path").as_deref() == Some(secret.as_str()))
+        .unwrap();
+    assert_eq!(file["severityText"], "WARN");
+    assert_eq!(file["severityNumber"], "SEVERITY_NUMBER_WARN");
+    assert_eq!(file["eventName"], "hostscope.security.file_access");
+    assert_eq!(attr(file, "process.pid").as_deref(), Some(me.as_str()));
+    assert!(
+        !file.to_string().contains("not exported"),
+        "file contents never leave"
+    );
+    assert!(logs
+        .iter()
+        .any(|(_, l)| l["eventName"] == "hostscope.tcp.connect_failed"
+            && attr(l, "network.peer.port").as_deref() == Some(port.as_str())));
+    assert!(logs
+        .iter()
+        .any(|(_, l)| l["eventName"] == "hostscope.tls.handshake_failed"
+            && attr(l, "error.type").as_deref() == Some("certificate_expired")));
+
+    // Headers reach the backend; the agent's own health follows.
+    assert!(requests
+        .iter()
+        .all(|r| r["headers"]["x-tenant"] == "net-team"));
+    let health = receiver.wait(WAIT, "self metrics", |r| {
+        point_with(
+            &latest_points(r, "hostscope.records"),
+            &[("hostscope.result", "decoded")],
+        )
+        .is_some_and(|p| int_value(p) > 0)
+    });
+    let sent = latest_points(&health, "hostscope.export.items");
+    assert!(point_with(
+        &sent,
+        &[
+            ("hostscope.signal", "traces"),
+            ("hostscope.export.result", "sent")
+        ]
+    )
+    .is_some_and(|p| int_value(p) >= 2));
+    drop(server);
+    let snap = h.rt.block_on(exporter.stop(Duration::from_secs(2)));
+    assert_eq!(
+        snap.count("traces", "failed") + snap.count("traces", "dropped"),
+        0,
+        "{snap}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn http_protobuf_gzip_exports_a_refused_connect() {
+    if !privileged("http_protobuf_gzip_exports_a_refused_connect") {
+        return;
+    }
+    let receiver = Receiver::start("http", &[]);
+    let h = Harness::start();
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::HttpProtobuf,
+    );
+    a.otlp_compression = Some(Compression::Gzip);
+    let exporter = start_exporter(&h, resolve(a));
+    let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert!(TcpStream::connect(target).is_err());
+    let port = target.port().to_string();
+    let requests = receiver.wait(WAIT, "refused connect over HTTP", |r| {
+        point_with(
+            &latest_points(r, "tcp.connect.failures"),
+            &[("error.type", "refused"), ("server.port", &port)],
+        )
+        .is_some()
+            && otlp::spans(r)
+                .iter()
+                .any(|(_, s)| attr(s, "network.peer.port").as_deref() == Some(port.as_str()))
+    });
+    for r in &requests {
+        assert_eq!(r["transport"], "http");
+        assert_eq!(r["headers"]["content-encoding"], "gzip");
+        assert_eq!(r["headers"]["content-type"], "application/x-protobuf");
+    }
+    let snap = h.rt.block_on(exporter.stop(Duration::from_secs(2)));
+    assert!(
+        snap.bytes_sent > 0 && snap.count("metrics", "sent") > 0,
+        "{snap}"
+    );
+}
+
+// ---- failure paths -------------------------------------------------------------------
+
+#[test]
+fn receiver_down_then_up_with_disk_queue_delivers_every_item_exactly_once() {
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let dir = otlp::temp_path("disk-queue");
+    let config = || {
+        let mut a = args(&endpoint, Protocol::Grpc);
+        a.otlp_disk_queue = Some(dir.clone());
+        a.otlp_max_batch = Some(10);
+        a.otlp_timeout_ms = Some(1000);
+        resolve(a)
+    };
+    // Backend down: 50 failed connects, in five batches, queue on disk.
+    let fed = Fed::start(config());
+    for b in 0..5 {
+        fed.send(b * 10..b * 10 + 10);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = fed.wait_snapshot("requests queued on disk while retrying", |s| {
+        s.queue_len >= 10 && s.retries >= 1
+    });
+    assert_eq!(s.count("traces", "sent"), 0);
+    // The agent restarts during the outage: the queue stays on disk.
+    let s = fed.stop(Duration::from_millis(200));
+    assert_eq!(
+        s.count("traces", "dropped") + s.count("traces", "failed"),
+        0,
+        "{s}"
+    );
+    let on_disk = std::fs::read_dir(&dir).unwrap().count();
+    assert!(on_disk >= 10, "{on_disk} files on disk");
+
+    // Backend up; the next run replays in order.
+    let receiver = Receiver::start_on("grpc", port, &otlp::temp_path("recv.jsonl"), &[]);
+    let fed = Fed::start(config());
+    let requests = receiver.wait(WAIT, "all 50 spans and logs", |r| {
+        span_ids(r).len() >= 50 && log_ids(r).len() >= 50
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let requests = std::cmp::max_by_key(requests, receiver.requests(), |r| r.len());
+    let spans = span_ids(&requests);
+    assert_eq!(
+        spans,
+        (0..50).collect::<Vec<_>>(),
+        "every span once, in order"
+    );
+    assert_eq!(
+        log_ids(&requests),
+        (0..50).collect::<Vec<_>>(),
+        "every log once, in order"
+    );
+    let s = fed.stop(Duration::from_secs(1));
+    assert_eq!(s.queue_len, 0, "{s}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn retried_then_delivered(
+    protocol: &str,
+    fail: &str,
+    count: &str,
+    retry_after: Option<&str>,
+) -> (Vec<Value>, ExportSnapshot) {
+    let mut extra = vec!["--fail", fail, "--fail-count", count];
+    if let Some(s) = retry_after {
+        extra.extend(["--retry-after", s]);
+    }
+    let receiver = Receiver::start(protocol, &extra);
+    let p = if protocol == "grpc" {
+        Protocol::Grpc
+    } else {
+        Protocol::HttpProtobuf
+    };
+    let mut a = args(&format!("http://127.0.0.1:{}", receiver.port), p);
+    // Only spans: one request to follow through the retries.
+    a.otlp_interval = Some(0.5);
+    let fed = Fed::start(resolve(a));
+    fed.send(0..5);
+    let requests = receiver.wait(WAIT, "spans after the failures", |r| span_ids(r).len() >= 5);
+    let s = fed.stop(Duration::from_secs(1));
+    assert_eq!(span_ids(&requests), vec![0, 1, 2, 3, 4], "delivered once");
+    let failed_answers = requests.iter().filter(|r| r["answer"] == fail).count();
+    assert_eq!(
+        failed_answers.to_string(),
+        count,
+        "{fail} answered {count} times"
+    );
+    assert!(s.retries >= count.parse().unwrap(), "{s}");
+    assert_eq!(
+        s.count("traces", "failed") + s.count("metrics", "failed"),
+        0,
+        "{s}"
+    );
+    (requests, s)
+}
+
+#[test]
+fn grpc_unavailable_and_resource_exhausted_are_retried() {
+    retried_then_delivered("grpc", "UNAVAILABLE", "3", None);
+    // RESOURCE_EXHAUSTED with RetryInfo of 1 s: the next attempt waits for it.
+    let (requests, _) = retried_then_delivered("grpc", "RESOURCE_EXHAUSTED", "1", Some("1"));
+    let t: Vec<u64> = requests
+        .iter()
+        .map(|r| r["received_unix_ns"].as_u64().unwrap())
+        .collect();
+    assert!(
+        t[1] - t[0] >= 900_000_000,
+        "retried after {} ms",
+        (t[1] - t[0]) / 1_000_000
+    );
+}
+
+#[test]
+fn http_503_and_429_are_retried_honouring_retry_after() {
+    retried_then_delivered("http", "503", "2", None);
+    let (requests, _) = retried_then_delivered("http", "429", "1", Some("1"));
+    let t: Vec<u64> = requests
+        .iter()
+        .map(|r| r["received_unix_ns"].as_u64().unwrap())
+        .collect();
+    assert!(
+        t[1] - t[0] >= 900_000_000,
+        "Retry-After: 1 honoured, retried after {} ms",
+        (t[1] - t[0]) / 1_000_000
+    );
+}
+
+#[test]
+fn bad_request_is_dropped_and_counted_not_retried() {
+    for (protocol, p, fail, kind) in [
+        ("http", Protocol::HttpProtobuf, "400", "http_400"),
+        (
+            "grpc",
+            Protocol::Grpc,
+            "INVALID_ARGUMENT",
+            "grpc_invalid_argument",
+        ),
+    ] {
+        let receiver = Receiver::start(protocol, &["--fail", fail, "--fail-count", "1000"]);
+        let fed = Fed::start(resolve(args(
+            &format!("http://127.0.0.1:{}", receiver.port),
+            p,
+        )));
+        fed.send(0..7);
+        let s = fed.wait_snapshot("spans failed", |s| s.count("traces", "failed") == 7);
+        std::thread::sleep(Duration::from_millis(800));
+        // Each span reached the receiver exactly once, in whatever requests: no retry.
+        let requests = receiver.requests();
+        let attempted: usize = requests
+            .iter()
+            .filter(|r| r["signal"] == "traces")
+            .map(|r| {
+                r["request"]["resourceSpans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|rs| rs["scopeSpans"].as_array().into_iter().flatten())
+                    .map(|ss| ss["spans"].as_array().map_or(0, |s| s.len()))
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(attempted, 7, "{fail} is not retried");
+        assert_eq!(s.retries, 0, "{s}");
+        assert!(
+            s.items
+                .contains_key(&("traces", "failed", kind.to_string())),
+            "{s}"
+        );
+        fed.stop(Duration::from_millis(200));
+    }
+    // The drop is visible in the exported self-metrics once the backend accepts again.
+    let receiver = Receiver::start("grpc", &["--fail", "INVALID_ARGUMENT", "--fail-count", "1"]);
+    let fed = Fed::start(resolve(args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    )));
+    let requests = receiver.wait(WAIT, "failed items in self metrics", |r| {
+        point_with(
+            &latest_points(r, "hostscope.export.items"),
+            &[
+                ("hostscope.export.result", "failed"),
+                ("error.type", "grpc_invalid_argument"),
+            ],
+        )
+        .is_some()
+    });
+    let p = latest_points(&requests, "hostscope.export.items");
+    let failed = point_with(
+        &p,
+        &[
+            ("hostscope.signal", "metrics"),
+            ("hostscope.export.result", "failed"),
+        ],
+    )
+    .unwrap();
+    assert!(int_value(failed) >= 1);
+    fed.stop(Duration::from_millis(200));
+}
+
+#[test]
+fn partial_success_is_counted_as_rejected() {
+    let receiver = Receiver::start("http", &["--partial", "2"]);
+    let fed = Fed::start(resolve(args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::HttpProtobuf,
+    )));
+    fed.send(0..5);
+    let s = fed.wait_snapshot("rejected spans", |s| s.count("traces", "rejected") == 2);
+    assert_eq!(s.count("traces", "sent"), 3, "{s}");
+    fed.stop(Duration::from_millis(200));
+}
+
+#[test]
+fn slow_receiver_keeps_the_queue_within_its_bound_and_counts_drops() {
+    let receiver = Receiver::start("http", &["--delay", "1.0"]);
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::HttpProtobuf,
+    );
+    a.otlp_max_batch = Some(5);
+    a.otlp_queue_bytes = Some(4096);
+    a.otlp_compression = Some(Compression::None);
+    let fed = Fed::start(resolve(a));
+    let mut max_bytes = 0;
+    for b in 0..40u64 {
+        fed.send(b * 5..b * 5 + 5);
+        max_bytes = max_bytes.max(fed.snapshot().queue_bytes);
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let s = fed.stop(Duration::from_secs(2));
+    assert!(max_bytes <= 4096, "queue grew to {max_bytes} bytes");
+    let sent = s.count("traces", "sent");
+    let dropped = s.count("traces", "dropped");
+    assert!(dropped > 0 && sent > 0, "{s}");
+    assert!(
+        s.items
+            .contains_key(&("traces", "dropped", "queue_full".to_string())),
+        "{s}"
+    );
+    assert_eq!(sent + dropped, 200, "every span sent or counted: {s}");
+    receiver.wait(WAIT, "what was sent", |r| span_ids(r).len() as u64 >= sent);
+}
+
+#[test]
+fn tls_with_a_test_ca_and_mutual_tls() {
+    let pki = local_pki();
+    let cert = pki.server_cert.to_str().unwrap();
+    let key = pki.server_key.to_str().unwrap();
+    let ca = pki.ca.to_str().unwrap();
+    // gRPC over TLS, server verified with the test CA.
+    let receiver = Receiver::start("grpc", &["--cert", cert, "--key", key]);
+    let mut a = args(
+        &format!("https://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    );
+    a.otlp_ca = Some(pki.ca.clone());
+    let fed = Fed::start(resolve(a));
+    fed.send(0..3);
+    receiver.wait(WAIT, "spans over TLS", |r| span_ids(r).len() == 3);
+    fed.stop(Duration::from_millis(200));
+
+    // HTTP with mTLS: the receiver requires a client certificate from the test CA.
+    for protocol in ["http", "grpc"] {
+        let receiver =
+            Receiver::start(protocol, &["--cert", cert, "--key", key, "--client-ca", ca]);
+        let p = if protocol == "grpc" {
+            Protocol::Grpc
+        } else {
+            Protocol::HttpProtobuf
+        };
+        let mut a = args(&format!("https://127.0.0.1:{}", receiver.port), p);
+        a.otlp_ca = Some(pki.ca.clone());
+        a.otlp_client_cert = Some(pki.client_cert.clone());
+        a.otlp_client_key = Some(pki.client_key.clone());
+        let fed = Fed::start(resolve(a));
+        fed.send(0..3);
+        receiver.wait(WAIT, "spans over mTLS", |r| span_ids(r).len() == 3);
+        fed.stop(Duration::from_millis(200));
+
+        // Without the client certificate nothing gets through, and it is retried.
+        let mut a = args(&format!("https://127.0.0.1:{}", receiver.port), p);
+        a.otlp_ca = Some(pki.ca.clone());
+        let fed = Fed::start(resolve(a));
+        fed.send(0..3);
+        fed.wait_snapshot("retries without a client certificate", |s| s.retries >= 2);
+        assert_eq!(
+            span_ids(&receiver.requests()).len(),
+            3,
+            "no new span without mTLS"
+        );
+        let s = fed.stop(Duration::from_millis(200));
+        assert_eq!(s.count("traces", "sent"), 0, "{s}");
+    }
+}
+
+#[test]
+fn invalid_endpoint_and_headers_are_clear_errors_at_start() {
+    let bin = std::env::var_os("HOSTSCOPE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostscope")
+        });
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build -p hostscope",
+        bin.display()
+    );
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            &["--otlp-endpoint", "collector:4317"],
+            &[],
+            "invalid OTLP endpoint",
+        ),
+        (
+            &["--otlp-endpoint", "ftp://collector:21"],
+            &[],
+            "http or https expected",
+        ),
+        (
+            &[
+                "--otlp-endpoint",
+                "http://c:4317",
+                "--otlp-header",
+                "no-equals",
+            ],
+            &[],
+            "key=value expected",
+        ),
+        (
+            &[
+                "--otlp-endpoint",
+                "http://c:4317",
+                "--otlp-header",
+                "bad name=1",
+            ],
+            &[],
+            "invalid OTLP header",
+        ),
+        (
+            &[],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://")],
+            "invalid OTLP endpoint",
+        ),
+        (
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ],
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        (
+            &[
+                "--otlp-endpoint",
+                "http://c:4317",
+                "--otlp-ca",
+                "/nonexistent/ca.pem",
+            ],
+            &[],
+            "reading CA",
+        ),
+        (
+            &[
+                "--otlp-endpoint",
+                "https://c:4317",
+                "--otlp-ca",
+                "/etc/hostname",
+            ],
+            &[],
+            "no -----BEGIN CERTIFICATE----- block",
+        ),
+    ];
+    for (flags, env, needle) in cases {
+        let out = Command::new(&bin)
+            .arg("run")
+            .args(*flags)
+            .envs(env.iter().copied())
+            .env_remove("OTEL_EXPORTER_OTLP_HEADERS")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} {env:?} accepted");
+        assert!(err.contains(needle), "{flags:?} {env:?}: {err}");
+    }
+}
+
+#[test]
+fn hostscope_run_exports_with_env_endpoint_and_reports_export_stats() {
+    if !privileged("hostscope_run_exports_with_env_endpoint_and_reports_export_stats") {
+        return;
+    }
+    let bin = std::env::var_os("HOSTSCOPE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostscope")
+        });
+    let receiver = Receiver::start("http", &[]);
+    let child = Command::new(&bin)
+        .args([
+            "run",
+            "--no-pin",
+            "--output",
+            "json",
+            "--duration",
+            "5",
+            "--otlp-interval",
+            "0.5",
+            "--stats-interval",
+            "1",
+        ])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", receiver.port),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20t0ken")
+        .env("OTEL_SERVICE_NAME", "node-agent")
+        .env("K8S_NODE_NAME", "node-7")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert!(TcpStream::connect(target).is_err());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stats: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "export_stats")
+        .collect();
+    let last = stats.last().expect("export_stats lines in the JSON output");
+    let sent: u64 = last["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["result"] == "sent" && i["signal"] == "traces")
+        .map(|i| i["items"].as_u64().unwrap())
+        .sum();
+    assert!(sent >= 1, "{last}");
+    assert_eq!(last["queue_len"], 0, "delivered before exit: {last}");
+
+    let requests = receiver.requests();
+    let port = target.port().to_string();
+    assert!(otlp::spans(&requests)
+        .iter()
+        .any(|(_, s)| attr(s, "network.peer.port").as_deref() == Some(port.as_str())));
+    let (res, _) = &otlp::spans(&requests)[0];
+    assert_eq!(
+        resource_attr(res, "service.name").as_deref(),
+        Some("node-agent")
+    );
+    assert_eq!(
+        resource_attr(res, "k8s.node.name").as_deref(),
+        Some("node-7")
+    );
+    assert!(requests
+        .iter()
+        .all(|r| r["headers"]["authorization"] == "Bearer t0ken"));
+    // The agent's own health, from `Agent::stats`, exported.
+    let lost = latest_points(&requests, "hostscope.probe.lost");
+    assert!(
+        point_with(&lost, &[("hostscope.probe.family", "tcp")]).is_some(),
+        "{lost:?}"
+    );
+    let emitted = latest_points(&requests, "hostscope.probe.events");
+    let tcp = point_with(
+        &emitted,
+        &[
+            ("hostscope.probe.family", "tcp"),
+            ("hostscope.probe.counter", "events_emitted"),
+        ],
+    )
+    .expect("tcp events_emitted");
+    assert!(int_value(tcp) >= 1);
+}
