@@ -537,12 +537,10 @@ fn retried_then_delivered(
     protocol: &str,
     fail: &str,
     count: &str,
-    retry_after: Option<&str>,
+    retry_flags: &[&str],
 ) -> (Vec<Value>, ExportSnapshot) {
     let mut extra = vec!["--fail", fail, "--fail-count", count];
-    if let Some(s) = retry_after {
-        extra.extend(["--retry-after", s]);
-    }
+    extra.extend(retry_flags);
     let receiver = Receiver::start(protocol, &extra);
     let p = if protocol == "grpc" {
         Protocol::Grpc
@@ -574,9 +572,10 @@ fn retried_then_delivered(
 
 #[test]
 fn grpc_unavailable_and_resource_exhausted_are_retried() {
-    retried_then_delivered("grpc", "UNAVAILABLE", "3", None);
+    retried_then_delivered("grpc", "UNAVAILABLE", "3", &[]);
     // RESOURCE_EXHAUSTED with RetryInfo of 1 s: the next attempt waits for it.
-    let (requests, _) = retried_then_delivered("grpc", "RESOURCE_EXHAUSTED", "1", Some("1"));
+    let (requests, _) =
+        retried_then_delivered("grpc", "RESOURCE_EXHAUSTED", "1", &["--retry-after", "1"]);
     let t: Vec<u64> = requests
         .iter()
         .map(|r| r["received_unix_ns"].as_u64().unwrap())
@@ -590,8 +589,24 @@ fn grpc_unavailable_and_resource_exhausted_are_retried() {
 
 #[test]
 fn http_503_and_429_are_retried_honouring_retry_after() {
-    retried_then_delivered("http", "503", "2", None);
-    let (requests, _) = retried_then_delivered("http", "429", "1", Some("1"));
+    retried_then_delivered("http", "503", "2", &[]);
+    // Retry-After as an HTTP-date 2 s ahead (whole seconds, so 1-2 s from the answer).
+    let (requests, _) = retried_then_delivered(
+        "http",
+        "503",
+        "1",
+        &["--retry-after", "2", "--retry-after-date"],
+    );
+    let t: Vec<u64> = requests
+        .iter()
+        .map(|r| r["received_unix_ns"].as_u64().unwrap())
+        .collect();
+    assert!(
+        t[1] - t[0] >= 900_000_000,
+        "Retry-After HTTP-date honoured, retried after {} ms",
+        (t[1] - t[0]) / 1_000_000
+    );
+    let (requests, _) = retried_then_delivered("http", "429", "1", &["--retry-after", "1"]);
     let t: Vec<u64> = requests
         .iter()
         .map(|r| r["received_unix_ns"].as_u64().unwrap())
@@ -612,6 +627,13 @@ fn bad_request_is_dropped_and_counted_not_retried() {
             Protocol::Grpc,
             "INVALID_ARGUMENT",
             "grpc_invalid_argument",
+        ),
+        // Without RetryInfo the OTLP spec says RESOURCE_EXHAUSTED is not retryable.
+        (
+            "grpc",
+            Protocol::Grpc,
+            "RESOURCE_EXHAUSTED",
+            "grpc_resource_exhausted",
         ),
     ] {
         let receiver = Receiver::start(protocol, &["--fail", fail, "--fail-count", "1000"]);
