@@ -23,6 +23,7 @@ from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
+import zstandard
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import (
@@ -175,6 +176,9 @@ def serve_http(args):
                 return self.answer(404, b"")
             if headers.get("content-encoding") == "gzip":
                 body = gzip.decompress(body)
+            elif headers.get("content-encoding") == "zstd":
+                # A decompressobj copes with frames that do not state their size.
+                body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
             req = SIGNALS[signal][0]()
             req.ParseFromString(body)
             failure = decide(args)

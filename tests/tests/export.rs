@@ -475,6 +475,66 @@ fn http_protobuf_gzip_exports_a_refused_connect() {
     );
 }
 
+#[test]
+fn http_protobuf_zstd_exports_a_refused_connect() {
+    if !privileged("http_protobuf_zstd_exports_a_refused_connect") {
+        return;
+    }
+    let receiver = Receiver::start("http", &[]);
+    let h = Harness::start();
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::HttpProtobuf,
+    );
+    a.otlp_compression = Some(Compression::Zstd);
+    let exporter = start_exporter(&h, resolve(a));
+    let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert!(TcpStream::connect(target).is_err());
+    let port = target.port().to_string();
+    // The receiver decodes zstd bodies: the span and the metric arrive readable.
+    let requests = receiver.wait(WAIT, "refused connect over HTTP with zstd", |r| {
+        point_with(
+            &latest_points(r, "tcp.connect.failures"),
+            &[("error.type", "refused"), ("server.port", &port)],
+        )
+        .is_some()
+            && otlp::spans(r)
+                .iter()
+                .any(|(_, s)| attr(s, "network.peer.port").as_deref() == Some(port.as_str()))
+    });
+    for r in &requests {
+        assert_eq!(r["headers"]["content-encoding"], "zstd");
+    }
+    let snap = h.rt.block_on(exporter.stop(Duration::from_secs(2)));
+    assert!(
+        snap.bytes_sent > 0 && snap.count("metrics", "sent") > 0,
+        "{snap}"
+    );
+}
+
+/// grpcio (the receiver) has no zstd: the request is refused with INTERNAL, which is not
+/// retryable, so it is counted as failed at once instead of retried in silence.
+#[test]
+fn grpc_zstd_to_a_receiver_without_zstd_fails_clearly() {
+    let receiver = Receiver::start("grpc", &[]);
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    );
+    a.otlp_compression = Some(Compression::Zstd);
+    let fed = Fed::start(resolve(a));
+    fed.send(0..3);
+    let s = fed.wait_snapshot("spans failed", |s| s.count("traces", "failed") == 3);
+    assert_eq!(s.retries, 0, "{s}");
+    // grpcio cannot parse `grpc-encoding: zstd` and answers INTERNAL.
+    assert!(
+        s.items
+            .contains_key(&("traces", "failed", "grpc_internal".to_string())),
+        "{s}"
+    );
+    fed.stop(Duration::from_millis(200));
+}
+
 // ---- failure paths -------------------------------------------------------------------
 
 #[test]

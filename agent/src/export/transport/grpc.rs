@@ -56,7 +56,11 @@ impl GrpcTransport {
             // Lazy: the agent starts (and queues) while the backend is down.
             Ok(ep.connect_lazy())
         };
-        let gzip = config.compression == Compression::Gzip;
+        let send_encoding = match config.compression {
+            Compression::Gzip => Some(CompressionEncoding::Gzip),
+            Compression::Zstd => Some(CompressionEncoding::Zstd),
+            Compression::None => None,
+        };
         let mut metadata = MetadataMap::new();
         for (name, value) in &config.headers {
             let key =
@@ -78,14 +82,16 @@ impl GrpcTransport {
         let mut metrics = MetricsServiceClient::new(with(channel(&config.endpoints.metrics)?));
         let mut traces = TraceServiceClient::new(with(channel(&config.endpoints.traces)?));
         let mut logs = LogsServiceClient::new(with(channel(&config.endpoints.logs)?));
-        if gzip {
-            metrics = metrics.send_compressed(CompressionEncoding::Gzip);
-            traces = traces.send_compressed(CompressionEncoding::Gzip);
-            logs = logs.send_compressed(CompressionEncoding::Gzip);
+        if let Some(e) = send_encoding {
+            metrics = metrics.send_compressed(e);
+            traces = traces.send_compressed(e);
+            logs = logs.send_compressed(e);
         }
-        metrics = metrics.accept_compressed(CompressionEncoding::Gzip);
-        traces = traces.accept_compressed(CompressionEncoding::Gzip);
-        logs = logs.accept_compressed(CompressionEncoding::Gzip);
+        for e in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+            metrics = metrics.accept_compressed(e);
+            traces = traces.accept_compressed(e);
+            logs = logs.accept_compressed(e);
+        }
         Ok(GrpcTransport {
             metrics,
             traces,
