@@ -14,6 +14,7 @@ Prints "READY <port>" once listening.
 """
 import argparse
 import gzip
+import email.utils
 import json
 import sys
 import threading
@@ -22,6 +23,7 @@ from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
+import zstandard
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import (
@@ -174,13 +176,21 @@ def serve_http(args):
                 return self.answer(404, b"")
             if headers.get("content-encoding") == "gzip":
                 body = gzip.decompress(body)
+            elif headers.get("content-encoding") == "zstd":
+                # A decompressobj copes with frames that do not state their size.
+                body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
             req = SIGNALS[signal][0]()
             req.ParseFromString(body)
             failure = decide(args)
             if failure:
                 record(args, signal, "http", failure, headers, req)
                 extra = {}
-                if args.retry_after is not None:
+                if args.retry_after is not None and args.retry_after_date:
+                    # The HTTP-date form (RFC 9110): whole seconds, so a delay of N
+                    # seconds lands between N-1 and N after this answer.
+                    at = time.time() + args.retry_after
+                    extra["Retry-After"] = email.utils.formatdate(at, usegmt=True)
+                elif args.retry_after is not None:
                     extra["Retry-After"] = str(int(args.retry_after))
                 return self.answer(int(failure), b"injected", extra)
             record(args, signal, "http", "ok", headers, req)
@@ -217,6 +227,11 @@ def main():
     p.add_argument("--fail", help="gRPC code name (UNAVAILABLE) or HTTP status (503)")
     p.add_argument("--fail-count", type=int, default=0)
     p.add_argument("--retry-after", type=float)
+    p.add_argument(
+        "--retry-after-date",
+        action="store_true",
+        help="send Retry-After (HTTP) as an HTTP-date instead of seconds",
+    )
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--partial", type=int, default=0)
     p.add_argument("--cert")

@@ -475,6 +475,66 @@ fn http_protobuf_gzip_exports_a_refused_connect() {
     );
 }
 
+#[test]
+fn http_protobuf_zstd_exports_a_refused_connect() {
+    if !privileged("http_protobuf_zstd_exports_a_refused_connect") {
+        return;
+    }
+    let receiver = Receiver::start("http", &[]);
+    let h = Harness::start();
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::HttpProtobuf,
+    );
+    a.otlp_compression = Some(Compression::Zstd);
+    let exporter = start_exporter(&h, resolve(a));
+    let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert!(TcpStream::connect(target).is_err());
+    let port = target.port().to_string();
+    // The receiver decodes zstd bodies: the span and the metric arrive readable.
+    let requests = receiver.wait(WAIT, "refused connect over HTTP with zstd", |r| {
+        point_with(
+            &latest_points(r, "tcp.connect.failures"),
+            &[("error.type", "refused"), ("server.port", &port)],
+        )
+        .is_some()
+            && otlp::spans(r)
+                .iter()
+                .any(|(_, s)| attr(s, "network.peer.port").as_deref() == Some(port.as_str()))
+    });
+    for r in &requests {
+        assert_eq!(r["headers"]["content-encoding"], "zstd");
+    }
+    let snap = h.rt.block_on(exporter.stop(Duration::from_secs(2)));
+    assert!(
+        snap.bytes_sent > 0 && snap.count("metrics", "sent") > 0,
+        "{snap}"
+    );
+}
+
+/// grpcio (the receiver) has no zstd: the request is refused with INTERNAL, which is not
+/// retryable, so it is counted as failed at once instead of retried in silence.
+#[test]
+fn grpc_zstd_to_a_receiver_without_zstd_fails_clearly() {
+    let receiver = Receiver::start("grpc", &[]);
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    );
+    a.otlp_compression = Some(Compression::Zstd);
+    let fed = Fed::start(resolve(a));
+    fed.send(0..3);
+    let s = fed.wait_snapshot("spans failed", |s| s.count("traces", "failed") == 3);
+    assert_eq!(s.retries, 0, "{s}");
+    // grpcio cannot parse `grpc-encoding: zstd` and answers INTERNAL.
+    assert!(
+        s.items
+            .contains_key(&("traces", "failed", "grpc_internal".to_string())),
+        "{s}"
+    );
+    fed.stop(Duration::from_millis(200));
+}
+
 // ---- failure paths -------------------------------------------------------------------
 
 #[test]
@@ -537,12 +597,10 @@ fn retried_then_delivered(
     protocol: &str,
     fail: &str,
     count: &str,
-    retry_after: Option<&str>,
+    retry_flags: &[&str],
 ) -> (Vec<Value>, ExportSnapshot) {
     let mut extra = vec!["--fail", fail, "--fail-count", count];
-    if let Some(s) = retry_after {
-        extra.extend(["--retry-after", s]);
-    }
+    extra.extend(retry_flags);
     let receiver = Receiver::start(protocol, &extra);
     let p = if protocol == "grpc" {
         Protocol::Grpc
@@ -574,9 +632,10 @@ fn retried_then_delivered(
 
 #[test]
 fn grpc_unavailable_and_resource_exhausted_are_retried() {
-    retried_then_delivered("grpc", "UNAVAILABLE", "3", None);
+    retried_then_delivered("grpc", "UNAVAILABLE", "3", &[]);
     // RESOURCE_EXHAUSTED with RetryInfo of 1 s: the next attempt waits for it.
-    let (requests, _) = retried_then_delivered("grpc", "RESOURCE_EXHAUSTED", "1", Some("1"));
+    let (requests, _) =
+        retried_then_delivered("grpc", "RESOURCE_EXHAUSTED", "1", &["--retry-after", "1"]);
     let t: Vec<u64> = requests
         .iter()
         .map(|r| r["received_unix_ns"].as_u64().unwrap())
@@ -590,8 +649,24 @@ fn grpc_unavailable_and_resource_exhausted_are_retried() {
 
 #[test]
 fn http_503_and_429_are_retried_honouring_retry_after() {
-    retried_then_delivered("http", "503", "2", None);
-    let (requests, _) = retried_then_delivered("http", "429", "1", Some("1"));
+    retried_then_delivered("http", "503", "2", &[]);
+    // Retry-After as an HTTP-date 2 s ahead (whole seconds, so 1-2 s from the answer).
+    let (requests, _) = retried_then_delivered(
+        "http",
+        "503",
+        "1",
+        &["--retry-after", "2", "--retry-after-date"],
+    );
+    let t: Vec<u64> = requests
+        .iter()
+        .map(|r| r["received_unix_ns"].as_u64().unwrap())
+        .collect();
+    assert!(
+        t[1] - t[0] >= 900_000_000,
+        "Retry-After HTTP-date honoured, retried after {} ms",
+        (t[1] - t[0]) / 1_000_000
+    );
+    let (requests, _) = retried_then_delivered("http", "429", "1", &["--retry-after", "1"]);
     let t: Vec<u64> = requests
         .iter()
         .map(|r| r["received_unix_ns"].as_u64().unwrap())
@@ -612,6 +687,13 @@ fn bad_request_is_dropped_and_counted_not_retried() {
             Protocol::Grpc,
             "INVALID_ARGUMENT",
             "grpc_invalid_argument",
+        ),
+        // Without RetryInfo the OTLP spec says RESOURCE_EXHAUSTED is not retryable.
+        (
+            "grpc",
+            Protocol::Grpc,
+            "RESOURCE_EXHAUSTED",
+            "grpc_resource_exhausted",
         ),
     ] {
         let receiver = Receiver::start(protocol, &["--fail", fail, "--fail-count", "1000"]);

@@ -27,7 +27,12 @@ const PACKAGES: &[&str] = &[
 
 /// The OTLP receiver the export tests run against: the OpenTelemetry project's
 /// generated protobuf/gRPC package and grpcio, pinned, in a virtualenv under target/.
-const OTLP_RECEIVER_PACKAGES: &[&str] = &["opentelemetry-proto==1.45.2", "grpcio==1.85.3"];
+const OTLP_RECEIVER_PACKAGES: &[&str] = &[
+    "opentelemetry-proto==1.45.2",
+    "grpcio==1.85.3",
+    // Decodes OTLP/HTTP bodies sent with Content-Encoding: zstd.
+    "zstandard==0.23.0",
+];
 
 /// bpf-linker release known to build against the image's nightly LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -63,7 +68,9 @@ fn otlp_receiver() -> anyhow::Result<()> {
     step("OTLP test receiver (Python opentelemetry-proto + grpcio)");
     let venv = otlp_venv();
     let python = venv.join("bin/python3");
-    let check = "import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc";
+    // zstandard is in the check so that a venv made before it was added is topped up.
+    let check =
+        "import grpc, zstandard, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc";
     if output(Command::new(&python).args(["-c", check])).is_some() {
         return Ok(());
     }

@@ -25,6 +25,9 @@ pub enum Protocol {
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     Gzip,
+    /// OTLP/HTTP `Content-Encoding: zstd`, gRPC `grpc-encoding: zstd` (a receiver without
+    /// zstd refuses it; see README).
+    Zstd,
     None,
 }
 
@@ -157,9 +160,23 @@ pub struct TlsFiles {
     pub client_key: Option<Vec<u8>>,
 }
 
-/// Checked export configuration.
+/// What one signal is sent with: the per-signal `OTEL_EXPORTER_OTLP_<SIGNAL>_*` variables
+/// where set, else the generic ones; flags win over both.
+#[derive(Clone, Debug)]
+pub struct SignalSettings {
+    pub protocol: Protocol,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub compression: Compression,
+    pub timeout: Duration,
+    pub tls: TlsFiles,
+}
+
+/// Checked export configuration. `protocol`, `headers`, `compression`, `timeout` and `tls`
+/// are the generic settings; `signals` has what each signal really uses.
 #[derive(Clone, Debug)]
 pub struct ExportConfig {
+    /// Metrics, traces, logs (see [`ExportConfig::signal`]).
+    pub signals: [SignalSettings; 3],
     pub protocol: Protocol,
     pub endpoints: Endpoints,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -202,73 +219,80 @@ impl Env for BTreeMap<&str, &str> {
     }
 }
 
-impl ExportArgs {
-    /// None when no endpoint is configured anywhere: the agent runs without export.
-    pub fn resolve(&self, env: &dyn Env) -> Result<Option<ExportConfig>, ConfigError> {
-        let generic = self
-            .otlp_endpoint
-            .clone()
-            .map(|u| (u, "--otlp-endpoint"))
-            .or_else(|| {
-                env.var("OTEL_EXPORTER_OTLP_ENDPOINT")
-                    .map(|u| (u, "OTEL_EXPORTER_OTLP_ENDPOINT"))
-            });
-        let per_signal = |name: &'static str| env.var(name).map(|u| (u, name));
-        let metrics_env = per_signal("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
-        let traces_env = per_signal("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-        let logs_env = per_signal("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT");
-        if generic.is_none() && metrics_env.is_none() && traces_env.is_none() && logs_env.is_none()
-        {
-            return Ok(None);
+/// A variable's generic name and its per-signal names (metrics, traces, logs), static so
+/// that errors can name the variable that was wrong.
+macro_rules! otlp_var {
+    ($key:literal) => {
+        [
+            concat!("OTEL_EXPORTER_OTLP_", $key),
+            concat!("OTEL_EXPORTER_OTLP_METRICS_", $key),
+            concat!("OTEL_EXPORTER_OTLP_TRACES_", $key),
+            concat!("OTEL_EXPORTER_OTLP_LOGS_", $key),
+        ]
+    };
+}
+
+impl ExportConfig {
+    /// The settings `signal` is sent with.
+    pub fn signal(&self, signal: super::Signal) -> &SignalSettings {
+        &self.signals[signal_index(signal)]
+    }
+
+    /// This configuration with the generic settings replaced by `signal`'s (what a
+    /// transport for that signal alone is built from).
+    pub fn for_signal(&self, signal: super::Signal) -> ExportConfig {
+        let s = self.signal(signal).clone();
+        ExportConfig {
+            protocol: s.protocol,
+            headers: s.headers,
+            compression: s.compression,
+            timeout: s.timeout,
+            tls: s.tls,
+            ..self.clone()
         }
+    }
+}
+
+fn signal_index(signal: super::Signal) -> usize {
+    match signal {
+        super::Signal::Metrics => 0,
+        super::Signal::Traces => 1,
+        super::Signal::Logs => 2,
+    }
+}
+
+impl ExportArgs {
+    /// Settings of one signal (`which`: None for the generic ones, else 0..3 = metrics,
+    /// traces, logs): flag, else the per-signal variable, else the generic variable.
+    fn settings(&self, env: &dyn Env, which: Option<usize>) -> Result<SignalSettings, ConfigError> {
+        // (value, variable it came from)
+        let var = |names: [&'static str; 4]| -> Option<(String, &'static str)> {
+            which
+                .and_then(|i| env.var(names[i + 1]).map(|v| (v, names[i + 1])))
+                .or_else(|| env.var(names[0]).map(|v| (v, names[0])))
+        };
         let protocol = match self.otlp_protocol {
             Some(p) => p,
-            None => match env.var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
-                None | Some("grpc") => Protocol::Grpc,
-                Some("http/protobuf") => Protocol::HttpProtobuf,
-                Some(other) => {
-                    return Err(ConfigError::Value {
-                        name: "OTEL_EXPORTER_OTLP_PROTOCOL",
-                        value: other.into(),
-                        why: "supported: grpc, http/protobuf".into(),
-                    })
-                }
+            None => match var(otlp_var!("PROTOCOL")) {
+                None => Protocol::Grpc,
+                Some((v, name)) => match v.as_str() {
+                    "grpc" => Protocol::Grpc,
+                    "http/protobuf" => Protocol::HttpProtobuf,
+                    other => {
+                        return Err(ConfigError::Value {
+                            name,
+                            value: other.into(),
+                            why: "supported: grpc, http/protobuf".into(),
+                        })
+                    }
+                },
             },
-        };
-        let default_base = match protocol {
-            Protocol::Grpc => "http://localhost:4317",
-            Protocol::HttpProtobuf => "http://localhost:4318",
-        };
-        let signal = |own: Option<(String, &'static str)>, path: &str| {
-            // A per-signal variable is the full URL; the generic one is a base to which
-            // HTTP appends /v1/<signal> (gRPC routes by service, not path).
-            if self.otlp_endpoint.is_none() {
-                if let Some((url, origin)) = own {
-                    return parse_url(&url, origin);
-                }
-            }
-            let (base, origin) = generic
-                .clone()
-                .unwrap_or_else(|| (default_base.to_string(), "default"));
-            let url = parse_url(&base, origin)?;
-            match protocol {
-                Protocol::Grpc => Ok(url),
-                Protocol::HttpProtobuf => {
-                    let joined = format!("{}/{path}", base.trim_end_matches('/'));
-                    parse_url(&joined, origin)
-                }
-            }
-        };
-        let endpoints = Endpoints {
-            metrics: signal(metrics_env, "v1/metrics")?,
-            traces: signal(traces_env, "v1/traces")?,
-            logs: signal(logs_env, "v1/logs")?,
         };
 
         let mut headers = Vec::new();
-        if let Some(h) = env.var("OTEL_EXPORTER_OTLP_HEADERS") {
+        if let Some((h, name)) = var(otlp_var!("HEADERS")) {
             for item in h.split(',').filter(|s| !s.trim().is_empty()) {
-                headers.push(parse_header(item, "OTEL_EXPORTER_OTLP_HEADERS")?);
+                headers.push(parse_header(item, name)?);
             }
         }
         for item in &self.otlp_headers {
@@ -277,24 +301,28 @@ impl ExportArgs {
 
         let compression = match self.otlp_compression {
             Some(c) => c,
-            None => match env.var("OTEL_EXPORTER_OTLP_COMPRESSION").as_deref() {
-                None | Some("gzip") => Compression::Gzip,
-                Some("none") => Compression::None,
-                Some(other) => {
-                    return Err(ConfigError::Value {
-                        name: "OTEL_EXPORTER_OTLP_COMPRESSION",
-                        value: other.into(),
-                        why: "supported: gzip, none".into(),
-                    })
-                }
+            None => match var(otlp_var!("COMPRESSION")) {
+                None => Compression::Gzip,
+                Some((v, name)) => match v.as_str() {
+                    "gzip" => Compression::Gzip,
+                    "zstd" => Compression::Zstd,
+                    "none" => Compression::None,
+                    other => {
+                        return Err(ConfigError::Value {
+                            name,
+                            value: other.into(),
+                            why: "supported: gzip, zstd, none".into(),
+                        })
+                    }
+                },
             },
         };
         let timeout_ms = match self.otlp_timeout_ms {
             Some(ms) => ms,
-            None => match env.var("OTEL_EXPORTER_OTLP_TIMEOUT") {
+            None => match var(otlp_var!("TIMEOUT")) {
                 None => 10_000,
-                Some(v) => v.trim().parse().map_err(|e| ConfigError::Value {
-                    name: "OTEL_EXPORTER_OTLP_TIMEOUT",
+                Some((v, name)) => v.trim().parse().map_err(|e| ConfigError::Value {
+                    name,
                     value: v.clone(),
                     why: format!("{e} (milliseconds expected)"),
                 })?,
@@ -307,8 +335,10 @@ impl ExportArgs {
                 why: "must be at least 1 ms".into(),
             });
         }
-        let file = |flag: &Option<PathBuf>, var: &str, what: &'static str| {
-            let path = flag.clone().or_else(|| env.var(var).map(PathBuf::from));
+        let file = |flag: &Option<PathBuf>, names: [&'static str; 4], what: &'static str| {
+            let path = flag
+                .clone()
+                .or_else(|| var(names).map(|(v, _)| PathBuf::from(v)));
             path.map(|p| {
                 std::fs::read(&p).map_err(|source| ConfigError::File {
                     what,
@@ -319,31 +349,31 @@ impl ExportArgs {
             .transpose()
         };
         let tls = TlsFiles {
-            ca: file(&self.otlp_ca, "OTEL_EXPORTER_OTLP_CERTIFICATE", "CA")?,
+            ca: file(&self.otlp_ca, otlp_var!("CERTIFICATE"), "CA")?,
             client_cert: file(
                 &self.otlp_client_cert,
-                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                otlp_var!("CLIENT_CERTIFICATE"),
                 "client certificate",
             )?,
-            client_key: file(
-                &self.otlp_client_key,
-                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-                "client key",
-            )?,
+            client_key: file(&self.otlp_client_key, otlp_var!("CLIENT_KEY"), "client key")?,
         };
         // Checked here so a wrong file is named at start, not retried as a connect error.
         for (pem, what, marker) in [
             (
                 &tls.ca,
-                "--otlp-ca / OTEL_EXPORTER_OTLP_CERTIFICATE",
+                "--otlp-ca / OTEL_EXPORTER_OTLP_[<SIGNAL>_]CERTIFICATE",
                 "-----BEGIN CERTIFICATE-----",
             ),
             (
                 &tls.client_cert,
-                "--otlp-client-cert",
+                "--otlp-client-cert / OTEL_EXPORTER_OTLP_[<SIGNAL>_]CLIENT_CERTIFICATE",
                 "-----BEGIN CERTIFICATE-----",
             ),
-            (&tls.client_key, "--otlp-client-key", "PRIVATE KEY-----"),
+            (
+                &tls.client_key,
+                "--otlp-client-key / OTEL_EXPORTER_OTLP_[<SIGNAL>_]CLIENT_KEY",
+                "PRIVATE KEY-----",
+            ),
         ] {
             if let Some(bytes) = pem {
                 if !String::from_utf8_lossy(bytes).contains(marker) {
@@ -362,6 +392,75 @@ impl ExportArgs {
                 why: "a client certificate needs its key and the other way round".into(),
             });
         }
+        Ok(SignalSettings {
+            protocol,
+            headers,
+            compression,
+            timeout: Duration::from_millis(timeout_ms),
+            tls,
+        })
+    }
+
+    /// None when no endpoint is configured anywhere: the agent runs without export.
+    pub fn resolve(&self, env: &dyn Env) -> Result<Option<ExportConfig>, ConfigError> {
+        let generic = self
+            .otlp_endpoint
+            .clone()
+            .map(|u| (u, "--otlp-endpoint"))
+            .or_else(|| {
+                env.var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .map(|u| (u, "OTEL_EXPORTER_OTLP_ENDPOINT"))
+            });
+        let per_signal = |name: &'static str| env.var(name).map(|u| (u, name));
+        let metrics_env = per_signal("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
+        let traces_env = per_signal("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        let logs_env = per_signal("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT");
+        if generic.is_none() && metrics_env.is_none() && traces_env.is_none() && logs_env.is_none()
+        {
+            return Ok(None);
+        }
+        let generic_settings = self.settings(env, None)?;
+        let signals = [
+            self.settings(env, Some(0))?,
+            self.settings(env, Some(1))?,
+            self.settings(env, Some(2))?,
+        ];
+        let signal = |own: Option<(String, &'static str)>, protocol: Protocol, path: &str| {
+            // A per-signal variable is the full URL; the generic one is a base to which
+            // HTTP appends /v1/<signal> (gRPC routes by service, not path).
+            if self.otlp_endpoint.is_none() {
+                if let Some((url, origin)) = own {
+                    return parse_url(&url, origin);
+                }
+            }
+            let default_base = match protocol {
+                Protocol::Grpc => "http://localhost:4317",
+                Protocol::HttpProtobuf => "http://localhost:4318",
+            };
+            let (base, origin) = generic
+                .clone()
+                .unwrap_or_else(|| (default_base.to_string(), "default"));
+            let url = parse_url(&base, origin)?;
+            match protocol {
+                Protocol::Grpc => Ok(url),
+                Protocol::HttpProtobuf => {
+                    let joined = format!("{}/{path}", base.trim_end_matches('/'));
+                    parse_url(&joined, origin)
+                }
+            }
+        };
+        let endpoints = Endpoints {
+            metrics: signal(metrics_env, signals[0].protocol, "v1/metrics")?,
+            traces: signal(traces_env, signals[1].protocol, "v1/traces")?,
+            logs: signal(logs_env, signals[2].protocol, "v1/logs")?,
+        };
+        let SignalSettings {
+            protocol,
+            headers,
+            compression,
+            timeout,
+            tls,
+        } = generic_settings;
 
         let interval = positive_secs(self.otlp_interval, 10.0, "--otlp-interval")?;
         let max_retry = positive_secs(self.otlp_max_retry, 300.0, "--otlp-max-retry")?;
@@ -387,11 +486,12 @@ impl ExportArgs {
         }
 
         Ok(Some(ExportConfig {
+            signals,
             protocol,
             endpoints,
             headers,
             compression,
-            timeout: Duration::from_millis(timeout_ms),
+            timeout,
             tls,
             interval,
             max_batch,
@@ -612,6 +712,135 @@ mod tests {
             ..Default::default()
         };
         assert!(args.resolve(&env(&[])).is_err());
+    }
+
+    #[test]
+    fn per_signal_variables_override_the_generic_ones_for_their_signal() {
+        use crate::export::Signal;
+        let dir = std::env::temp_dir().join(format!("hostscope-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("traces-ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let cert = dir.join("logs-cert.pem");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\ny\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let key = dir.join("logs-key.pem");
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nz\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let ca_s: &'static str = Box::leak(ca.display().to_string().into_boxed_str());
+        let cert_s: &'static str = Box::leak(cert.display().to_string().into_boxed_str());
+        let key_s: &'static str = Box::leak(key.display().to_string().into_boxed_str());
+        let c = ExportArgs::default()
+            .resolve(&env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "k=generic"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "k=traces,t=1"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "3000"),
+                ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", ca_s),
+                ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none"),
+                ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "zstd"),
+                ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE", cert_s),
+                ("OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY", key_s),
+            ]))
+            .unwrap()
+            .unwrap();
+        let (m, t, l) = (
+            c.signal(Signal::Metrics),
+            c.signal(Signal::Traces),
+            c.signal(Signal::Logs),
+        );
+        // Generic settings where no per-signal variable is set.
+        assert_eq!(m.protocol, Protocol::Grpc);
+        assert_eq!(m.headers.len(), 1);
+        assert_eq!(m.headers[0].1, "generic");
+        assert_eq!(m.timeout, Duration::from_millis(1000));
+        assert!(m.tls.ca.is_none() && m.tls.client_cert.is_none());
+        // Per-signal values replace (not add to) the generic ones.
+        assert_eq!(m.compression, Compression::None);
+        assert_eq!(t.compression, Compression::Gzip);
+        assert_eq!(t.headers.len(), 2);
+        assert_eq!(t.headers[0].1, "traces");
+        assert_eq!(t.timeout, Duration::from_millis(3000));
+        assert!(t
+            .tls
+            .ca
+            .as_deref()
+            .unwrap()
+            .starts_with(b"-----BEGIN CERTIFICATE"));
+        assert_eq!(l.protocol, Protocol::HttpProtobuf);
+        assert_eq!(l.compression, Compression::Zstd);
+        assert!(l.tls.client_cert.is_some() && l.tls.client_key.is_some());
+        assert!(t.tls.client_cert.is_none());
+        // A signal whose protocol is HTTP gets its /v1/<signal> path from the generic
+        // endpoint; gRPC ones keep the base.
+        assert_eq!(c.endpoints.logs.as_str(), "http://c:4317/v1/logs");
+        assert_eq!(c.endpoints.metrics.as_str(), "http://c:4317/");
+        // for_signal hands a transport the signal's settings.
+        let tc = c.for_signal(Signal::Traces);
+        assert_eq!(tc.timeout, Duration::from_millis(3000));
+        assert_eq!(c.timeout, Duration::from_millis(1000));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn flags_win_over_per_signal_variables_and_bad_ones_are_named() {
+        use crate::export::Signal;
+        let args = ExportArgs {
+            otlp_endpoint: Some("http://flag:4317".into()),
+            otlp_timeout_ms: Some(700),
+            otlp_compression: Some(Compression::Gzip),
+            otlp_headers: vec!["f=1".into()],
+            ..Default::default()
+        };
+        let c = args
+            .resolve(&env(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "3000"),
+                ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "e=2"),
+            ]))
+            .unwrap()
+            .unwrap();
+        let t = c.signal(Signal::Traces);
+        assert_eq!(t.timeout, Duration::from_millis(700));
+        assert_eq!(t.compression, Compression::Gzip);
+        // Headers add up: the variable's, then the flag's.
+        let names: Vec<_> = t.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["e", "f"]);
+        for (var, value) in [
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "brotli"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon"),
+        ] {
+            let e = ExportArgs::default()
+                .resolve(&env(&[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                    (var, value),
+                ]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(var), "{e}");
+        }
+        let e = ExportArgs::default()
+            .resolve(&env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "novalue"),
+            ]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_LOGS_HEADERS"), "{e}");
     }
 
     #[test]

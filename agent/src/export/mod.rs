@@ -224,7 +224,13 @@ impl Exporter {
             sender,
             stop_sender,
             shutdown,
-            timeout: config.timeout,
+            // The longest of the signals' timeouts: a request in flight at stop may take it.
+            timeout: config
+                .signals
+                .iter()
+                .map(|s| s.timeout)
+                .max()
+                .unwrap_or(config.timeout),
         })
     }
 

@@ -7,10 +7,14 @@
 //! - bytes on the wire per span and per data point, gzip and uncompressed;
 //! - export latency, kernel event -> received by the backend, for real refused connects
 //!   under the real probes (needs root), median and p99, at the configured interval;
-//! - memory (RSS) during a backend outage at a steady record rate, memory queue.
+//! - memory (RSS) during a backend outage at a steady record rate, memory queue; then the
+//!   same outage with the disk queue (RSS, disk bytes, dropped) and, once the backend
+//!   comes back, whether every record produced was delivered.
 //!
 //! `otlp_bench [SPANS]`; `OTLP_BENCH_INTERVAL=S` changes the export interval of the span
-//! run (default 1 s), `OTLP_BENCH_SPANS_ONLY=1` stops after the throughput figures.
+//! run (default 1 s), `OTLP_BENCH_SPANS_ONLY=1` stops after the throughput figures,
+//! `OTLP_BENCH_OUTAGE_ONLY=1` runs only the outage figures. `OTLP_BENCH_OUTAGE_SECS`
+//! (default 30) and `OTLP_BENCH_OUTAGE_RATE` (records/s, default 2000) shape the outage.
 //! The span figure is bound by the sender (one request in flight, ~6 ms per 512-item
 //! request to the local sink): 51,200 records (they fit in the record channel) deliver at
 //! ~86k spans/s; longer runs, which must wait for the channel, end on whole seconds of
@@ -51,6 +55,10 @@ struct Sink {
     /// Span end time (the kernel event's time) -> receive time, for traces when decoding.
     latencies_ns: Mutex<Vec<u64>>,
     decode: AtomicBool,
+    /// Distinct span ids seen when decoding, and all spans seen (the difference is
+    /// duplicates: the disk queue delivers at least once).
+    span_ids: Mutex<std::collections::HashSet<Vec<u8>>>,
+    spans: AtomicU64,
 }
 
 fn now_ns() -> u64 {
@@ -61,7 +69,11 @@ fn now_ns() -> u64 {
 }
 
 fn serve(sink: Arc<Sink>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+    serve_on(sink, 0)
+}
+
+fn serve_on(sink: Arc<Sink>, port: u16) -> u16 {
+    let l = TcpListener::bind(("127.0.0.1", port)).expect("bind sink");
     let port = l.local_addr().expect("sink address").port();
     std::thread::spawn(move || {
         for stream in l.incoming().flatten() {
@@ -115,10 +127,13 @@ fn connection(stream: TcpStream, sink: &Sink) -> std::io::Result<()> {
             };
             if let Ok(req) = ExportTraceServiceRequest::decode(&raw[..]) {
                 let mut lat = sink.latencies_ns.lock().unwrap_or_else(|p| p.into_inner());
+                let mut ids = sink.span_ids.lock().unwrap_or_else(|p| p.into_inner());
                 for rs in req.resource_spans {
                     for ss in rs.scope_spans {
                         for s in ss.spans {
                             lat.push(received.saturating_sub(s.end_time_unix_nano));
+                            sink.spans.fetch_add(1, Ordering::Relaxed);
+                            ids.insert(s.span_id);
                         }
                     }
                 }
@@ -359,6 +374,105 @@ fn outage_memory(seconds: u64, rate: u64) -> (u64, u64, ExportSnapshot) {
     (start_rss, peak, s)
 }
 
+/// Bytes of the files under `dir` (the disk queue's segments).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+struct DiskOutage {
+    produced: u64,
+    start_rss_kib: u64,
+    peak_rss_kib: u64,
+    peak_disk_bytes: u64,
+    during: ExportSnapshot,
+    /// Distinct spans the backend received after it came back, and all spans (duplicates
+    /// included), and how long that took.
+    delivered: u64,
+    received: u64,
+    drain: Duration,
+    after: ExportSnapshot,
+}
+
+/// The outage with `--otlp-disk-queue`: nothing listens on the endpoint for `seconds`,
+/// then a sink starts on that port and the queue is replayed. Waits up to
+/// `seconds * 2 + 120` s for every record to arrive (the backoff is capped at 30 s).
+fn outage_disk(seconds: u64, rate: u64) -> DiskOutage {
+    // A port nothing listens on now, taken again when the backend "comes back".
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let dir = std::env::temp_dir().join(format!("otlp-bench-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let one = OneCore::start(config(port, Compression::Gzip, 1.0, |a| {
+        a.otlp_timeout_ms = Some(500);
+        a.otlp_disk_queue = Some(dir.clone());
+    }));
+    let start_rss_kib = rss_kib();
+    let mut peak_rss_kib = start_rss_kib;
+    let mut peak_disk_bytes = 0;
+    let t0 = Instant::now();
+    let mut produced = 0;
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        for _ in 0..rate / 10 {
+            one.feed(failed_connect(produced, (produced % 200) as u16 + 1));
+            produced += 1;
+        }
+        peak_rss_kib = peak_rss_kib.max(rss_kib());
+        peak_disk_bytes = peak_disk_bytes.max(dir_bytes(&dir));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let during = one.snapshot();
+    let sink = Arc::new(Sink::default());
+    sink.decode.store(true, Ordering::Relaxed);
+    serve_on(sink.clone(), port);
+    let back = Instant::now();
+    let deadline = Duration::from_secs(seconds * 2 + 120);
+    let distinct = |sink: &Sink| {
+        sink.span_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len() as u64
+    };
+    while distinct(&sink) < produced && back.elapsed() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let drain = back.elapsed();
+    let after = one.finish(Duration::from_secs(2));
+    let _ = std::fs::remove_dir_all(&dir);
+    DiskOutage {
+        produced,
+        start_rss_kib,
+        peak_rss_kib,
+        peak_disk_bytes,
+        during,
+        delivered: distinct(&sink),
+        received: sink.spans.load(Ordering::Relaxed),
+        drain,
+        after,
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("{name}={v:?}: a whole number expected, using {default}");
+            default
+        }),
+        Err(_) => default,
+    }
+}
+
 fn latency(
     sink: &Arc<Sink>,
     port: u16,
@@ -431,6 +545,15 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(200_000);
+    let outage_secs = env_u64("OTLP_BENCH_OUTAGE_SECS", 30).max(1);
+    let outage_rate = env_u64("OTLP_BENCH_OUTAGE_RATE", 2_000).max(10);
+    if std::env::var_os("OTLP_BENCH_OUTAGE_ONLY").is_none() {
+        throughput_and_latency(spans);
+    }
+    outage(outage_secs, outage_rate);
+}
+
+fn throughput_and_latency(spans: u64) {
     let sink = Arc::new(Sink::default());
     let port = serve(sink.clone());
     println!("== OTLP export (OTLP/HTTP protobuf to a local sink; exporter on one core)");
@@ -447,7 +570,7 @@ fn main() {
         );
     }
     if std::env::var_os("OTLP_BENCH_SPANS_ONLY").is_some() {
-        return;
+        std::process::exit(0);
     }
     for interval in [1.0, 0.1] {
         match latency(&sink, port, interval, 500) {
@@ -457,9 +580,12 @@ fn main() {
             None => println!("latency (interval {interval} s): not measured"),
         }
     }
-    let (start, peak, s) = outage_memory(30, 2_000);
+}
+
+fn outage(secs: u64, rate: u64) {
+    let (start, peak, s) = outage_memory(secs, rate);
     println!(
-        "outage: 30 s with no backend at 2000 records/s, memory queue 16 MiB: RSS {} -> peak {} MiB; queue {} requests / {} KiB; dropped {} spans (queue_full), {} retries",
+        "outage: {secs} s with no backend at {rate} records/s, memory queue 16 MiB: RSS {} -> peak {} MiB; queue {} requests / {} KiB; dropped {} spans (queue_full), {} retries",
         start / 1024,
         peak / 1024,
         s.queue_len,
@@ -467,4 +593,32 @@ fn main() {
         s.count("traces", "dropped"),
         s.retries
     );
+    let d = outage_disk(secs, rate);
+    let dropped = d.after.count("traces", "dropped") + d.after.count("traces", "failed");
+    println!(
+        "outage: {secs} s with no backend at {rate} records/s, disk queue 256 MiB: RSS {} -> peak {} MiB; disk peak {} KiB; queue at the end of the outage {} requests / {} KiB; dropped {} spans during it, {} retries",
+        d.start_rss_kib / 1024,
+        d.peak_rss_kib / 1024,
+        d.peak_disk_bytes / 1024,
+        d.during.queue_len,
+        d.during.queue_bytes / 1024,
+        d.during.count("traces", "dropped"),
+        d.during.retries
+    );
+    let verdict = if d.delivered == d.produced {
+        "delivered = produced"
+    } else {
+        "MISSING SPANS"
+    };
+    println!(
+        "outage (disk) recovery: backend back, {} of {} produced spans delivered ({} received, duplicates included) in {:.1} s; {} dropped or failed in all: {verdict}",
+        d.delivered,
+        d.produced,
+        d.received,
+        d.drain.as_secs_f64(),
+        dropped
+    );
+    if d.delivered != d.produced {
+        std::process::exit(1);
+    }
 }

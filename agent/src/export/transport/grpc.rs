@@ -56,7 +56,11 @@ impl GrpcTransport {
             // Lazy: the agent starts (and queues) while the backend is down.
             Ok(ep.connect_lazy())
         };
-        let gzip = config.compression == Compression::Gzip;
+        let send_encoding = match config.compression {
+            Compression::Gzip => Some(CompressionEncoding::Gzip),
+            Compression::Zstd => Some(CompressionEncoding::Zstd),
+            Compression::None => None,
+        };
         let mut metadata = MetadataMap::new();
         for (name, value) in &config.headers {
             let key =
@@ -78,14 +82,16 @@ impl GrpcTransport {
         let mut metrics = MetricsServiceClient::new(with(channel(&config.endpoints.metrics)?));
         let mut traces = TraceServiceClient::new(with(channel(&config.endpoints.traces)?));
         let mut logs = LogsServiceClient::new(with(channel(&config.endpoints.logs)?));
-        if gzip {
-            metrics = metrics.send_compressed(CompressionEncoding::Gzip);
-            traces = traces.send_compressed(CompressionEncoding::Gzip);
-            logs = logs.send_compressed(CompressionEncoding::Gzip);
+        if let Some(e) = send_encoding {
+            metrics = metrics.send_compressed(e);
+            traces = traces.send_compressed(e);
+            logs = logs.send_compressed(e);
         }
-        metrics = metrics.accept_compressed(CompressionEncoding::Gzip);
-        traces = traces.accept_compressed(CompressionEncoding::Gzip);
-        logs = logs.accept_compressed(CompressionEncoding::Gzip);
+        for e in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+            metrics = metrics.accept_compressed(e);
+            traces = traces.accept_compressed(e);
+            logs = logs.accept_compressed(e);
+        }
         Ok(GrpcTransport {
             metrics,
             traces,
@@ -177,23 +183,26 @@ fn partial(p: Option<(i64, String)>) -> Accepted {
     }
 }
 
-/// Retryable codes per the OTLP specification (RESOURCE_EXHAUSTED too: backends use it for
-/// throttling); anything else is dropped and counted.
+/// Retryable codes per the OTLP specification; anything else is dropped and counted.
+/// RESOURCE_EXHAUSTED is retryable only when the server attached a RetryInfo: the spec
+/// reads a bare one as "this request can never fit" (e.g. over a size limit), and retrying
+/// it would only resend the same refused bytes.
 pub fn classify(status: Status) -> SendError {
     let code = status.code();
-    let retryable = matches!(
-        code,
+    let retry_after = retry_info(status.details());
+    let retryable = match code {
         Code::Cancelled
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::OutOfRange
-            | Code::Unavailable
-            | Code::DataLoss
-    );
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => true,
+        Code::ResourceExhausted => retry_after.is_some(),
+        _ => false,
+    };
     SendError {
         retryable,
-        retry_after: retry_info(status.details()),
+        retry_after,
         kind: format!("grpc_{}", code_name(code)),
         message: status.message().to_string(),
     }
@@ -294,5 +303,29 @@ mod tests {
         assert!(!e.retryable);
         assert_eq!(e.kind, "grpc_invalid_argument");
         assert!(classify(Status::unavailable("down")).retryable);
+    }
+
+    #[test]
+    fn resource_exhausted_without_retry_info_is_not_retried() {
+        let e = classify(Status::resource_exhausted("too big"));
+        assert!(!e.retryable);
+        assert_eq!(e.kind, "grpc_resource_exhausted");
+        assert_eq!(e.retry_after, None);
+        // Details that are not a RetryInfo do not make it retryable either.
+        let details = RpcStatus {
+            code: Code::ResourceExhausted as i32,
+            message: "quota".into(),
+            details: vec![ProtoAny {
+                type_url: "type.googleapis.com/google.rpc.QuotaFailure".into(),
+                value: vec![],
+            }],
+        }
+        .encode_to_vec();
+        let e = classify(Status::with_details(
+            Code::ResourceExhausted,
+            "quota",
+            details.into(),
+        ));
+        assert!(!e.retryable);
     }
 }

@@ -37,27 +37,54 @@ pub enum TransportError {
     Client(#[source] reqwest::Error),
 }
 
-pub enum Transport {
-    Grpc(grpc::GrpcTransport),
-    Http(http::HttpTransport),
+// Boxed: both clients are large (~1 KB HTTP, ~640 B gRPC) and built once.
+enum OneTransport {
+    Grpc(Box<grpc::GrpcTransport>),
+    Http(Box<http::HttpTransport>),
+}
+
+/// One transport per signal: each may have its own protocol, headers, compression,
+/// timeout and TLS files (the per-signal OTEL_EXPORTER_OTLP_<SIGNAL>_* variables). gRPC
+/// channels connect lazily, so the two a signal does not use cost no connection.
+pub struct Transport {
+    metrics: OneTransport,
+    traces: OneTransport,
+    logs: OneTransport,
+}
+
+impl OneTransport {
+    fn new(config: &ExportConfig) -> Result<OneTransport, TransportError> {
+        Ok(match config.protocol {
+            super::config::Protocol::Grpc => {
+                OneTransport::Grpc(Box::new(grpc::GrpcTransport::new(config)?))
+            }
+            super::config::Protocol::HttpProtobuf => {
+                OneTransport::Http(Box::new(http::HttpTransport::new(config)?))
+            }
+        })
+    }
 }
 
 impl Transport {
     pub fn new(config: &ExportConfig) -> Result<Transport, TransportError> {
-        Ok(match config.protocol {
-            super::config::Protocol::Grpc => Transport::Grpc(grpc::GrpcTransport::new(config)?),
-            super::config::Protocol::HttpProtobuf => {
-                Transport::Http(http::HttpTransport::new(config)?)
-            }
+        Ok(Transport {
+            metrics: OneTransport::new(&config.for_signal(Signal::Metrics))?,
+            traces: OneTransport::new(&config.for_signal(Signal::Traces))?,
+            logs: OneTransport::new(&config.for_signal(Signal::Logs))?,
         })
     }
 
     /// `payload` is the encoded Export*ServiceRequest (uncompressed). Returns also the
     /// bytes put on the wire (after compression) for the benchmark and stats.
     pub async fn send(&self, signal: Signal, payload: &[u8]) -> (Result<Accepted, SendError>, u64) {
-        match self {
-            Transport::Grpc(t) => t.send(signal, payload).await,
-            Transport::Http(t) => t.send(signal, payload).await,
+        let t = match signal {
+            Signal::Metrics => &self.metrics,
+            Signal::Traces => &self.traces,
+            Signal::Logs => &self.logs,
+        };
+        match t {
+            OneTransport::Grpc(t) => t.send(signal, payload).await,
+            OneTransport::Http(t) => t.send(signal, payload).await,
         }
     }
 }
