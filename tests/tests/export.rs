@@ -476,6 +476,100 @@ fn http_protobuf_gzip_exports_a_refused_connect() {
 }
 
 #[test]
+fn connection_spans_cover_connect_to_close_with_resets_as_events() {
+    if !privileged("connection_spans_cover_connect_to_close_with_resets_as_events") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let receiver = Receiver::start("grpc", &[]);
+    let h = Harness::start();
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    );
+    a.otlp_connection_spans = true;
+    let exporter = start_exporter(&h, resolve(a));
+
+    // A clean connection with a payload, then one the server aborts with a RST.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let mut clean = TcpStream::connect(server).unwrap();
+    let (mut accepted, _) = listener.accept().unwrap();
+    clean.write_all(&[7u8; 3000]).unwrap();
+    let mut got = vec![0u8; 3000];
+    accepted.read_exact(&mut got).unwrap();
+    let clean_port = clean.local_addr().unwrap().port().to_string();
+    drop(clean);
+    drop(accepted);
+
+    let mut reset = TcpStream::connect(server).unwrap();
+    let (aborted, _) = listener.accept().unwrap();
+    let reset_port = reset.local_addr().unwrap().port().to_string();
+    reset.write_all(b"hello").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    hostscope_tests::set_linger_zero(&aborted);
+    drop(aborted);
+    let mut buf = [0u8; 16];
+    assert!(reset.read(&mut buf).is_err(), "the connection was reset");
+    drop(reset);
+
+    let is_conn = |s: &Value, port: &str| {
+        s["name"] == "tcp.connection"
+            && attr(s, "network.local.port").as_deref() == Some(port)
+            && s["kind"] == "SPAN_KIND_CLIENT"
+    };
+    let requests = receiver.wait(WAIT, "connection spans of both connections", |r| {
+        let spans = otlp::spans(r);
+        spans.iter().any(|(_, s)| is_conn(s, &clean_port))
+            && spans.iter().any(|(_, s)| is_conn(s, &reset_port))
+    });
+    let spans = otlp::spans(&requests);
+    let (_, ok) = spans.iter().find(|(_, s)| is_conn(s, &clean_port)).unwrap();
+    assert_eq!(attr(ok, "server.port"), Some(server.port().to_string()));
+    // tcp_info counts SYN and FIN too.
+    let acked: u64 = attr(ok, "hostscope.tcp.bytes_acked")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3000..=3002).contains(&acked), "bytes acked {acked}");
+    assert!(ok["events"].as_array().is_none_or(|e| e.is_empty()), "{ok}");
+    assert_ne!(ok["status"]["code"], "STATUS_CODE_ERROR", "{ok}");
+    let start: u64 = ok["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    let end: u64 = ok["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    assert!(end > start, "{ok}");
+
+    let (_, bad) = spans.iter().find(|(_, s)| is_conn(s, &reset_port)).unwrap();
+    let events = bad["events"].as_array().expect("reset events");
+    assert!(
+        events.iter().any(|e| e["name"] == "tcp.reset_received"),
+        "{bad}"
+    );
+    assert_eq!(bad["status"]["code"], "STATUS_CODE_ERROR", "{bad}");
+    assert!(
+        bad["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ECONNRESET")),
+        "{bad}"
+    );
+    assert_eq!(
+        attr(bad, "hostscope.tcp.resets_received").as_deref(),
+        Some("1")
+    );
+    // The server side of the aborted connection: a server span with the RST it sent.
+    assert!(
+        spans.iter().any(|(_, s)| s["name"] == "tcp.connection"
+            && s["kind"] == "SPAN_KIND_SERVER"
+            && attr(s, "network.peer.port").as_deref() == Some(reset_port.as_str())
+            && s["events"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["name"] == "tcp.reset_sent"))),
+        "no server span with a reset_sent event"
+    );
+    let snap = h.rt.block_on(exporter.stop(Duration::from_secs(2)));
+    assert_eq!(snap.count("traces", "dropped"), 0, "{snap}");
+}
+
+#[test]
 fn http_protobuf_zstd_exports_a_refused_connect() {
     if !privileged("http_protobuf_zstd_exports_a_refused_connect") {
         return;

@@ -109,6 +109,10 @@ pub struct ExportArgs {
     /// Put peer addresses (`network.peer.address`) on metric data points.
     #[arg(long)]
     pub otlp_metric_peers: bool,
+    /// Also export one span per TCP connection, connect to close, with its resets as
+    /// span events (one span per connection: sized for services, not for storms).
+    #[arg(long)]
+    pub otlp_connection_spans: bool,
     /// Resource attribute `key=value` (repeatable), e.g. `service.version=1.2`; added to
     /// OTEL_RESOURCE_ATTRIBUTES.
     #[arg(long = "otlp-resource", value_name = "KEY=VALUE")]
@@ -196,6 +200,7 @@ pub struct ExportConfig {
     pub series_limit: usize,
     pub metric_pids: bool,
     pub metric_peers: bool,
+    pub connection_spans: bool,
     /// Static resource attributes (config and OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME).
     pub resource: Vec<(String, String)>,
 }
@@ -505,6 +510,7 @@ impl ExportArgs {
             series_limit: self.otlp_series_limit.unwrap_or(10_000).max(1),
             metric_pids: self.otlp_metric_pids,
             metric_peers: self.otlp_metric_peers,
+            connection_spans: self.otlp_connection_spans,
             resource,
         }))
     }

@@ -9,6 +9,7 @@
 //! order).
 
 pub mod config;
+pub mod connections;
 pub mod logs;
 pub mod metrics;
 pub mod queue;
@@ -315,6 +316,8 @@ pub struct Encoder {
     metrics: metrics::MetricsState,
     spans: Pending<Span>,
     logs: Pending<LogRecord>,
+    /// Present with `--otlp-connection-spans`.
+    connections: Option<connections::ConnectionSpans>,
     max_batch: usize,
     interval: Duration,
     queue: Arc<queue::Queue>,
@@ -345,6 +348,9 @@ impl Encoder {
             ),
             spans: Pending::new(),
             logs: Pending::new(),
+            connections: config
+                .connection_spans
+                .then(|| connections::ConnectionSpans::new(connections::MAX_PENDING_CONNECTIONS)),
             max_batch: config.max_batch,
             interval: config.interval,
             queue,
@@ -382,6 +388,7 @@ impl Encoder {
         while let Ok(record) = records.try_recv() {
             self.handle(&record);
         }
+        self.settle_connections(true);
         self.flush_all();
     }
 
@@ -403,6 +410,17 @@ impl Encoder {
                     .collect()
             })
             .unwrap_or_default();
+        if let (Some(c), crate::events::Record::Tcp(t)) = (self.connections.as_mut(), record) {
+            let dropped = c.observe(t, &identity, &peer);
+            if dropped > 0 {
+                self.shared.count(
+                    Signal::Traces.as_str(),
+                    "dropped",
+                    "pending_connections_full",
+                    dropped,
+                );
+            }
+        }
         if let Some(mut span) = spans::span(record) {
             span.attributes.extend(peer.iter().cloned());
             self.spans.push(&identity, span);
@@ -439,9 +457,20 @@ impl Encoder {
     }
 
     pub fn flush_all(&mut self) {
+        self.settle_connections(false);
         self.flush_metrics();
         self.flush_spans();
         self.flush_logs();
+    }
+
+    /// Connection spans whose late resets had time to arrive join the span batch.
+    fn settle_connections(&mut self, all: bool) {
+        let Some(c) = self.connections.as_mut() else {
+            return;
+        };
+        for (identity, span) in c.take_settled(now_unix_ns(), all) {
+            self.spans.push(&identity, span);
+        }
     }
 
     fn flush_metrics(&mut self) {

@@ -22,7 +22,7 @@ pub fn span(record: &Record) -> Option<Span> {
     }
 }
 
-fn ids() -> (Vec<u8>, Vec<u8>) {
+pub(super) fn ids() -> (Vec<u8>, Vec<u8>) {
     let trace: [u8; 16] = rand::random();
     let mut span: [u8; 8] = rand::random();
     // An all-zero id is invalid in OTLP.
