@@ -114,6 +114,10 @@ metrics! {
         "Export requests retried after a retryable failure.";
     OwnSeriesOverflow = "hostscope.metrics.series_overflow", Counter, "{measurement}", true, NONE,
         "Measurements folded into the overflow series because the series cap was reached.";
+    OwnMetadataEvents = "hostscope.metadata.events", Counter, "{event}", true, NONE,
+        "Identity resolution counters by hostscope.metadata.counter (cache_hits, identity_builds, cgroup_misses, cgroup_unresolved, unknown_runtimes, process_reads, processes_gone, kube_events, kube_errors, ...).";
+    OwnMetadataCached = "hostscope.metadata.cached", Gauge, "{entry}", true, NONE,
+        "Entries in the identity caches by hostscope.metadata.cache (identities, cgroups, processes, pods, services).";
 }
 
 pub fn is_histogram(name: &str) -> bool {
@@ -684,6 +688,41 @@ impl MetricsState {
         self.set_total(M::OwnExportRetries, Vec::new(), export.retries as i64, now);
         let overflowed = self.overflowed;
         self.set_total(M::OwnSeriesOverflow, Vec::new(), overflowed, now);
+    }
+
+    /// The identity resolver's health: a Kubernetes API that keeps failing shows here.
+    pub fn observe_metadata(&mut self, m: &crate::metadata::MetadataStats, now: u64) {
+        let counters = [
+            ("cache_hits", m.hits),
+            ("identity_builds", m.builds),
+            ("cache_resets", m.cache_resets),
+            ("cgroup_misses", m.cgroups.misses),
+            ("cgroup_unresolved", m.cgroups.unresolved),
+            ("unknown_runtimes", m.cgroups.unknown_runtimes),
+            ("process_reads", m.processes.reads),
+            ("processes_gone", m.processes.gone),
+            ("kubelet_scans", m.kubelet_scans),
+            ("kube_events", m.kube.events),
+            ("kube_errors", m.kube.errors),
+        ];
+        for (name, v) in counters {
+            let key = vec![(
+                "hostscope.metadata.counter".to_string(),
+                Val::S(name.into()),
+            )];
+            self.set_total(M::OwnMetadataEvents, key, v as i64, now);
+        }
+        let cached = [
+            ("identities", m.identities_cached),
+            ("cgroups", m.cgroups.cached),
+            ("processes", m.processes.cached),
+            ("pods", m.kube.pods),
+            ("services", m.kube.services),
+        ];
+        for (name, v) in cached {
+            let key = vec![("hostscope.metadata.cache".to_string(), Val::S(name.into()))];
+            self.set_gauge(M::OwnMetadataCached, key, v as f64, now);
+        }
     }
 
     /// The metrics to export now, and their number of data points. Delta temporality

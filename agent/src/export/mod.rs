@@ -486,6 +486,7 @@ impl Encoder {
         // health is still reported.
         self.metrics
             .observe_health(&agent.unwrap_or_default(), &snap, now);
+        self.metrics.observe_metadata(&self.resolver.stats(), now);
         let (metrics, points) = self.metrics.collect(now);
         self.shared
             .series

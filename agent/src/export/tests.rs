@@ -347,3 +347,49 @@ fn exponential_histograms_on_request() {
         assert!(base.powi(i) < v * 1.000001 && v <= base.powi(i + 1) * 1.000001);
     }
 }
+
+#[test]
+fn metadata_health_is_exported_kube_errors_included() {
+    let mut m = MetricsState::new(opts(), 0);
+    let mut stats = crate::metadata::MetadataStats::default();
+    stats.kube.errors = 3;
+    stats.kube.pods = 7;
+    stats.processes.gone = 2;
+    m.observe_metadata(&stats, 1);
+    let (metrics, _) = m.collect(10);
+    let events = find(&metrics, "hostscope.metadata.events");
+    let counter = |name: &str| {
+        int_points(events)
+            .into_iter()
+            .find(|(a, _)| {
+                attr(a, "hostscope.metadata.counter") == Some(&AV::StringValue(name.into()))
+            })
+            .map(|(_, v)| v)
+    };
+    assert_eq!(counter("kube_errors"), Some(3));
+    assert_eq!(counter("processes_gone"), Some(2));
+    let cached = find(&metrics, "hostscope.metadata.cached");
+    let Some(Data::Gauge(g)) = cached.data.as_ref() else {
+        panic!("hostscope.metadata.cached is not a gauge");
+    };
+    let pods = g
+        .data_points
+        .iter()
+        .find(|p| {
+            attr(&p.attributes, "hostscope.metadata.cache") == Some(&AV::StringValue("pods".into()))
+        })
+        .and_then(|p| p.value);
+    assert_eq!(pods, Some(number_data_point::Value::AsDouble(7.0)));
+}
+
+#[test]
+fn reference_table_lists_every_metric() {
+    let doc = include_str!("../../../docs/metrics.md");
+    for def in super::metrics::METRICS {
+        assert!(
+            doc.contains(&format!("| `{}` |", def.name)),
+            "docs/metrics.md has no row for {}",
+            def.name
+        );
+    }
+}
