@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 
 use super::{
-    resource::{int_value, kv, str_value},
+    resource::{int_value, kv, network_type_kv, str_value, tcp_endpoint_kvs},
     spans::ids,
 };
 use crate::{
@@ -141,25 +141,17 @@ fn connection_span(r: &TcpRecord, pending: Pending) -> Span {
         Direction::Active => r.remote,
         Direction::Passive => r.local,
     };
-    let mut attrs = vec![
-        kv("network.transport", str_value("tcp")),
-        kv(
-            "network.type",
-            str_value(if r.remote.is_ipv4() { "ipv4" } else { "ipv6" }),
-        ),
-        kv("network.peer.address", str_value(r.remote.ip().to_string())),
-        kv("network.peer.port", int_value(r.remote.port() as i64)),
-        kv("network.local.address", str_value(r.local.ip().to_string())),
-        kv("network.local.port", int_value(r.local.port() as i64)),
+    let mut attrs = tcp_endpoint_kvs(r);
+    attrs.extend([
+        network_type_kv(r),
         kv("server.address", str_value(server.ip().to_string())),
         kv("server.port", int_value(server.port() as i64)),
-        kv("hostscope.tcp.conn_id", int_value(r.conn_id as i64)),
         kv("hostscope.tcp.resets_sent", int_value(r.resets_sent as i64)),
         kv(
             "hostscope.tcp.resets_received",
             int_value(r.resets_received as i64),
         ),
-    ];
+    ]);
     let optional = [
         ("hostscope.tcp.bytes_acked", r.bytes_acked),
         ("hostscope.tcp.bytes_received", r.bytes_received),

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::{
     logs::v1::{LogRecord, SeverityNumber},
 };
 
-use super::resource::{int_value, kv, str_value};
+use super::resource::{int_value, kv, str_value, tcp_endpoint_kvs};
 use crate::events::{
     syscalls::{Access, AlertKind},
     tcp::{FailureReason, TcpEventKind},
@@ -68,19 +68,12 @@ pub fn log(record: &Record, observed_ns: u64) -> Option<LogRecord> {
                     return None;
                 }
                 let reason = super::metrics::reason_str(f.reason);
-                let mut a = vec![
-                    kv("error.type", str_value(reason)),
-                    kv("network.transport", str_value("tcp")),
-                    kv("network.peer.address", str_value(r.remote.ip().to_string())),
-                    kv("network.peer.port", int_value(r.remote.port() as i64)),
-                    kv("network.local.address", str_value(r.local.ip().to_string())),
-                    kv("network.local.port", int_value(r.local.port() as i64)),
-                    kv("hostscope.tcp.conn_id", int_value(r.conn_id as i64)),
-                    kv(
-                        "hostscope.tcp.syn_retransmits",
-                        int_value(r.syn_retransmits as i64),
-                    ),
-                ];
+                let mut a = vec![kv("error.type", str_value(reason))];
+                a.extend(tcp_endpoint_kvs(r));
+                a.push(kv(
+                    "hostscope.tcp.syn_retransmits",
+                    int_value(r.syn_retransmits as i64),
+                ));
                 if !f.errno_name.is_empty() {
                     a.push(kv("hostscope.errno", str_value(f.errno_name)));
                 }

@@ -7,7 +7,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{span::SpanKind, status::StatusCode, Span, Status},
 };
 
-use super::resource::{int_value, kv, str_value};
+use super::resource::{int_value, kv, network_type_kv, str_value, tcp_endpoint_kvs};
 use crate::events::{
     tcp::{TcpEventKind, TcpRecord},
     tls::{Outcome, Role, TlsRecord},
@@ -119,24 +119,16 @@ fn tls_span(r: &TlsRecord) -> Span {
 
 fn connect_failed_span(r: &TcpRecord) -> Span {
     let (trace_id, span_id) = ids();
-    let mut attrs = vec![
-        kv("network.transport", str_value("tcp")),
-        kv(
-            "network.type",
-            str_value(if r.remote.is_ipv4() { "ipv4" } else { "ipv6" }),
-        ),
-        kv("network.peer.address", str_value(r.remote.ip().to_string())),
-        kv("network.peer.port", int_value(r.remote.port() as i64)),
+    let mut attrs = tcp_endpoint_kvs(r);
+    attrs.extend([
+        network_type_kv(r),
         kv("server.address", str_value(r.remote.ip().to_string())),
         kv("server.port", int_value(r.remote.port() as i64)),
-        kv("network.local.address", str_value(r.local.ip().to_string())),
-        kv("network.local.port", int_value(r.local.port() as i64)),
-        kv("hostscope.tcp.conn_id", int_value(r.conn_id as i64)),
         kv(
             "hostscope.tcp.syn_retransmits",
             int_value(r.syn_retransmits as i64),
         ),
-    ];
+    ]);
     if let Some(comm) = &r.comm {
         attrs.push(kv("process.executable.name", str_value(comm)));
     }
