@@ -3,6 +3,7 @@
 //! later) subscribes to independently.
 
 use std::{
+    path::PathBuf,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
@@ -17,15 +18,18 @@ use hostscope_common::{
         TLS_FAILURES_MAP, TLS_FLOWS_MAP, TLS_LIB_EVENTS_MAP, TLS_STATS_MAP, TLS_WIRE_EVENTS_MAP,
     },
 };
+use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{broadcast, mpsc, watch},
     task::JoinHandle,
 };
 
 use crate::{
+    config::Problems,
     events::{self, Clock, Record},
     loader::{self, LoadError, LoaderConfig, ProbeStatus},
     metadata::{MetadataOptions, Resolver},
+    output::OutputFormat,
     ring,
     stats::{self, AgentStats, Counters},
     tls::{
@@ -46,12 +50,100 @@ pub struct AgentConfig {
 }
 
 impl Default for AgentConfig {
+    /// The built-in configuration tree's defaults.
     fn default() -> Self {
-        AgentConfig {
-            loader: LoaderConfig::default(),
+        crate::config::Config::default()
+            .agent_config()
+            .expect("the built-in configuration is valid")
+    }
+}
+
+/// `agent:` in the configuration: the agent's own machinery, shared by every family.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    pub output: OutputFormat,
+    pub pin: bool,
+    pub pin_dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub channel_capacity: usize,
+    pub wakeup_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            output: OutputFormat::Text,
+            pin: true,
+            pin_dir: PathBuf::from(crate::loader::DEFAULT_PIN_DIR),
             poll_interval: Duration::from_millis(50),
             channel_capacity: 65_536,
-            metadata: MetadataOptions::default(),
+            wakeup_bytes: hostscope_common::RingConfig::DEFAULT.wakeup_bytes,
+            stats_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AgentSection {
+    pub const DOCS: crate::config::Docs = &[
+        (
+            "",
+            "The agent's own machinery, shared by every probe family.",
+        ),
+        (
+            "output",
+            "Records on stdout: text, json (one object per line) or none.",
+        ),
+        (
+            "pin",
+            "Pin maps under pin_dir so that `hostscope dump` can read them.",
+        ),
+        (
+            "pin_dir",
+            "Directory on a bpffs for pinned maps; one agent per directory.",
+        ),
+        (
+            "poll_interval",
+            "Longest time a record waits in a ring before it is read (1ms to 10s).",
+        ),
+        (
+            "channel_capacity",
+            "Records buffered per sink before a slow sink misses some (counted).",
+        ),
+        (
+            "wakeup_bytes",
+            "Pending ring bytes that make a probe wake the agent (0: every event).",
+        ),
+        (
+            "stats_interval",
+            "How often the agent's counters are printed (0s: only at exit).",
+        ),
+    ];
+
+    pub fn validate(&self, at: &str, p: &mut Problems) {
+        if self.pin && !self.pin_dir.is_absolute() {
+            p.push(
+                format!("{at}.pin_dir"),
+                format_args!("{:?} is not an absolute path", self.pin_dir),
+            );
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&self.poll_interval) {
+            p.push(
+                format!("{at}.poll_interval"),
+                format_args!(
+                    "{} is not between 1ms and 10s",
+                    humantime::format_duration(self.poll_interval)
+                ),
+            );
+        }
+        if self.channel_capacity == 0 || self.channel_capacity > 1 << 24 {
+            p.push(
+                format!("{at}.channel_capacity"),
+                format_args!("{} is not between 1 and 16777216", self.channel_capacity),
+            );
         }
     }
 }
@@ -316,6 +408,7 @@ impl Agent {
             records_lagged,
             programs: stats::read_program_costs(&self.ebpf),
             tls: self.tls_stats.lock().map(|s| s.clone()).unwrap_or_default(),
+            config: Default::default(),
         }
     }
 

@@ -50,7 +50,8 @@ pub const DUMPABLE: &[(&str, &str)] = &[
     (syscalls::WATCHED_PATHS_MAP, "watched path prefixes"),
 ];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DumpFormat {
     Table,
     Json,

@@ -1,24 +1,29 @@
-//! The `hostscope` command line.
+//! The `hostscope` command line: parses flags and lays them over the configuration tree
+//! (`hostscope::config`); everything else lives in the library. Each `run` flag names the
+//! key it sets; its default is the key's (`hostscope config default` lists them all).
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use hostscope::{
+    config::{self, Config},
+    daemon::{self, Source},
     dump::{self, DumpFormat, DUMPABLE},
     events::syscalls::parse_syscall,
+    export::config::{parse_buckets, parse_key_value, ExportOverrides, ProcessEnv},
     loader::{
-        syscalls::{check_watch_path, SyscallHooks, SyscallOptions, DEFAULT_WATCH_PATHS},
-        LoaderConfig, DEFAULT_PIN_DIR,
+        syscalls::{check_watch_path, CgroupRef, SyscallRef},
+        tcp::check_ring_bytes,
+        DEFAULT_PIN_DIR,
     },
-    output::{self, OutputFormat, Tagged},
-    Agent, AgentConfig,
 };
+use serde::de::DeserializeOwned;
 
 #[derive(Parser)]
 #[command(
     name = "hostscope",
     version,
-    about = "eBPF host telemetry: TCP latency and failures, syscalls and watched-path access, live"
+    about = "eBPF host telemetry: TCP latency and failures, TLS handshakes, syscalls and watched-path access, live"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,97 +32,376 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the probes and print what they see, live (Ctrl-C to stop).
+    /// Load the probes and print what they see, live (SIGINT or SIGTERM to stop; SIGHUP
+    /// or a change of the --config file reloads it).
     Run(Box<RunArgs>),
     /// Print the decoded contents of one of the agent's pinned maps.
     Dump(DumpArgs),
+    /// The configuration file: its defaults, and checking one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-#[derive(Args)]
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print every setting with its default, as commented YAML.
+    Default,
+    /// Validate FILE and print the effective configuration, or the errors (exit 1).
+    Check { file: PathBuf },
+}
+
+#[derive(Args, Clone)]
 struct RunArgs {
-    /// Record format on stdout.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    output: OutputFormat,
-    /// Stop after this many seconds (default: run until interrupted).
+    /// YAML configuration file, reloaded when it changes; flags win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (defaults < file < environment < flags) as YAML
+    /// and exit, without loading anything.
+    #[arg(long)]
+    print_config: bool,
+    /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
-    /// Directory (on a bpffs) where maps are pinned for `hostscope dump`.
-    #[arg(long, default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
-    /// Do not pin maps.
+    /// Record format on stdout: text, json or none [agent.output].
+    #[arg(long, value_parser = enum_value::<hostscope::output::OutputFormat>)]
+    output: Option<hostscope::output::OutputFormat>,
+    /// Directory (on a bpffs) where maps are pinned for `hostscope dump` [agent.pin_dir].
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Do not pin maps [agent.pin: false].
     #[arg(long)]
     no_pin: bool,
-    /// Size of the TCP event ring in bytes (a power of two, at least one page).
-    #[arg(long, default_value_t = hostscope_common::tcp::TCP_EVENTS_RING_BYTES, value_parser = parse_ring_bytes)]
-    ring_bytes: u32,
-    /// Connections tracked at once (beyond it, new ones are counted, not tracked).
-    #[arg(long, default_value_t = hostscope_common::tcp::TCP_CONNS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
-    max_connections: u32,
-    /// Pending bytes that make a probe wake the agent (0: wake on every event).
-    #[arg(long, default_value_t = hostscope_common::RingConfig::DEFAULT.wakeup_bytes)]
-    wakeup_bytes: u64,
-    /// Also probe SSL_read/SSL_write[_ex]: reports the outcome of handshakes that run
-    /// implicitly inside them, at the cost of a uprobe trap on every TLS read and write.
+    /// Size of the TCP event ring in bytes, a power of two [tcp.ring_bytes].
+    #[arg(long, value_parser = ring_bytes)]
+    ring_bytes: Option<u32>,
+    /// Connections tracked at once [tcp.max_connections].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Pending bytes that make a probe wake the agent, 0: every event [agent.wakeup_bytes].
+    #[arg(long)]
+    wakeup_bytes: Option<u64>,
+    /// Also probe SSL_read/SSL_write[_ex] [tls.uprobe_io].
     #[arg(long)]
     tls_uprobe_io: bool,
-    /// Longest time a record waits in a ring before it is read, in milliseconds.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    poll_ms: u64,
-    /// Print the agent's counters every this many seconds (0: only at exit).
-    #[arg(long, default_value_t = 10)]
-    stats_interval: u64,
+    /// Longest time a record waits in a ring, in milliseconds [agent.poll_interval].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    poll_ms: Option<u64>,
+    /// Seconds between counter lines, 0: only at exit [agent.stats_interval].
+    #[arg(long, value_name = "SECONDS")]
+    stats_interval: Option<u64>,
     #[command(flatten)]
-    syscalls: SyscallArgs,
+    syscalls: SyscallFlags,
     #[command(flatten)]
-    metadata: hostscope::metadata::MetadataArgs,
+    metadata: MetadataFlags,
     #[command(flatten)]
-    export: Box<hostscope::export::ExportArgs>,
+    export: ExportFlags,
 }
 
 /// Syscall telemetry and security events.
-#[derive(Args)]
-struct SyscallArgs {
-    /// Programs counting syscalls: tp_btf (cheapest) falling back to raw tracepoints.
-    #[arg(long, value_enum, default_value_t = SyscallHooks::Auto)]
-    syscall_hooks: SyscallHooks,
-    /// Seconds between reads (and resets) of the in-kernel syscall aggregation.
-    #[arg(long, default_value_t = 5.0, value_parser = parse_interval)]
-    syscall_interval: f64,
-    /// Aggregate per cgroup instead of per process.
+#[derive(Args, Clone)]
+struct SyscallFlags {
+    /// auto, tp-btf, raw-tp or off [syscalls.hooks].
+    #[arg(long, value_parser = enum_value::<hostscope::loader::syscalls::SyscallHooks>)]
+    syscall_hooks: Option<hostscope::loader::syscalls::SyscallHooks>,
+    /// Seconds between reads of the in-kernel aggregation [syscalls.interval].
+    #[arg(long, value_parser = interval_secs)]
+    syscall_interval: Option<f64>,
+    /// Aggregate per cgroup instead of per process [syscalls.by_cgroup].
     #[arg(long)]
     syscall_by_cgroup: bool,
-    /// Count only this process (tgid).
+    /// Count only this process (tgid) [syscalls.pid].
     #[arg(long, value_name = "PID")]
     syscall_pid: Option<u32>,
-    /// Count only this cgroup v2 (its id, or its directory under the cgroup2 mount).
-    #[arg(long, value_name = "ID|PATH", value_parser = parse_cgroup)]
-    syscall_cgroup: Option<u64>,
-    /// Count only these syscalls (name or number; repeatable).
-    #[arg(long = "syscall", value_name = "NAME", value_parser = parse_syscall)]
-    syscall_allow: Vec<u32>,
-    /// Report each syscall at least this slow (detailed events) and slow alerts.
-    #[arg(long, value_name = "MS")]
+    /// Count only this cgroup v2, by id or directory [syscalls.cgroup].
+    #[arg(long, value_name = "ID|PATH")]
+    syscall_cgroup: Option<String>,
+    /// Count only these syscalls, name or number, repeatable [syscalls.syscalls].
+    #[arg(long = "syscall", value_name = "NAME", value_parser = syscall_name)]
+    syscall_allow: Vec<String>,
+    /// Report each syscall at least this slow, in ms [syscalls.slow_threshold].
+    #[arg(long, value_name = "MS", value_parser = positive_ms)]
     slow_ms: Option<f64>,
-    /// Size of the syscall aggregation map in keys (default: fits 64 MiB on this
-    /// machine's CPU count, at most 16384); beyond it calls are counted as lost.
+    /// Size of the syscall aggregation map in keys [syscalls.max_keys].
     #[arg(long, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     syscall_max_keys: Option<u32>,
-    /// Error-burst alert threshold: errors per second of one (process, syscall, errno).
-    #[arg(long, default_value_t = 50.0)]
-    error_burst_rate: f64,
-    /// Watch opens/execs of this absolute path prefix (repeatable; a trailing `/`
-    /// watches a directory tree). Added to the defaults.
-    #[arg(long, value_name = "PATH", value_parser = parse_watch_path)]
+    /// Error-burst alert: errors per second of one (process, syscall, errno)
+    /// [syscalls.error_burst_rate].
+    #[arg(long)]
+    error_burst_rate: Option<f64>,
+    /// Watch opens/execs of this absolute path prefix, repeatable, added to the file's
+    /// [syscalls.watch_paths].
+    #[arg(long, value_name = "PATH", value_parser = watch_path)]
     watch_path: Vec<String>,
-    /// Do not watch the default paths (/etc/shadow, /etc/sudoers, /root/.ssh/, …).
+    /// Do not watch the default paths [syscalls.default_watch_paths: false].
     #[arg(long)]
     no_default_watch: bool,
-    /// No security events (watched-path tracepoints not attached).
+    /// No security events [syscalls.security: false].
     #[arg(long)]
     no_security: bool,
 }
 
-fn parse_interval(s: &str) -> Result<f64, String> {
+/// Process / container / pod identity.
+#[derive(Args, Clone)]
+struct MetadataFlags {
+    /// Do not resolve identity [metadata.enabled: false].
+    #[arg(long)]
+    no_metadata: bool,
+    /// Do not read process details from /proc [metadata.processes: false].
+    #[arg(long)]
+    no_process_metadata: bool,
+    /// Longest command line kept, in bytes [metadata.cmdline.max_bytes].
+    #[arg(long)]
+    cmdline_max_bytes: Option<usize>,
+    /// Redact arguments whose name contains WORD, repeatable, replacing the defaults
+    /// [metadata.cmdline.redact_keys].
+    #[arg(long = "redact-arg", value_name = "WORD")]
+    redact_args: Vec<String>,
+    /// Parent of the kubelet's pods/ and containers/ directories [metadata.kubelet_log_root].
+    #[arg(long, value_name = "DIR")]
+    kubelet_log_root: Option<PathBuf>,
+    /// Watch this node's pods and the services on the Kubernetes API [metadata.kube_api].
+    #[arg(long)]
+    kube_api: bool,
+    /// kubeconfig for --kube-api [metadata.kubeconfig].
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name [metadata.node_name].
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+}
+
+/// OTLP export. Flags win over OTEL_EXPORTER_OTLP_* variables, which win over the file.
+#[derive(Args, Clone)]
+struct ExportFlags {
+    /// OTLP endpoint, e.g. http://collector:4317 [export.endpoint].
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// grpc or http/protobuf [export.protocol].
+    #[arg(long, value_parser = enum_value::<hostscope::export::config::Protocol>)]
+    otlp_protocol: Option<hostscope::export::config::Protocol>,
+    /// Request header KEY=VALUE, repeatable [export.headers].
+    #[arg(long = "otlp-header", value_name = "KEY=VALUE")]
+    otlp_headers: Vec<String>,
+    /// gzip, zstd or none [export.compression].
+    #[arg(long, value_parser = enum_value::<hostscope::export::config::Compression>)]
+    otlp_compression: Option<hostscope::export::config::Compression>,
+    /// Per-request timeout in milliseconds [export.timeout].
+    #[arg(long, value_name = "MS")]
+    otlp_timeout_ms: Option<u64>,
+    /// PEM CA bundle to verify the endpoint with [export.ca].
+    #[arg(long, value_name = "FILE")]
+    otlp_ca: Option<PathBuf>,
+    /// PEM client certificate for mTLS [export.client_cert].
+    #[arg(long, value_name = "FILE", requires = "otlp_client_key")]
+    otlp_client_cert: Option<PathBuf>,
+    /// PEM client key for mTLS [export.client_key].
+    #[arg(long, value_name = "FILE", requires = "otlp_client_cert")]
+    otlp_client_key: Option<PathBuf>,
+    /// Seconds between metric exports [export.interval].
+    #[arg(long, value_name = "SECONDS", value_parser = positive_secs)]
+    otlp_interval: Option<f64>,
+    /// Spans or log records per request at most [export.max_batch].
+    #[arg(long, value_name = "N")]
+    otlp_max_batch: Option<usize>,
+    /// Memory queue bound in bytes [export.queue_bytes].
+    #[arg(long, value_name = "BYTES")]
+    otlp_queue_bytes: Option<usize>,
+    /// Directory of an on-disk queue [export.disk_queue].
+    #[arg(long, value_name = "DIR")]
+    otlp_disk_queue: Option<PathBuf>,
+    /// Disk queue bound in bytes [export.disk_queue_bytes].
+    #[arg(long, value_name = "BYTES")]
+    otlp_disk_queue_bytes: Option<u64>,
+    /// Seconds a request is retried before it is dropped [export.max_retry].
+    #[arg(long, value_name = "SECONDS", value_parser = positive_secs)]
+    otlp_max_retry: Option<f64>,
+    /// Seconds queued data may take to leave at stop [export.flush_timeout].
+    #[arg(long, value_name = "SECONDS", value_parser = positive_secs)]
+    otlp_flush_timeout: Option<f64>,
+    /// cumulative or delta [export.temporality].
+    #[arg(long, value_parser = enum_value::<hostscope::export::config::Temporality>)]
+    otlp_temporality: Option<hostscope::export::config::Temporality>,
+    /// Histogram bounds of one metric, NAME=b1,b2,…, repeatable [export.buckets].
+    #[arg(long = "otlp-buckets", value_name = "NAME=BOUNDS", value_parser = parse_buckets)]
+    otlp_buckets: Vec<(String, Vec<f64>)>,
+    /// Base-2 exponential histograms [export.exponential_histograms].
+    #[arg(long)]
+    otlp_exponential_histograms: bool,
+    /// Metric series kept at most [export.series_limit].
+    #[arg(long, value_name = "N")]
+    otlp_series_limit: Option<usize>,
+    /// process.pid on metric data points [export.metric_pids].
+    #[arg(long)]
+    otlp_metric_pids: bool,
+    /// Peer addresses on metric data points [export.metric_peers].
+    #[arg(long)]
+    otlp_metric_peers: bool,
+    /// One span per TCP connection [export.connection_spans].
+    #[arg(long)]
+    otlp_connection_spans: bool,
+    /// Resource attribute KEY=VALUE, repeatable [export.resource].
+    #[arg(long = "otlp-resource", value_name = "KEY=VALUE", value_parser = key_value)]
+    otlp_resource: Vec<(String, String)>,
+}
+
+impl RunArgs {
+    /// Sets the keys given as flags; what is not given keeps the file's (or default) value.
+    fn lay_over(&self, c: &mut Config) {
+        let a = &mut c.agent;
+        set(&mut a.output, self.output);
+        set(&mut a.pin_dir, self.pin_dir.clone());
+        if self.no_pin {
+            a.pin = false;
+        }
+        set(&mut a.wakeup_bytes, self.wakeup_bytes);
+        set(
+            &mut a.poll_interval,
+            self.poll_ms.map(Duration::from_millis),
+        );
+        set(
+            &mut a.stats_interval,
+            self.stats_interval.map(Duration::from_secs),
+        );
+        set(&mut c.tcp.ring_bytes, self.ring_bytes);
+        set(&mut c.tcp.max_connections, self.max_connections);
+        if self.tls_uprobe_io {
+            c.tls.uprobe_io = true;
+        }
+
+        let (f, s) = (&self.syscalls, &mut c.syscalls);
+        set(&mut s.hooks, f.syscall_hooks);
+        set(
+            &mut s.interval,
+            f.syscall_interval.map(Duration::from_secs_f64),
+        );
+        if f.syscall_by_cgroup {
+            s.by_cgroup = true;
+        }
+        if f.syscall_pid.is_some() {
+            s.pid = f.syscall_pid;
+        }
+        if let Some(cg) = &f.syscall_cgroup {
+            s.cgroup = Some(CgroupRef::Path(cg.clone()));
+        }
+        if !f.syscall_allow.is_empty() {
+            s.syscalls = f
+                .syscall_allow
+                .iter()
+                .map(|n| SyscallRef::Name(n.clone()))
+                .collect();
+        }
+        if let Some(ms) = f.slow_ms {
+            s.slow_threshold = Some(Duration::from_secs_f64(ms / 1e3));
+        }
+        if f.syscall_max_keys.is_some() {
+            s.max_keys = f.syscall_max_keys;
+        }
+        set(&mut s.error_burst_rate, f.error_burst_rate);
+        for p in &f.watch_path {
+            if !s.watch_paths.contains(p) {
+                s.watch_paths.push(p.clone());
+            }
+        }
+        if f.no_default_watch {
+            s.default_watch_paths = false;
+        }
+        if f.no_security {
+            s.security = false;
+        }
+
+        let (f, m) = (&self.metadata, &mut c.metadata);
+        if f.no_metadata {
+            m.enabled = false;
+        }
+        if f.no_process_metadata {
+            m.processes = false;
+        }
+        set(&mut m.cmdline.max_bytes, f.cmdline_max_bytes);
+        if !f.redact_args.is_empty() {
+            m.cmdline.redact_keys = f.redact_args.clone();
+        }
+        set(&mut m.kubelet_log_root, f.kubelet_log_root.clone());
+        if f.kube_api {
+            m.kube_api = true;
+        }
+        if f.kubeconfig.is_some() {
+            m.kubeconfig = f.kubeconfig.clone();
+        }
+        if f.node_name.is_some() {
+            m.node_name = f.node_name.clone();
+        }
+
+        let (f, e) = (&self.export, &mut c.export);
+        set(
+            &mut e.interval,
+            f.otlp_interval.map(Duration::from_secs_f64),
+        );
+        set(&mut e.max_batch, f.otlp_max_batch);
+        set(&mut e.queue_bytes, f.otlp_queue_bytes);
+        if f.otlp_disk_queue.is_some() {
+            e.disk_queue = f.otlp_disk_queue.clone();
+        }
+        set(&mut e.disk_queue_bytes, f.otlp_disk_queue_bytes);
+        set(
+            &mut e.max_retry,
+            f.otlp_max_retry.map(Duration::from_secs_f64),
+        );
+        set(
+            &mut e.flush_timeout,
+            f.otlp_flush_timeout.map(Duration::from_secs_f64),
+        );
+        set(&mut e.temporality, f.otlp_temporality);
+        for (name, bounds) in &f.otlp_buckets {
+            e.buckets.insert(name.clone(), bounds.clone());
+        }
+        if f.otlp_exponential_histograms {
+            e.exponential_histograms = true;
+        }
+        set(&mut e.series_limit, f.otlp_series_limit);
+        e.metric_pids |= f.otlp_metric_pids;
+        e.metric_peers |= f.otlp_metric_peers;
+        e.connection_spans |= f.otlp_connection_spans;
+        for (k, v) in &f.otlp_resource {
+            e.resource.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// Flags of the keys the environment can set too: they win over it.
+    fn export_overrides(&self) -> ExportOverrides {
+        let f = &self.export;
+        ExportOverrides {
+            endpoint: f.otlp_endpoint.clone(),
+            protocol: f.otlp_protocol,
+            headers: f.otlp_headers.clone(),
+            compression: f.otlp_compression,
+            timeout_ms: f.otlp_timeout_ms,
+            ca: f.otlp_ca.clone(),
+            client_cert: f.otlp_client_cert.clone(),
+            client_key: f.otlp_client_key.clone(),
+        }
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+/// A library enum from its configuration-file spelling (`json`, `tp-btf`, `http/protobuf`).
+fn enum_value<T: DeserializeOwned>(s: &str) -> Result<T, String> {
+    use serde::de::{value::StrDeserializer, IntoDeserializer};
+    let de: StrDeserializer<'_, serde::de::value::Error> = s.into_deserializer();
+    T::deserialize(de).map_err(|e| e.to_string())
+}
+
+fn ring_bytes(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    check_ring_bytes(v)?;
+    Ok(v)
+}
+
+fn interval_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if !(0.05..=3600.0).contains(&v) {
         return Err(format!("{v} is not between 0.05 and 3600 seconds"));
@@ -125,59 +409,34 @@ fn parse_interval(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// A cgroup v2 id is the inode number of its directory.
-fn parse_cgroup(s: &str) -> Result<u64, String> {
-    if let Ok(id) = s.parse::<u64>() {
-        return Ok(id);
+fn positive_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(v > 0.0 && v <= 86_400.0) {
+        return Err(format!("{v} is not between 0 and 86400 seconds"));
     }
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(s).map_err(|e| format!("cgroup {s}: {e}"))?;
-    if !m.is_dir() {
-        return Err(format!("cgroup {s}: not a directory"));
-    }
-    Ok(m.ino())
+    Ok(v)
 }
 
-fn parse_watch_path(s: &str) -> Result<String, String> {
+fn positive_ms(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err("a positive number of milliseconds expected".into());
+    }
+    Ok(v)
+}
+
+fn syscall_name(s: &str) -> Result<String, String> {
+    parse_syscall(s)?;
+    Ok(s.to_string())
+}
+
+fn watch_path(s: &str) -> Result<String, String> {
     check_watch_path(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
 }
 
-impl SyscallArgs {
-    fn options(&self) -> anyhow::Result<SyscallOptions> {
-        let mut o = SyscallOptions {
-            hooks: self.syscall_hooks,
-            security: !self.no_security,
-            interval: Duration::from_secs_f64(self.syscall_interval),
-            error_burst_per_s: self.error_burst_rate,
-            max_keys: self.syscall_max_keys,
-            ..SyscallOptions::default()
-        };
-        if self.no_default_watch {
-            o.watch_paths.clear();
-        }
-        o.watch_paths.extend(self.watch_path.iter().cloned());
-        if o.security && o.watch_paths.is_empty() {
-            bail!("no watched paths: drop --no-default-watch, add --watch-path, or pass --no-security");
-        }
-        debug_assert!(DEFAULT_WATCH_PATHS
-            .iter()
-            .all(|p| check_watch_path(p).is_ok()));
-        let r = &mut o.runtime;
-        r.key_by_cgroup = self.syscall_by_cgroup;
-        r.pid = self.syscall_pid;
-        r.cgroup_id = self.syscall_cgroup;
-        r.syscalls = self.syscall_allow.clone();
-        if let Some(ms) = self.slow_ms {
-            if !(ms > 0.0 && ms.is_finite()) {
-                bail!("--slow-ms must be a positive number of milliseconds");
-            }
-            r.slow_ns = Some((ms * 1e6) as u64);
-        }
-        // Checks the filters (e.g. syscall numbers beyond the bitmap) before loading.
-        r.to_config(0, hostscope_common::RingConfig::DEFAULT)?;
-        Ok(o)
-    }
+fn key_value(s: &str) -> Result<(String, String), String> {
+    parse_key_value(s, "--otlp-resource").map_err(|e| e.to_string())
 }
 
 #[derive(Args)]
@@ -185,21 +444,13 @@ struct DumpArgs {
     /// Map to print; `--list` shows them.
     #[arg(required_unless_present = "list")]
     map: Option<String>,
-    #[arg(long, value_enum, default_value_t = DumpFormat::Table)]
+    #[arg(long, value_parser = enum_value::<DumpFormat>, default_value = "table")]
     format: DumpFormat,
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// List the maps that can be dumped.
     #[arg(long)]
     list: bool,
-}
-
-fn parse_ring_bytes(s: &str) -> Result<u32, String> {
-    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
-    if v < 4096 || !v.is_power_of_two() {
-        return Err(format!("{v} is not a power of two of at least 4096"));
-    }
-    Ok(v)
 }
 
 fn main() -> ExitCode {
@@ -212,6 +463,11 @@ fn main() -> ExitCode {
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(run(*args))),
         Command::Dump(args) => run_dump(args),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", config::default_yaml());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => check(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -223,158 +479,38 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    // Bad options are reported before privileges are.
-    let syscalls = args.syscalls.options()?;
-    let export = args
+    let duration = args.duration.map(|s| Duration::from_secs_f64(s.max(0.0)));
+    let flags = args.clone();
+    let source = Source {
+        file: args.config.clone(),
+        flags: Box::new(move |c| flags.lay_over(c)),
+        export_flags: args.export_overrides(),
+        env: Box::new(ProcessEnv),
+    };
+    if args.print_config {
+        let loaded = source.load()?;
+        print!("{}", serde_yaml_ng::to_string(&source.effective(&loaded))?);
+        return Ok(());
+    }
+    daemon::run(source, duration).await?;
+    Ok(())
+}
+
+/// `config check FILE`: the effective configuration (defaults < file < environment for
+/// export), or every problem with its key path and line.
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    config::check_file_ownership(file)?;
+    let (config, _) = config::load_file(file)?;
+    config
         .export
-        .resolve(&hostscope::export::config::ProcessEnv)
-        .context("OTLP export options")?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("hostscope run needs root (CAP_BPF, CAP_PERFMON and access to tracefs)");
-    }
-    let config = AgentConfig {
-        loader: LoaderConfig {
-            pin_dir: (!args.no_pin).then(|| args.pin_dir.clone()),
-            tcp_ring_bytes: args.ring_bytes,
-            tcp_max_conns: args.max_connections,
-            wakeup_bytes: args.wakeup_bytes,
-            tls_uprobe_io: args.tls_uprobe_io,
-            syscalls,
-        },
-        poll_interval: Duration::from_millis(args.poll_ms),
-        metadata: args.metadata.options(),
-        ..AgentConfig::default()
-    };
-    let mut agent = Agent::start(&config).context("starting the agent")?;
-    for status in agent.report() {
-        // A probe that is not attached says why; the agent runs with what it has.
-        match args.output {
-            OutputFormat::Json => print_tagged("probe_status", status)?,
-            _ => eprintln!("probe {status}"),
-        }
-    }
-    let printer = output::spawn_printer_with(
-        agent.subscribe(),
-        args.output,
-        agent.counters(),
-        args.metadata.options().enabled.then(|| agent.resolver()),
+        .resolve(&ExportOverrides::default(), &ProcessEnv)
+        .context("export")?;
+    print!(
+        "{}",
+        serde_yaml_ng::to_string(&config).context("printing the configuration")?
     );
-    let (exporter, mut export_tick) = match export {
-        Some(config) => {
-            let tick = tokio::time::interval(config.interval);
-            let e = hostscope::export::Exporter::start(
-                config,
-                agent.subscribe(),
-                agent.resolver(),
-                agent.counters(),
-            )
-            .context("starting the OTLP exporter")?;
-            (Some(e), Some(tick))
-        }
-        None => (None, None),
-    };
-
-    let stop = async {
-        match args.duration {
-            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
-            None => wait_for_signal().await,
-        }
-    };
-    tokio::pin!(stop);
-    let mut ticker = tokio::time::interval(Duration::from_secs(args.stats_interval.max(1)));
-    ticker.tick().await;
-    // New OpenSSL copies (new containers, new programs) get their uprobes.
-    let mut rescan = tokio::time::interval(Duration::from_secs(5));
-    rescan.tick().await;
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = ticker.tick(), if args.stats_interval > 0 => {
-                print_stats(&agent.stats(), args.output)?;
-                print_metadata_stats(&agent.resolver().stats(), args.output)?;
-                if let Some(e) = &exporter {
-                    print_export(&e.snapshot(), args.output)?;
-                }
-            }
-            // The agent's health goes out with the exporter's own metrics.
-            _ = async {
-                match export_tick.as_mut() {
-                    Some(t) => { t.tick().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {
-                if let Some(e) = &exporter {
-                    e.set_agent_stats(agent.stats());
-                }
-            }
-            _ = rescan.tick() => {
-                for problem in agent.refresh() {
-                    eprintln!("tls uprobes: {problem}");
-                }
-            }
-        }
-    }
-    if let Some(e) = &exporter {
-        e.set_agent_stats(agent.stats());
-    }
-    let metadata = agent.resolver();
-    let stats = agent.stop().await;
-    // The agent's channel is closed now; the printer finishes what it has.
-    let _ = tokio::task::spawn_blocking(move || printer.join()).await;
-    print_stats(&stats, args.output)?;
-    print_metadata_stats(&metadata.stats(), args.output)?;
-    if let Some(e) = exporter {
-        print_export(&e.stop(Duration::from_secs(5)).await, args.output)?;
-    }
+    eprintln!("{}: ok", file.display());
     Ok(())
-}
-
-fn print_metadata_stats(
-    stats: &hostscope::metadata::MetadataStats,
-    format: OutputFormat,
-) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Json => print_tagged("metadata_stats", stats)?,
-        _ => eprintln!("{stats}"),
-    }
-    Ok(())
-}
-
-fn print_stats(stats: &hostscope::stats::AgentStats, format: OutputFormat) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Json => print_tagged("agent_stats", stats)?,
-        _ => eprintln!("{stats}"),
-    }
-    Ok(())
-}
-
-fn print_export(s: &hostscope::export::ExportSnapshot, format: OutputFormat) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Json => print_tagged("export_stats", s)?,
-        _ => eprintln!("{s}"),
-    }
-    Ok(())
-}
-
-fn print_tagged(kind: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(&Tagged { kind, value })?);
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn run_dump(args: DumpArgs) -> anyhow::Result<()> {

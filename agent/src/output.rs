@@ -10,7 +10,8 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::{agent::SharedRecord, events::Record, metadata::Resolver, stats::Counters};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     Text,
     Json,

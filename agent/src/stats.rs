@@ -37,6 +37,8 @@ pub struct AgentStats {
     /// Empty unless bpf_stats are enabled.
     pub programs: Vec<ProgramCost>,
     pub tls: crate::tls::tracker::TrackerStats,
+    /// Configuration generation and reloads (set by the run loop).
+    pub config: crate::daemon::ReloadStats,
 }
 
 impl AgentStats {
@@ -72,6 +74,15 @@ impl std::fmt::Display for AgentStats {
             for (name, value) in counters {
                 write!(f, " {name}={value}")?;
             }
+        }
+        let c = &self.config;
+        write!(
+            f,
+            "; config generation={} reloads applied={} invalid={} partial={}",
+            c.generation, c.applied, c.invalid, c.partial
+        )?;
+        if !c.pending_restart.is_empty() {
+            write!(f, " pending_restart={}", c.pending_restart.join(","))?;
         }
         for p in &self.programs {
             if p.run_count > 0 {

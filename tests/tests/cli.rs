@@ -225,7 +225,7 @@ fn deploy_manifest_uses_real_flags_and_grants_the_watch() {
         .filter_map(|l| l.trim().strip_prefix("- "))
         .filter(|t| t.starts_with("--"))
         .collect();
-    assert!(flags.contains(&"--kube-api"), "manifest flags: {flags:?}");
+    assert_eq!(flags, ["--config"], "the ConfigMap configures the agent");
     for flag in &flags {
         assert!(
             help.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
@@ -233,7 +233,34 @@ fn deploy_manifest_uses_real_flags_and_grants_the_watch() {
             "deploy manifest passes {flag}, which `hostscope run` does not accept"
         );
     }
+    // The ConfigMap's file is one the binary accepts, and asks for the API watch.
+    let block: Vec<&str> = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "config.yaml: |")
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    let config = block.join("\n");
+    assert!(config.contains("kube_api: true"), "{config}");
+    let dir = std::env::temp_dir().join(format!("hostscope-cm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, &config).unwrap();
+    let check = Command::new(bin())
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "hostscope config check on the ConfigMap: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     for needed in [
+        "mountPath: /etc/hostscope",
+        "name: hostscope-config",
         "resources: [\"pods\", \"services\"]",
         "verbs: [\"get\", \"list\", \"watch\"]",
         "fieldPath: spec.nodeName",

@@ -25,7 +25,7 @@ use hostscope::{
     },
     export::{
         config::{Compression, Protocol},
-        ExportArgs, ExportConfig, ExportSnapshot, Exporter,
+        ExportConfig, ExportSection, ExportSnapshot, Exporter,
     },
     loader::{syscalls::SyscallOptions, LoaderConfig},
     metadata::Resolver,
@@ -43,19 +43,19 @@ use tokio::sync::broadcast;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn args(endpoint: &str, protocol: Protocol) -> ExportArgs {
-    ExportArgs {
-        otlp_endpoint: Some(endpoint.into()),
-        otlp_protocol: Some(protocol),
-        otlp_interval: Some(0.3),
-        otlp_timeout_ms: Some(3000),
-        otlp_max_retry: Some(60.0),
+fn args(endpoint: &str, protocol: Protocol) -> ExportSection {
+    ExportSection {
+        endpoint: Some(endpoint.into()),
+        protocol: Some(protocol),
+        interval: Duration::from_secs_f64(0.3),
+        timeout: Some(Duration::from_millis(3000)),
+        max_retry: Duration::from_secs_f64(60.0),
         ..Default::default()
     }
 }
 
-fn resolve(a: ExportArgs) -> ExportConfig {
-    a.resolve(&BTreeMap::<&str, &str>::new())
+fn resolve(a: ExportSection) -> ExportConfig {
+    a.resolve(&Default::default(), &BTreeMap::<&str, &str>::new())
         .expect("valid options")
         .expect("an endpoint")
 }
@@ -228,11 +228,11 @@ fn grpc_exports_refused_connect_expired_certificate_and_watched_file() {
         &format!("http://127.0.0.1:{}", receiver.port),
         Protocol::Grpc,
     );
-    a.otlp_headers = vec!["x-tenant=net-team".into()];
-    a.otlp_resource = vec![
-        "service.name=hostscope-test".into(),
-        "deployment.environment=ci".into(),
-    ];
+    a.headers.insert("x-tenant".into(), "net-team".into());
+    a.resource
+        .insert("service.name".into(), "hostscope-test".into());
+    a.resource
+        .insert("deployment.environment".into(), "ci".into());
     let exporter = start_exporter(&h, resolve(a));
 
     // A refused connect, an expired certificate over TLS 1.2, a watched file read.
@@ -448,7 +448,7 @@ fn http_protobuf_gzip_exports_a_refused_connect() {
         &format!("http://127.0.0.1:{}", receiver.port),
         Protocol::HttpProtobuf,
     );
-    a.otlp_compression = Some(Compression::Gzip);
+    a.compression = Some(Compression::Gzip);
     let exporter = start_exporter(&h, resolve(a));
     let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert!(TcpStream::connect(target).is_err());
@@ -487,7 +487,7 @@ fn connection_spans_cover_connect_to_close_with_resets_as_events() {
         &format!("http://127.0.0.1:{}", receiver.port),
         Protocol::Grpc,
     );
-    a.otlp_connection_spans = true;
+    a.connection_spans = true;
     let exporter = start_exporter(&h, resolve(a));
 
     // A clean connection with a payload, then one the server aborts with a RST.
@@ -580,7 +580,7 @@ fn http_protobuf_zstd_exports_a_refused_connect() {
         &format!("http://127.0.0.1:{}", receiver.port),
         Protocol::HttpProtobuf,
     );
-    a.otlp_compression = Some(Compression::Zstd);
+    a.compression = Some(Compression::Zstd);
     let exporter = start_exporter(&h, resolve(a));
     let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert!(TcpStream::connect(target).is_err());
@@ -615,7 +615,7 @@ fn grpc_zstd_to_a_receiver_without_zstd_fails_clearly() {
         &format!("http://127.0.0.1:{}", receiver.port),
         Protocol::Grpc,
     );
-    a.otlp_compression = Some(Compression::Zstd);
+    a.compression = Some(Compression::Zstd);
     let fed = Fed::start(resolve(a));
     fed.send(0..3);
     let s = fed.wait_snapshot("spans failed", |s| s.count("traces", "failed") == 3);
@@ -638,9 +638,9 @@ fn receiver_down_then_up_with_disk_queue_delivers_every_item_exactly_once() {
     let dir = otlp::temp_path("disk-queue");
     let config = || {
         let mut a = args(&endpoint, Protocol::Grpc);
-        a.otlp_disk_queue = Some(dir.clone());
-        a.otlp_max_batch = Some(10);
-        a.otlp_timeout_ms = Some(1000);
+        a.disk_queue = Some(dir.clone());
+        a.max_batch = 10;
+        a.timeout = Some(Duration::from_millis(1000));
         resolve(a)
     };
     // Backend down: 50 failed connects, in five batches, queue on disk.
@@ -703,7 +703,7 @@ fn retried_then_delivered(
     };
     let mut a = args(&format!("http://127.0.0.1:{}", receiver.port), p);
     // Only spans: one request to follow through the retries.
-    a.otlp_interval = Some(0.5);
+    a.interval = Duration::from_secs_f64(0.5);
     let fed = Fed::start(resolve(a));
     fed.send(0..5);
     let requests = receiver.wait(WAIT, "spans after the failures", |r| span_ids(r).len() >= 5);
@@ -871,9 +871,9 @@ fn slow_receiver_keeps_the_queue_within_its_bound_and_counts_drops() {
         &format!("http://127.0.0.1:{}", receiver.port),
         Protocol::HttpProtobuf,
     );
-    a.otlp_max_batch = Some(5);
-    a.otlp_queue_bytes = Some(4096);
-    a.otlp_compression = Some(Compression::None);
+    a.max_batch = 5;
+    a.queue_bytes = 4096;
+    a.compression = Some(Compression::None);
     let fed = Fed::start(resolve(a));
     let mut max_bytes = 0;
     for b in 0..40u64 {
@@ -907,7 +907,7 @@ fn tls_with_a_test_ca_and_mutual_tls() {
         &format!("https://127.0.0.1:{}", receiver.port),
         Protocol::Grpc,
     );
-    a.otlp_ca = Some(pki.ca.clone());
+    a.ca = Some(pki.ca.clone());
     let fed = Fed::start(resolve(a));
     fed.send(0..3);
     receiver.wait(WAIT, "spans over TLS", |r| span_ids(r).len() == 3);
@@ -923,9 +923,9 @@ fn tls_with_a_test_ca_and_mutual_tls() {
             Protocol::HttpProtobuf
         };
         let mut a = args(&format!("https://127.0.0.1:{}", receiver.port), p);
-        a.otlp_ca = Some(pki.ca.clone());
-        a.otlp_client_cert = Some(pki.client_cert.clone());
-        a.otlp_client_key = Some(pki.client_key.clone());
+        a.ca = Some(pki.ca.clone());
+        a.client_cert = Some(pki.client_cert.clone());
+        a.client_key = Some(pki.client_key.clone());
         let fed = Fed::start(resolve(a));
         fed.send(0..3);
         receiver.wait(WAIT, "spans over mTLS", |r| span_ids(r).len() == 3);
@@ -933,7 +933,7 @@ fn tls_with_a_test_ca_and_mutual_tls() {
 
         // Without the client certificate nothing gets through, and it is retried.
         let mut a = args(&format!("https://127.0.0.1:{}", receiver.port), p);
-        a.otlp_ca = Some(pki.ca.clone());
+        a.ca = Some(pki.ca.clone());
         let fed = Fed::start(resolve(a));
         fed.send(0..3);
         fed.wait_snapshot("retries without a client certificate", |s| s.retries >= 2);

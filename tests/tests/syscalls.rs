@@ -623,7 +623,10 @@ fn fails_with(args: &[&str], expected: &str) {
 
 #[test]
 fn bad_syscall_options_get_a_clear_error() {
-    fails_with(&["run", "--watch-path", "etc/shadow"], "must be absolute");
+    fails_with(
+        &["run", "--watch-path", "etc/shadow"],
+        "is not an absolute path",
+    );
     fails_with(&["run", "--syscall", "no_such_call"], "unknown syscall");
     fails_with(&["run", "--syscall-interval", "0"], "not between");
     fails_with(

@@ -48,6 +48,7 @@ pub enum Section {
     Syscalls,
     Metadata,
     Otlp,
+    Config,
 }
 
 /// Programs `hostscope run` loads on this kernel: 5 TCP, 6 TLS (2 wire, 4 OpenSSL),
@@ -339,6 +340,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         if run_section(Section::Otlp) {
             bench_otlp()?;
+        }
+        if run_section(Section::Config) {
+            crate::bench_config::bench_config(&bin)?;
         }
         Ok(())
     })();

@@ -1,7 +1,8 @@
-//! Export options: command-line flags (serde-deserializable too, so a config file can carry
-//! them later) resolved against the standard `OTEL_EXPORTER_OTLP_*` environment variables
-//! into a checked [`ExportConfig`]. Flags win over the environment, per-signal variables
-//! over the generic ones, as the OTLP exporter specification says.
+//! `export:` in the configuration, resolved against the standard `OTEL_EXPORTER_OTLP_*`
+//! environment variables into a checked [`ExportConfig`]. For the keys the environment
+//! can set too, a flag wins, then a per-signal variable, then the generic variable, then
+//! the file, then the built-in default (the OTLP exporter specification orders the
+//! variables).
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -9,19 +10,19 @@ use reqwest::{
     header::{HeaderName, HeaderValue},
     Url,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+use crate::config::Problems;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Protocol {
     #[serde(rename = "grpc")]
-    #[value(name = "grpc")]
     Grpc,
     #[serde(rename = "http/protobuf")]
-    #[value(name = "http/protobuf")]
     HttpProtobuf,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     Gzip,
@@ -31,92 +32,263 @@ pub enum Compression {
     None,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Temporality {
     Cumulative,
     Delta,
 }
 
-/// OTLP export flags (`hostscope run --otlp-endpoint …`). Nothing set, no endpoint in the
-/// environment: no export.
-#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+/// Built-in defaults of the keys the environment can also set (used when neither a flag,
+/// a variable nor the file sets them).
+pub const DEFAULT_PROTOCOL: Protocol = Protocol::Grpc;
+pub const DEFAULT_COMPRESSION: Compression = Compression::Gzip;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `export:` in the configuration. No endpoint here, in a flag or in the environment: no
+/// export. `null` keys take the environment's value, else the default in their help.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ExportArgs {
-    /// OTLP endpoint (e.g. http://collector:4317 for gRPC, http://collector:4318 for
-    /// HTTP); default: OTEL_EXPORTER_OTLP_ENDPOINT. Without one nothing is exported.
-    #[arg(long, value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
-    /// Transport; default: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc.
-    #[arg(long, value_enum)]
-    pub otlp_protocol: Option<Protocol>,
-    /// Extra request header `key=value` (repeatable); added to OTEL_EXPORTER_OTLP_HEADERS.
-    #[arg(long = "otlp-header", value_name = "KEY=VALUE")]
-    pub otlp_headers: Vec<String>,
-    /// Request compression; default: OTEL_EXPORTER_OTLP_COMPRESSION, else gzip.
-    #[arg(long, value_enum)]
-    pub otlp_compression: Option<Compression>,
-    /// Per-request timeout in milliseconds; default: OTEL_EXPORTER_OTLP_TIMEOUT, else 10000.
-    #[arg(long, value_name = "MS")]
-    pub otlp_timeout_ms: Option<u64>,
-    /// PEM CA bundle to verify the endpoint with; default: OTEL_EXPORTER_OTLP_CERTIFICATE.
-    #[arg(long, value_name = "FILE")]
-    pub otlp_ca: Option<PathBuf>,
-    /// PEM client certificate for mTLS; default: OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE.
-    #[arg(long, value_name = "FILE", requires = "otlp_client_key")]
-    pub otlp_client_cert: Option<PathBuf>,
-    /// PEM client key for mTLS; default: OTEL_EXPORTER_OTLP_CLIENT_KEY.
-    #[arg(long, value_name = "FILE", requires = "otlp_client_cert")]
-    pub otlp_client_key: Option<PathBuf>,
-    /// Seconds between metric exports (and the longest a span or log waits).
-    #[arg(long, value_name = "SECONDS")]
-    pub otlp_interval: Option<f64>,
-    /// Spans or log records per request at most (a full batch is sent at once).
-    #[arg(long, value_name = "N")]
-    pub otlp_max_batch: Option<usize>,
-    /// Memory queue bound in bytes of encoded requests; beyond it requests are dropped
-    /// (counted).
-    #[arg(long, value_name = "BYTES")]
-    pub otlp_queue_bytes: Option<usize>,
-    /// Directory of an on-disk queue: requests survive an outage (and a restart) and are
-    /// replayed in order.
-    #[arg(long, value_name = "DIR")]
-    pub otlp_disk_queue: Option<PathBuf>,
-    /// Disk queue bound in bytes; beyond it new requests are dropped (counted).
-    #[arg(long, value_name = "BYTES")]
-    pub otlp_disk_queue_bytes: Option<u64>,
-    /// How long a request is retried before it is dropped (memory queue only: the disk
-    /// queue retries until delivered).
-    #[arg(long, value_name = "SECONDS")]
-    pub otlp_max_retry: Option<f64>,
-    /// Metric temporality.
-    #[arg(long, value_enum)]
-    pub otlp_temporality: Option<Temporality>,
-    /// Histogram bucket bounds of one metric, in its unit: `NAME=b1,b2,…` (repeatable).
-    #[arg(long = "otlp-buckets", value_name = "NAME=BOUNDS")]
-    pub otlp_buckets: Vec<String>,
-    /// Export histograms as base-2 exponential histograms (no bucket bounds to choose;
-    /// --otlp-buckets then does not apply).
-    #[arg(long)]
-    pub otlp_exponential_histograms: bool,
-    /// Metric series kept at most; new attribute sets beyond it go to one overflow series
-    /// (`otel.metric.overflow=true`) and are counted.
-    #[arg(long, value_name = "N")]
-    pub otlp_series_limit: Option<usize>,
-    /// Put `process.pid` on metric data points (unbounded cardinality).
-    #[arg(long)]
-    pub otlp_metric_pids: bool,
-    /// Put peer addresses (`network.peer.address`) on metric data points.
-    #[arg(long)]
-    pub otlp_metric_peers: bool,
-    /// Also export one span per TCP connection, connect to close, with its resets as
-    /// span events (one span per connection: sized for services, not for storms).
-    #[arg(long)]
-    pub otlp_connection_spans: bool,
-    /// Resource attribute `key=value` (repeatable), e.g. `service.version=1.2`; added to
-    /// OTEL_RESOURCE_ATTRIBUTES.
-    #[arg(long = "otlp-resource", value_name = "KEY=VALUE")]
-    pub otlp_resource: Vec<String>,
+pub struct ExportSection {
+    pub endpoint: Option<String>,
+    pub protocol: Option<Protocol>,
+    pub headers: BTreeMap<String, String>,
+    pub compression: Option<Compression>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub max_batch: usize,
+    pub queue_bytes: usize,
+    pub disk_queue: Option<PathBuf>,
+    pub disk_queue_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub max_retry: Duration,
+    #[serde(with = "humantime_serde")]
+    pub flush_timeout: Duration,
+    pub temporality: Temporality,
+    pub buckets: BTreeMap<String, Vec<f64>>,
+    pub exponential_histograms: bool,
+    pub series_limit: usize,
+    pub metric_pids: bool,
+    pub metric_peers: bool,
+    pub connection_spans: bool,
+    pub resource: BTreeMap<String, String>,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        ExportSection {
+            endpoint: None,
+            protocol: None,
+            headers: BTreeMap::new(),
+            compression: None,
+            timeout: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            interval: Duration::from_secs(10),
+            max_batch: 512,
+            queue_bytes: 16 << 20,
+            disk_queue: None,
+            disk_queue_bytes: 256 << 20,
+            max_retry: Duration::from_secs(300),
+            flush_timeout: Duration::from_secs(5),
+            temporality: Temporality::Cumulative,
+            buckets: BTreeMap::new(),
+            exponential_histograms: false,
+            series_limit: 10_000,
+            metric_pids: false,
+            metric_peers: false,
+            connection_spans: false,
+            resource: BTreeMap::new(),
+        }
+    }
+}
+
+/// The flags that override the environment-backed keys (`--otlp-endpoint` …). Headers add
+/// to the file's and the environment's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExportOverrides {
+    pub endpoint: Option<String>,
+    pub protocol: Option<Protocol>,
+    /// `key=value` items.
+    pub headers: Vec<String>,
+    pub compression: Option<Compression>,
+    pub timeout_ms: Option<u64>,
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl ExportSection {
+    pub const DOCS: crate::config::Docs = &[
+        (
+            "",
+            "OTLP export of metrics, spans and logs. Without an endpoint (here, in\n\
+             --otlp-endpoint or in OTEL_EXPORTER_OTLP_ENDPOINT) nothing is exported.",
+        ),
+        (
+            "endpoint",
+            "e.g. http://collector:4317 (gRPC) or http://collector:4318 (HTTP);\n\
+             null: OTEL_EXPORTER_OTLP_ENDPOINT.",
+        ),
+        (
+            "protocol",
+            "grpc or http/protobuf; null: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc.",
+        ),
+        (
+            "headers",
+            "Request headers (name: value), added to OTEL_EXPORTER_OTLP_HEADERS.",
+        ),
+        (
+            "compression",
+            "gzip, zstd or none; null: OTEL_EXPORTER_OTLP_COMPRESSION, else gzip.",
+        ),
+        (
+            "timeout",
+            "Per-request timeout; null: OTEL_EXPORTER_OTLP_TIMEOUT, else 10s.",
+        ),
+        (
+            "ca",
+            "PEM CA bundle to verify the endpoint; null: OTEL_EXPORTER_OTLP_CERTIFICATE.",
+        ),
+        (
+            "client_cert",
+            "PEM client certificate for mTLS; null: OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE.",
+        ),
+        (
+            "client_key",
+            "PEM client key for mTLS; null: OTEL_EXPORTER_OTLP_CLIENT_KEY.",
+        ),
+        (
+            "interval",
+            "Between metric exports, and the longest a span or log record waits.",
+        ),
+        (
+            "max_batch",
+            "Spans or log records per request at most (a full batch is sent at once).",
+        ),
+        (
+            "queue_bytes",
+            "Memory queue bound, bytes of encoded requests; beyond it requests are\n\
+             dropped (counted).",
+        ),
+        (
+            "disk_queue",
+            "Directory of an on-disk queue: requests survive an outage and a restart,\n\
+             and are replayed in order; null: memory only.",
+        ),
+        (
+            "disk_queue_bytes",
+            "Disk queue bound in bytes; beyond it new requests are dropped (counted).",
+        ),
+        (
+            "max_retry",
+            "How long a request is retried before it is dropped (memory queue only).",
+        ),
+        (
+            "flush_timeout",
+            "At stop, how long queued data may take to leave; what has not left by\n\
+             then is counted as dropped (or stays in the disk queue).",
+        ),
+        ("temporality", "Metric temporality: cumulative or delta."),
+        (
+            "buckets",
+            "Histogram bucket bounds per metric, in its unit (metric name: [bounds]).",
+        ),
+        (
+            "exponential_histograms",
+            "Export histograms as base-2 exponential histograms (buckets do not apply).",
+        ),
+        (
+            "series_limit",
+            "Metric series kept at most; new attribute sets beyond it go to one\n\
+             overflow series (otel.metric.overflow=true) and are counted.",
+        ),
+        (
+            "metric_pids",
+            "Put process.pid on metric data points (unbounded cardinality).",
+        ),
+        (
+            "metric_peers",
+            "Put peer addresses (network.peer.address) on metric data points.",
+        ),
+        (
+            "connection_spans",
+            "Also export one span per TCP connection, connect to close, with resets as\n\
+             span events.",
+        ),
+        (
+            "resource",
+            "Resource attributes (key: value), added to OTEL_RESOURCE_ATTRIBUTES.",
+        ),
+    ];
+
+    /// Checks what can be checked without the environment (`resolve` checks the rest).
+    pub fn validate(&self, at: &str, p: &mut Problems) {
+        if let Some(url) = &self.endpoint {
+            if let Err(e) = parse_url(url, "the file") {
+                p.push(format!("{at}.endpoint"), e);
+            }
+        }
+        for (k, v) in &self.headers {
+            if let Err(e) = header(k, v, "the file") {
+                p.push(format!("{at}.headers.{k}"), e);
+            }
+        }
+        if self.timeout.is_some_and(|t| t < Duration::from_millis(1)) {
+            p.push(format!("{at}.timeout"), "must be at least 1ms");
+        }
+        for (key, v) in [
+            ("interval", self.interval),
+            ("max_retry", self.max_retry),
+            ("flush_timeout", self.flush_timeout),
+        ] {
+            if v.is_zero() || v > Duration::from_secs(86_400) {
+                p.push(
+                    format!("{at}.{key}"),
+                    "must be more than 0s and at most 24h",
+                );
+            }
+        }
+        for (key, v) in [
+            ("max_batch", self.max_batch as u64),
+            ("queue_bytes", self.queue_bytes as u64),
+            ("disk_queue_bytes", self.disk_queue_bytes),
+            ("series_limit", self.series_limit as u64),
+        ] {
+            if v == 0 {
+                p.push(format!("{at}.{key}"), "must be at least 1");
+            }
+        }
+        for (name, bounds) in &self.buckets {
+            if let Err(e) = check_buckets(name, bounds) {
+                p.push(format!("{at}.buckets.{name}"), e);
+            }
+        }
+        for (key, path) in [
+            ("ca", &self.ca),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ] {
+            if let Some(path) = path.as_ref().filter(|p| !p.is_absolute()) {
+                p.push(
+                    format!("{at}.{key}"),
+                    format_args!("{} is not an absolute path", path.display()),
+                );
+            }
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            p.push(
+                format!("{at}.client_cert"),
+                "a client certificate needs its key (client_key) and the other way round",
+            );
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,12 +311,18 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
-    #[error("reading {what} {path}: {source}")]
+    // The OS error is part of the message (not a #[source]) so it is printed once.
+    #[error("reading {path} (from {origin}): {source}")]
     File {
-        what: &'static str,
+        origin: &'static str,
         path: PathBuf,
-        #[source]
         source: std::io::Error,
+    },
+    #[error("{path} (from {origin}) is not a PEM file: no {marker} block")]
+    Pem {
+        origin: &'static str,
+        path: PathBuf,
+        marker: &'static str,
     },
 }
 
@@ -266,20 +444,26 @@ fn signal_index(signal: super::Signal) -> usize {
     }
 }
 
-impl ExportArgs {
+impl ExportSection {
     /// Settings of one signal (`which`: None for the generic ones, else 0..3 = metrics,
-    /// traces, logs): flag, else the per-signal variable, else the generic variable.
-    fn settings(&self, env: &dyn Env, which: Option<usize>) -> Result<SignalSettings, ConfigError> {
+    /// traces, logs): flag, else the per-signal variable, else the generic variable, else
+    /// the file, else the default.
+    fn settings(
+        &self,
+        flags: &ExportOverrides,
+        env: &dyn Env,
+        which: Option<usize>,
+    ) -> Result<SignalSettings, ConfigError> {
         // (value, variable it came from)
         let var = |names: [&'static str; 4]| -> Option<(String, &'static str)> {
             which
                 .and_then(|i| env.var(names[i + 1]).map(|v| (v, names[i + 1])))
                 .or_else(|| env.var(names[0]).map(|v| (v, names[0])))
         };
-        let protocol = match self.otlp_protocol {
+        let protocol = match flags.protocol {
             Some(p) => p,
             None => match var(otlp_var!("PROTOCOL")) {
-                None => Protocol::Grpc,
+                None => self.protocol.unwrap_or(DEFAULT_PROTOCOL),
                 Some((v, name)) => match v.as_str() {
                     "grpc" => Protocol::Grpc,
                     "http/protobuf" => Protocol::HttpProtobuf,
@@ -295,19 +479,22 @@ impl ExportArgs {
         };
 
         let mut headers = Vec::new();
+        for (k, v) in &self.headers {
+            headers.push(header(k, v, "export.headers")?);
+        }
         if let Some((h, name)) = var(otlp_var!("HEADERS")) {
             for item in h.split(',').filter(|s| !s.trim().is_empty()) {
                 headers.push(parse_header(item, name)?);
             }
         }
-        for item in &self.otlp_headers {
+        for item in &flags.headers {
             headers.push(parse_header(item, "--otlp-header")?);
         }
 
-        let compression = match self.otlp_compression {
+        let compression = match flags.compression {
             Some(c) => c,
             None => match var(otlp_var!("COMPRESSION")) {
-                None => Compression::Gzip,
+                None => self.compression.unwrap_or(DEFAULT_COMPRESSION),
                 Some((v, name)) => match v.as_str() {
                     "gzip" => Compression::Gzip,
                     "zstd" => Compression::Zstd,
@@ -322,74 +509,64 @@ impl ExportArgs {
                 },
             },
         };
-        let timeout_ms = match self.otlp_timeout_ms {
-            Some(ms) => ms,
+        let timeout = match flags.timeout_ms {
+            Some(ms) => Duration::from_millis(ms),
             None => match var(otlp_var!("TIMEOUT")) {
-                None => 10_000,
-                Some((v, name)) => v.trim().parse().map_err(|e| ConfigError::Value {
-                    name,
-                    value: v.clone(),
-                    why: format!("{e} (milliseconds expected)"),
-                })?,
+                None => self.timeout.unwrap_or(DEFAULT_TIMEOUT),
+                Some((v, name)) => {
+                    Duration::from_millis(v.trim().parse().map_err(|e| ConfigError::Value {
+                        name,
+                        value: v.clone(),
+                        why: format!("{e} (milliseconds expected)"),
+                    })?)
+                }
             },
         };
-        if timeout_ms == 0 {
+        if timeout < Duration::from_millis(1) {
             return Err(ConfigError::Value {
                 name: "OTLP timeout",
-                value: "0".into(),
+                value: format!("{timeout:?}"),
                 why: "must be at least 1 ms".into(),
             });
         }
-        let file = |flag: &Option<PathBuf>, names: [&'static str; 4], what: &'static str| {
-            let path = flag
+        // (flag, variables, file key, what, PEM marker)
+        let file = |flag: &Option<PathBuf>,
+                    names: [&'static str; 4],
+                    file: &Option<PathBuf>,
+                    key: &'static str,
+                    marker: &'static str| {
+            let found = flag
                 .clone()
-                .or_else(|| var(names).map(|(v, _)| PathBuf::from(v)));
-            path.map(|p| {
-                std::fs::read(&p).map_err(|source| ConfigError::File {
-                    what,
-                    path: p,
-                    source,
-                })
-            })
-            .transpose()
+                .map(|p| (p, key_flag(key)))
+                .or_else(|| var(names).map(|(v, name)| (PathBuf::from(v), name)))
+                .or_else(|| file.clone().map(|p| (p, key)));
+            found
+                .map(|(path, origin)| read_pem(path, origin, marker))
+                .transpose()
         };
         let tls = TlsFiles {
-            ca: file(&self.otlp_ca, otlp_var!("CERTIFICATE"), "CA")?,
-            client_cert: file(
-                &self.otlp_client_cert,
-                otlp_var!("CLIENT_CERTIFICATE"),
-                "client certificate",
+            ca: file(
+                &flags.ca,
+                otlp_var!("CERTIFICATE"),
+                &self.ca,
+                "export.ca",
+                CERT_MARKER,
             )?,
-            client_key: file(&self.otlp_client_key, otlp_var!("CLIENT_KEY"), "client key")?,
+            client_cert: file(
+                &flags.client_cert,
+                otlp_var!("CLIENT_CERTIFICATE"),
+                &self.client_cert,
+                "export.client_cert",
+                CERT_MARKER,
+            )?,
+            client_key: file(
+                &flags.client_key,
+                otlp_var!("CLIENT_KEY"),
+                &self.client_key,
+                "export.client_key",
+                KEY_MARKER,
+            )?,
         };
-        // Checked here so a wrong file is named at start, not retried as a connect error.
-        for (pem, what, marker) in [
-            (
-                &tls.ca,
-                "--otlp-ca / OTEL_EXPORTER_OTLP_[<SIGNAL>_]CERTIFICATE",
-                "-----BEGIN CERTIFICATE-----",
-            ),
-            (
-                &tls.client_cert,
-                "--otlp-client-cert / OTEL_EXPORTER_OTLP_[<SIGNAL>_]CLIENT_CERTIFICATE",
-                "-----BEGIN CERTIFICATE-----",
-            ),
-            (
-                &tls.client_key,
-                "--otlp-client-key / OTEL_EXPORTER_OTLP_[<SIGNAL>_]CLIENT_KEY",
-                "PRIVATE KEY-----",
-            ),
-        ] {
-            if let Some(bytes) = pem {
-                if !String::from_utf8_lossy(bytes).contains(marker) {
-                    return Err(ConfigError::Value {
-                        name: "PEM file",
-                        value: what.into(),
-                        why: format!("no {marker} block"),
-                    });
-                }
-            }
-        }
         if tls.client_cert.is_some() != tls.client_key.is_some() {
             return Err(ConfigError::Value {
                 name: "mTLS",
@@ -401,21 +578,59 @@ impl ExportArgs {
             protocol,
             headers,
             compression,
-            timeout: Duration::from_millis(timeout_ms),
+            timeout,
             tls,
         })
     }
 
-    /// None when no endpoint is configured anywhere: the agent runs without export.
-    pub fn resolve(&self, env: &dyn Env) -> Result<Option<ExportConfig>, ConfigError> {
-        let generic = self
-            .otlp_endpoint
+    /// None when no endpoint is configured anywhere: the agent runs without export. Every
+    /// setting is checked either way, so a wrong one is named at start even when unused.
+    pub fn resolve(
+        &self,
+        flags: &ExportOverrides,
+        env: &dyn Env,
+    ) -> Result<Option<ExportConfig>, ConfigError> {
+        let generic_settings = self.settings(flags, env, None)?;
+        let signals = [
+            self.settings(flags, env, Some(0))?,
+            self.settings(flags, env, Some(1))?,
+            self.settings(flags, env, Some(2))?,
+        ];
+        let mut buckets = BTreeMap::new();
+        for (name, bounds) in &self.buckets {
+            check_buckets(name, bounds).map_err(|why| ConfigError::Value {
+                name: "export.buckets",
+                value: name.clone(),
+                why,
+            })?;
+            buckets.insert(name.clone(), bounds.clone());
+        }
+        let mut resource: Vec<(String, String)> = self
+            .resource
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(attrs) = env.var("OTEL_RESOURCE_ATTRIBUTES") {
+            for item in attrs.split(',').filter(|s| !s.trim().is_empty()) {
+                resource.push(parse_kv(item, "OTEL_RESOURCE_ATTRIBUTES")?);
+            }
+        }
+        if let Some(name) = env.var("OTEL_SERVICE_NAME") {
+            resource.push(("service.name".into(), name));
+        }
+
+        let generic = flags
+            .endpoint
             .clone()
             .map(|u| (u, "--otlp-endpoint"))
             .or_else(|| {
                 env.var("OTEL_EXPORTER_OTLP_ENDPOINT")
                     .map(|u| (u, "OTEL_EXPORTER_OTLP_ENDPOINT"))
-            });
+            })
+            .or_else(|| self.endpoint.clone().map(|u| (u, "export.endpoint")));
+        if let Some((url, origin)) = &generic {
+            parse_url(url, origin)?;
+        }
         let per_signal = |name: &'static str| env.var(name).map(|u| (u, name));
         let metrics_env = per_signal("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
         let traces_env = per_signal("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
@@ -424,16 +639,10 @@ impl ExportArgs {
         {
             return Ok(None);
         }
-        let generic_settings = self.settings(env, None)?;
-        let signals = [
-            self.settings(env, Some(0))?,
-            self.settings(env, Some(1))?,
-            self.settings(env, Some(2))?,
-        ];
         let signal = |own: Option<(String, &'static str)>, protocol: Protocol, path: &str| {
             // A per-signal variable is the full URL; the generic one is a base to which
             // HTTP appends /v1/<signal> (gRPC routes by service, not path).
-            if self.otlp_endpoint.is_none() {
+            if flags.endpoint.is_none() {
                 if let Some((url, origin)) = own {
                     return parse_url(&url, origin);
                 }
@@ -466,30 +675,6 @@ impl ExportArgs {
             timeout,
             tls,
         } = generic_settings;
-
-        let interval = positive_secs(self.otlp_interval, 10.0, "--otlp-interval")?;
-        let max_retry = positive_secs(self.otlp_max_retry, 300.0, "--otlp-max-retry")?;
-        let max_batch = self.otlp_max_batch.unwrap_or(512).max(1);
-
-        let mut buckets = BTreeMap::new();
-        for spec in &self.otlp_buckets {
-            let (name, bounds) = parse_buckets(spec)?;
-            buckets.insert(name, bounds);
-        }
-
-        let mut resource = Vec::new();
-        if let Some(attrs) = env.var("OTEL_RESOURCE_ATTRIBUTES") {
-            for item in attrs.split(',').filter(|s| !s.trim().is_empty()) {
-                resource.push(parse_kv(item, "OTEL_RESOURCE_ATTRIBUTES")?);
-            }
-        }
-        if let Some(name) = env.var("OTEL_SERVICE_NAME") {
-            resource.push(("service.name".into(), name));
-        }
-        for item in &self.otlp_resource {
-            resource.push(parse_kv(item, "--otlp-resource")?);
-        }
-
         Ok(Some(ExportConfig {
             signals,
             protocol,
@@ -498,38 +683,57 @@ impl ExportArgs {
             compression,
             timeout,
             tls,
-            interval,
-            max_batch,
-            queue_bytes: self.otlp_queue_bytes.unwrap_or(16 << 20).max(1),
-            disk_queue: self.otlp_disk_queue.clone(),
-            disk_queue_bytes: self.otlp_disk_queue_bytes.unwrap_or(256 << 20).max(1),
-            max_retry,
-            temporality: self.otlp_temporality.unwrap_or(Temporality::Cumulative),
+            interval: self.interval,
+            max_batch: self.max_batch.max(1),
+            queue_bytes: self.queue_bytes.max(1),
+            disk_queue: self.disk_queue.clone(),
+            disk_queue_bytes: self.disk_queue_bytes.max(1),
+            max_retry: self.max_retry,
+            temporality: self.temporality,
             buckets,
-            exponential_histograms: self.otlp_exponential_histograms,
-            series_limit: self.otlp_series_limit.unwrap_or(10_000).max(1),
-            metric_pids: self.otlp_metric_pids,
-            metric_peers: self.otlp_metric_peers,
-            connection_spans: self.otlp_connection_spans,
+            exponential_histograms: self.exponential_histograms,
+            series_limit: self.series_limit.max(1),
+            metric_pids: self.metric_pids,
+            metric_peers: self.metric_peers,
+            connection_spans: self.connection_spans,
             resource,
         }))
     }
 }
 
-fn positive_secs(
-    v: Option<f64>,
-    default: f64,
-    name: &'static str,
-) -> Result<Duration, ConfigError> {
-    let v = v.unwrap_or(default);
-    if !(v > 0.0 && v <= 86_400.0) {
-        return Err(ConfigError::Value {
-            name,
-            value: v.to_string(),
-            why: "must be between 0 and 86400 seconds".into(),
+const CERT_MARKER: &str = "-----BEGIN CERTIFICATE-----";
+const KEY_MARKER: &str = "PRIVATE KEY-----";
+
+/// The flag that sets an environment-backed key, for messages.
+fn key_flag(key: &'static str) -> &'static str {
+    match key {
+        "export.ca" => "--otlp-ca",
+        "export.client_cert" => "--otlp-client-cert",
+        "export.client_key" => "--otlp-client-key",
+        _ => key,
+    }
+}
+
+/// Reads a PEM file, checked here so that a wrong file is named at start, not retried
+/// as a connect error.
+fn read_pem(
+    path: PathBuf,
+    origin: &'static str,
+    marker: &'static str,
+) -> Result<Vec<u8>, ConfigError> {
+    let bytes = std::fs::read(&path).map_err(|source| ConfigError::File {
+        origin,
+        path: path.clone(),
+        source,
+    })?;
+    if !String::from_utf8_lossy(&bytes).contains(marker) {
+        return Err(ConfigError::Pem {
+            origin,
+            path,
+            marker,
         });
     }
-    Ok(Duration::from_secs_f64(v))
+    Ok(bytes)
 }
 
 fn parse_url(url: &str, origin: &'static str) -> Result<Url, ConfigError> {
@@ -549,6 +753,11 @@ fn parse_url(url: &str, origin: &'static str) -> Result<Url, ConfigError> {
         return Err(err("no host".into()));
     }
     Ok(parsed)
+}
+
+/// `key=value` of a flag, percent-decoded as the OTLP exporter specification says.
+pub fn parse_key_value(item: &str, origin: &'static str) -> Result<(String, String), ConfigError> {
+    parse_kv(item, origin)
 }
 
 /// `key=value`, percent-decoded as the OTLP exporter specification says for headers.
@@ -585,6 +794,23 @@ fn parse_header(
     Ok((name, value))
 }
 
+/// A header from the file (`name: value`, not percent-encoded).
+fn header(
+    k: &str,
+    v: &str,
+    origin: &'static str,
+) -> Result<(HeaderName, HeaderValue), ConfigError> {
+    let err = |why: String| ConfigError::Header {
+        header: format!("{k}: {v}"),
+        origin,
+        why,
+    };
+    let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+        .map_err(|e| err(format!("name: {e}")))?;
+    let value = HeaderValue::from_str(v).map_err(|e| err(format!("value: {e}")))?;
+    Ok((name, value))
+}
+
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -602,30 +828,34 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn parse_buckets(spec: &str) -> Result<(String, Vec<f64>), ConfigError> {
-    let err = |why: &str| ConfigError::Value {
-        name: "--otlp-buckets",
-        value: spec.to_string(),
-        why: why.to_string(),
-    };
+/// `NAME=b1,b2,…` of `--otlp-buckets`.
+pub fn parse_buckets(spec: &str) -> Result<(String, Vec<f64>), String> {
     let (name, list) = spec
         .split_once('=')
-        .ok_or_else(|| err("NAME=b1,b2,… expected"))?;
+        .ok_or_else(|| "NAME=b1,b2,… expected".to_string())?;
     let bounds = list
         .split(',')
         .map(|b| b.trim().parse::<f64>())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| err("bounds must be numbers"))?;
+        .map_err(|_| "bounds must be numbers".to_string())?;
+    let name = name.trim().to_string();
+    check_buckets(&name, &bounds)?;
+    Ok((name, bounds))
+}
+
+pub fn check_buckets(name: &str, bounds: &[f64]) -> Result<(), String> {
     if bounds.is_empty()
         || bounds.iter().any(|b| !b.is_finite())
         || bounds.windows(2).any(|w| w[0] >= w[1])
     {
-        return Err(err("bounds must be finite and strictly increasing"));
+        return Err("bounds must be finite and strictly increasing".into());
     }
-    if !super::metrics::is_histogram(name.trim()) {
-        return Err(err("not a histogram metric (see docs/metrics.md)"));
+    if !super::metrics::is_histogram(name) {
+        return Err(format!(
+            "{name} is not a histogram metric (see docs/metrics.md)"
+        ));
     }
-    Ok((name.trim().to_string(), bounds))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -638,22 +868,28 @@ mod tests {
 
     #[test]
     fn no_endpoint_no_export() {
-        assert!(ExportArgs::default().resolve(&env(&[])).unwrap().is_none());
+        assert!(ExportSection::default()
+            .resolve(&ExportOverrides::default(), &env(&[]))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
     fn http_appends_signal_paths_and_per_signal_env_is_used_as_is() {
-        let c = ExportArgs::default()
-            .resolve(&env(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-                ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "https://l:1/custom"),
-                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b,x-team=net"),
-                ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
-                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
-                ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod"),
-                ("OTEL_SERVICE_NAME", "edge"),
-            ]))
+        let c = ExportSection::default()
+            .resolve(
+                &ExportOverrides::default(),
+                &env(&[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                    ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "https://l:1/custom"),
+                    ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b,x-team=net"),
+                    ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+                    ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                    ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod"),
+                    ("OTEL_SERVICE_NAME", "edge"),
+                ]),
+            )
             .unwrap()
             .unwrap();
         assert_eq!(c.protocol, Protocol::HttpProtobuf);
@@ -669,16 +905,19 @@ mod tests {
 
     #[test]
     fn flags_win_over_env() {
-        let args = ExportArgs {
-            otlp_endpoint: Some("http://flag:4317".into()),
-            otlp_protocol: Some(Protocol::Grpc),
+        let flags = ExportOverrides {
+            endpoint: Some("http://flag:4317".into()),
+            protocol: Some(Protocol::Grpc),
             ..Default::default()
         };
-        let c = args
-            .resolve(&env(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-            ]))
+        let c = ExportSection::default()
+            .resolve(
+                &flags,
+                &env(&[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318"),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ]),
+            )
             .unwrap()
             .unwrap();
         assert_eq!(c.protocol, Protocol::Grpc);
@@ -691,33 +930,41 @@ mod tests {
             ("not a url", "invalid OTLP endpoint"),
             ("ftp://x:1", "http or https expected"),
         ] {
-            let args = ExportArgs {
-                otlp_endpoint: Some(url.into()),
+            let flags = ExportOverrides {
+                endpoint: Some(url.into()),
                 ..Default::default()
             };
-            let e = args.resolve(&env(&[])).unwrap_err().to_string();
+            let e = ExportSection::default()
+                .resolve(&flags, &env(&[]))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{e}");
         }
-        let e = ExportArgs::default()
-            .resolve(&env(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
-            ]))
+        let e = ExportSection::default()
+            .resolve(
+                &ExportOverrides::default(),
+                &env(&[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                    ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
+                ]),
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("key=value expected"), "{e}");
-        let args = ExportArgs {
-            otlp_endpoint: Some("http://c:4317".into()),
-            otlp_headers: vec!["bad name=x".into()],
+        let flags = ExportOverrides {
+            endpoint: Some("http://c:4317".into()),
+            headers: vec!["bad name=x".into()],
             ..Default::default()
         };
-        assert!(args.resolve(&env(&[])).is_err());
-        let args = ExportArgs {
-            otlp_endpoint: Some("http://c:4317".into()),
-            otlp_buckets: vec!["tcp.connect.duration=0.1,0.01".into()],
-            ..Default::default()
-        };
-        assert!(args.resolve(&env(&[])).is_err());
+        assert!(ExportSection::default().resolve(&flags, &env(&[])).is_err());
+        assert!(parse_buckets("tcp.connect.duration=0.1,0.01").is_err());
+        let mut section = ExportSection::default();
+        section
+            .buckets
+            .insert("tcp.connect.duration".into(), vec![0.1, 0.01]);
+        let mut p = Problems::default();
+        section.validate("export", &mut p);
+        assert_eq!(p.0[0].path, "export.buckets.tcp.connect.duration");
     }
 
     #[test]
@@ -746,21 +993,24 @@ mod tests {
         let ca_s: &'static str = Box::leak(ca.display().to_string().into_boxed_str());
         let cert_s: &'static str = Box::leak(cert.display().to_string().into_boxed_str());
         let key_s: &'static str = Box::leak(key.display().to_string().into_boxed_str());
-        let c = ExportArgs::default()
-            .resolve(&env(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                ("OTEL_EXPORTER_OTLP_HEADERS", "k=generic"),
-                ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
-                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "k=traces,t=1"),
-                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "3000"),
-                ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", ca_s),
-                ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none"),
-                ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "zstd"),
-                ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf"),
-                ("OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE", cert_s),
-                ("OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY", key_s),
-            ]))
+        let c = ExportSection::default()
+            .resolve(
+                &ExportOverrides::default(),
+                &env(&[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                    ("OTEL_EXPORTER_OTLP_HEADERS", "k=generic"),
+                    ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+                    ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "k=traces,t=1"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "3000"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", ca_s),
+                    ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none"),
+                    ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "zstd"),
+                    ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf"),
+                    ("OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE", cert_s),
+                    ("OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY", key_s),
+                ]),
+            )
             .unwrap()
             .unwrap();
         let (m, t, l) = (
@@ -804,19 +1054,22 @@ mod tests {
     #[test]
     fn flags_win_over_per_signal_variables_and_bad_ones_are_named() {
         use crate::export::Signal;
-        let args = ExportArgs {
-            otlp_endpoint: Some("http://flag:4317".into()),
-            otlp_timeout_ms: Some(700),
-            otlp_compression: Some(Compression::Gzip),
-            otlp_headers: vec!["f=1".into()],
+        let flags = ExportOverrides {
+            endpoint: Some("http://flag:4317".into()),
+            timeout_ms: Some(700),
+            compression: Some(Compression::Gzip),
+            headers: vec!["f=1".into()],
             ..Default::default()
         };
-        let c = args
-            .resolve(&env(&[
-                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "3000"),
-                ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
-                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "e=2"),
-            ]))
+        let c = ExportSection::default()
+            .resolve(
+                &flags,
+                &env(&[
+                    ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "3000"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "e=2"),
+                ]),
+            )
             .unwrap()
             .unwrap();
         let t = c.signal(Signal::Traces);
@@ -830,32 +1083,118 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "brotli"),
             ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon"),
         ] {
-            let e = ExportArgs::default()
-                .resolve(&env(&[
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                    (var, value),
-                ]))
+            let e = ExportSection::default()
+                .resolve(
+                    &ExportOverrides::default(),
+                    &env(&[
+                        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                        (var, value),
+                    ]),
+                )
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(var), "{e}");
         }
-        let e = ExportArgs::default()
-            .resolve(&env(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "novalue"),
-            ]))
+        let e = ExportSection::default()
+            .resolve(
+                &ExportOverrides::default(),
+                &env(&[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                    ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "novalue"),
+                ]),
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("OTEL_EXPORTER_OTLP_LOGS_HEADERS"), "{e}");
     }
 
     #[test]
-    fn args_deserialize_from_config() {
-        let a: ExportArgs = serde_json::from_str(
-            r#"{"otlp_endpoint":"http://c:4318","otlp_protocol":"http/protobuf","otlp_buckets":["tcp.connect.duration=0.001,0.01"]}"#,
+    fn file_values_sit_below_the_environment_and_flags() {
+        let section: ExportSection = serde_json::from_str(
+            r#"{"endpoint":"http://file:4318","protocol":"http/protobuf","timeout":"2s",
+                "buckets":{"tcp.connect.duration":[0.001,0.01]},"headers":{"x-file":"1"}}"#,
         )
         .unwrap();
-        let c = a.resolve(&env(&[])).unwrap().unwrap();
+        let c = section
+            .resolve(&ExportOverrides::default(), &env(&[]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.endpoints.metrics.as_str(), "http://file:4318/v1/metrics");
+        assert_eq!(c.timeout, Duration::from_secs(2));
         assert_eq!(c.buckets["tcp.connect.duration"], vec![0.001, 0.01]);
+        assert_eq!(c.headers[0].0.as_str(), "x-file");
+        // The environment beats the file; a flag beats both.
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000"),
+        ]);
+        let c = section
+            .resolve(&ExportOverrides::default(), &e)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.endpoints.metrics.host_str(), Some("env"));
+        assert_eq!(c.protocol, Protocol::Grpc);
+        assert_eq!(c.timeout, Duration::from_secs(3));
+        let flags = ExportOverrides {
+            endpoint: Some("http://flag:4317".into()),
+            timeout_ms: Some(700),
+            ..Default::default()
+        };
+        let c = section.resolve(&flags, &e).unwrap().unwrap();
+        assert_eq!(c.endpoints.metrics.host_str(), Some("flag"));
+        assert_eq!(c.timeout, Duration::from_millis(700));
+    }
+
+    #[test]
+    fn settings_are_checked_without_an_endpoint() {
+        let none = ExportOverrides::default();
+        let bad_header = ExportOverrides {
+            headers: vec!["novalue".into()],
+            ..Default::default()
+        };
+        let e = ExportSection::default()
+            .resolve(&bad_header, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key=value expected"), "{e}");
+        let missing_ca = ExportOverrides {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let e = ExportSection::default()
+            .resolve(&missing_ca, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        // The OS reason once, the file and where it came from named.
+        assert_eq!(e.matches("No such file").count(), 1, "{e}");
+        assert!(
+            e.contains("/nonexistent/ca.pem") && e.contains("--otlp-ca"),
+            "{e}"
+        );
+        let e = ExportSection::default()
+            .resolve(&none, &env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "bogus")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_pem_is_named() {
+        let path = std::env::temp_dir().join(format!("hostscope-notpem-{}", std::process::id()));
+        std::fs::write(&path, "hello").unwrap();
+        let flags = ExportOverrides {
+            ca: Some(path.clone()),
+            ..Default::default()
+        };
+        let e = ExportSection::default()
+            .resolve(&flags, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("not a PEM file"),
+            "{e}"
+        );
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -114,6 +114,10 @@ metrics! {
         "Export requests retried after a retryable failure.";
     OwnSeriesOverflow = "hostscope.metrics.series_overflow", Counter, "{measurement}", true, NONE,
         "Measurements folded into the overflow series because the series cap was reached.";
+    OwnConfigReloads = "hostscope.config.reloads", Counter, "{reload}", true, NONE,
+        "Configuration reloads by hostscope.config.result (applied, invalid, partial).";
+    OwnConfigGeneration = "hostscope.config.generation", Gauge, "{generation}", true, NONE,
+        "Generation of the running configuration: 1 at start, one more per reload taken.";
     OwnMetadataEvents = "hostscope.metadata.events", Counter, "{event}", true, NONE,
         "Identity resolution counters by hostscope.metadata.counter (cache_hits, identity_builds, cgroup_misses, cgroup_unresolved, unknown_runtimes, process_reads, processes_gone, kube_events, kube_errors, ...).";
     OwnMetadataCached = "hostscope.metadata.cached", Gauge, "{entry}", true, NONE,
@@ -686,6 +690,16 @@ impl MetricsState {
             self.set_total(M::OwnExportItems, key, *n as i64, now);
         }
         self.set_total(M::OwnExportRetries, Vec::new(), export.retries as i64, now);
+        let c = &stats.config;
+        for (result, n) in [
+            ("applied", c.applied),
+            ("invalid", c.invalid),
+            ("partial", c.partial),
+        ] {
+            let key = vec![("hostscope.config.result".to_string(), Val::S(result.into()))];
+            self.set_total(M::OwnConfigReloads, key, n as i64, now);
+        }
+        self.set_gauge(M::OwnConfigGeneration, Vec::new(), c.generation as f64, now);
         let overflowed = self.overflowed;
         self.set_total(M::OwnSeriesOverflow, Vec::new(), overflowed, now);
     }

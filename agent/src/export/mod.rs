@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use config::{ConfigError, ExportArgs, ExportConfig};
+pub use config::{ConfigError, ExportConfig, ExportOverrides, ExportSection};
 use opentelemetry_proto::tonic::{
     collector::{
         logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,

@@ -35,7 +35,8 @@ pub const DEFAULT_WATCH_PATHS: &[&str] = &[
 ];
 
 /// Which programs count syscalls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SyscallHooks {
     /// tp_btf (cheapest), else raw tracepoints.
     Auto,
@@ -85,25 +86,279 @@ pub struct SyscallRuntime {
 }
 
 impl Default for SyscallOptions {
+    /// The built-in configuration tree's defaults.
     fn default() -> Self {
-        SyscallOptions {
-            hooks: SyscallHooks::Auto,
-            security: true,
-            watch_paths: DEFAULT_WATCH_PATHS.iter().map(|s| s.to_string()).collect(),
-            ring_bytes: SYSCALL_EVENTS_RING_BYTES,
-            max_keys: None,
-            start_slots: None,
-            runtime: SyscallRuntime::default(),
-            interval: Duration::from_secs(5),
-            error_burst_per_s: 50.0,
-            error_burst_min: 20,
+        SyscallsSection::default()
+            .options()
+            .expect("the built-in syscalls section is valid")
+    }
+}
+
+/// A syscall by name (`openat`) or number, as the configuration file may give it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum SyscallRef {
+    Number(u32),
+    Name(String),
+}
+
+/// A cgroup v2 by id, or by its directory (whose inode number is its id).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum CgroupRef {
+    Id(u64),
+    Path(String),
+}
+
+impl CgroupRef {
+    pub fn id(&self) -> Result<u64, String> {
+        use std::os::unix::fs::MetadataExt;
+        match self {
+            CgroupRef::Id(id) => Ok(*id),
+            CgroupRef::Path(p) => {
+                if let Ok(id) = p.parse::<u64>() {
+                    return Ok(id);
+                }
+                let m = std::fs::metadata(p).map_err(|e| format!("cgroup {p}: {e}"))?;
+                if !m.is_dir() {
+                    return Err(format!("cgroup {p}: not a directory"));
+                }
+                Ok(m.ino())
+            }
         }
     }
 }
 
+/// `syscalls:` in the configuration: aggregation, filters, alerts and watched paths.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyscallsSection {
+    pub hooks: SyscallHooks,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub by_cgroup: bool,
+    pub pid: Option<u32>,
+    pub cgroup: Option<CgroupRef>,
+    pub syscalls: Vec<SyscallRef>,
+    #[serde(with = "humantime_serde")]
+    pub slow_threshold: Option<Duration>,
+    pub max_keys: Option<u32>,
+    pub ring_bytes: u32,
+    pub error_burst_rate: f64,
+    pub error_burst_min: u64,
+    pub security: bool,
+    pub default_watch_paths: bool,
+    pub watch_paths: Vec<String>,
+}
+
+impl Default for SyscallsSection {
+    fn default() -> Self {
+        SyscallsSection {
+            hooks: SyscallHooks::Auto,
+            interval: Duration::from_secs(5),
+            by_cgroup: false,
+            pid: None,
+            cgroup: None,
+            syscalls: Vec::new(),
+            slow_threshold: None,
+            max_keys: None,
+            ring_bytes: SYSCALL_EVENTS_RING_BYTES,
+            error_burst_rate: 50.0,
+            error_burst_min: 20,
+            security: true,
+            default_watch_paths: true,
+            watch_paths: Vec::new(),
+        }
+    }
+}
+
+impl SyscallsSection {
+    pub const DOCS: crate::config::Docs = &[
+        (
+            "",
+            "System calls, aggregated in the kernel, and access to watched paths.",
+        ),
+        (
+            "hooks",
+            "Programs counting syscalls: auto (tp-btf, else raw-tp), tp-btf, raw-tp, off.",
+        ),
+        (
+            "interval",
+            "How often the in-kernel aggregation is read and reset (50ms to 1h).",
+        ),
+        ("by_cgroup", "Aggregate per cgroup instead of per process."),
+        (
+            "pid",
+            "Count only this process (tgid); null: every process.",
+        ),
+        (
+            "cgroup",
+            "Count only this cgroup v2: its id, or its directory; null: every cgroup.",
+        ),
+        (
+            "syscalls",
+            "Count only these syscalls (names or numbers); []: all.",
+        ),
+        (
+            "slow_threshold",
+            "Report each syscall at least this slow (e.g. 100ms), with slow alerts;\n\
+             null: none.",
+        ),
+        (
+            "max_keys",
+            "Size of the aggregation map in keys (16 to 1048576); null: what fits\n\
+             64 MiB on this machine's CPU count, at most 16384.",
+        ),
+        (
+            "ring_bytes",
+            "Size of the syscall event ring in bytes (a power of two).",
+        ),
+        (
+            "error_burst_rate",
+            "Error-burst alert: errors per second of one (process, syscall, errno).",
+        ),
+        (
+            "error_burst_min",
+            "Error-burst alert: at least this many errors in one interval.",
+        ),
+        ("security", "Report opens and execs of watched paths."),
+        (
+            "default_watch_paths",
+            "Watch /etc/shadow, /etc/gshadow, /etc/sudoers, /root/.ssh/ and the\n\
+             Kubernetes service-account token directories.",
+        ),
+        (
+            "watch_paths",
+            "More absolute path prefixes to watch (a trailing / watches a tree).",
+        ),
+    ];
+
+    /// The watched paths in effect: the defaults (when on) then the configured ones.
+    pub fn effective_watch_paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = Vec::new();
+        if self.default_watch_paths {
+            paths.extend(DEFAULT_WATCH_PATHS.iter().map(|s| s.to_string()));
+        }
+        for p in &self.watch_paths {
+            if !paths.contains(p) {
+                paths.push(p.clone());
+            }
+        }
+        paths
+    }
+
+    pub fn validate(&self, at: &str, p: &mut crate::config::Problems) {
+        if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&self.interval) {
+            p.push(format!("{at}.interval"), "must be between 50ms and 1h");
+        }
+        if let Some(CgroupRef::Path(_)) = &self.cgroup {
+            if let Some(Err(e)) = self.cgroup.as_ref().map(CgroupRef::id) {
+                p.push(format!("{at}.cgroup"), e);
+            }
+        }
+        for (i, s) in self.syscalls.iter().enumerate() {
+            if let Err(e) = syscall_number(s) {
+                p.push(format!("{at}.syscalls[{i}]"), e);
+            }
+        }
+        if let Some(t) = self.slow_threshold {
+            if t.is_zero() {
+                p.push(format!("{at}.slow_threshold"), "must be more than 0");
+            }
+        }
+        if let Some(k) = self.max_keys {
+            if !(16..=1_048_576).contains(&k) {
+                p.push(
+                    format!("{at}.max_keys"),
+                    format_args!("{k} is not between 16 and 1048576"),
+                );
+            }
+        }
+        if let Err(e) = super::tcp::check_ring_bytes(self.ring_bytes) {
+            p.push(format!("{at}.ring_bytes"), e);
+        }
+        if !(self.error_burst_rate > 0.0 && self.error_burst_rate.is_finite()) {
+            p.push(
+                format!("{at}.error_burst_rate"),
+                "must be a positive number",
+            );
+        }
+        for (i, path) in self.watch_paths.iter().enumerate() {
+            if let Err(e) = check_watch_path(path) {
+                p.push(format!("{at}.watch_paths[{i}]"), e);
+            }
+        }
+        let n = self.effective_watch_paths().len();
+        if n > WATCHED_PATHS_MAX as usize {
+            p.push(
+                format!("{at}.watch_paths"),
+                OptionError::TooMany {
+                    n,
+                    max: WATCHED_PATHS_MAX,
+                },
+            );
+        }
+        if self.security && n == 0 {
+            p.push(
+                format!("{at}.watch_paths"),
+                "no watched paths: turn default_watch_paths on, add watch_paths, or set \
+                 security: false",
+            );
+        }
+    }
+
+    /// The running family's options (call after `validate`).
+    pub fn options(&self) -> Result<SyscallOptions, String> {
+        let syscalls = self
+            .syscalls
+            .iter()
+            .map(syscall_number)
+            .collect::<Result<Vec<_>, _>>()?;
+        let runtime = SyscallRuntime {
+            key_by_cgroup: self.by_cgroup,
+            pid: self.pid,
+            tid: None,
+            cgroup_id: self.cgroup.as_ref().map(CgroupRef::id).transpose()?,
+            syscalls,
+            slow_ns: self.slow_threshold.map(|t| t.as_nanos() as u64),
+        };
+        // The probe's view of the filters is checked now, not at load time.
+        runtime
+            .to_config(0, RingConfig::DEFAULT)
+            .map_err(|e| e.to_string())?;
+        Ok(SyscallOptions {
+            hooks: self.hooks,
+            security: self.security,
+            watch_paths: self.effective_watch_paths(),
+            ring_bytes: self.ring_bytes,
+            max_keys: self.max_keys,
+            start_slots: None,
+            runtime,
+            interval: self.interval,
+            error_burst_per_s: self.error_burst_rate,
+            error_burst_min: self.error_burst_min,
+        })
+    }
+}
+
+fn syscall_number(s: &SyscallRef) -> Result<u32, String> {
+    let nr = match s {
+        SyscallRef::Number(n) => *n,
+        SyscallRef::Name(name) => crate::events::syscalls::parse_syscall(name)?,
+    };
+    if nr >= SYSCALL_NR_MAX {
+        return Err(OptionError::SyscallRange {
+            nr,
+            max: SYSCALL_NR_MAX,
+        }
+        .to_string());
+    }
+    Ok(nr)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OptionError {
-    #[error("watched path {path:?} must be absolute")]
+    #[error("{path:?} is not an absolute path")]
     NotAbsolute { path: String },
     #[error("watched path {path:?} is longer than {max} bytes")]
     TooLong { path: String, max: usize },

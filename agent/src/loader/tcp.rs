@@ -16,6 +16,57 @@ use crate::kernel::{
 /// Maps `hostscope dump` can read after pinning.
 pub const PINNED_MAPS: &[&str] = &[TCP_CONNS_MAP, TCP_STATS_MAP, TCP_CONFIG_MAP];
 
+/// `tcp:` in the configuration. Both sizes are fixed when the probes load.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpSection {
+    pub ring_bytes: u32,
+    pub max_connections: u32,
+}
+
+impl Default for TcpSection {
+    fn default() -> Self {
+        TcpSection {
+            ring_bytes: TCP_EVENTS_RING_BYTES,
+            max_connections: TCP_CONNS_MAX,
+        }
+    }
+}
+
+impl TcpSection {
+    pub const DOCS: crate::config::Docs = &[
+        (
+            "",
+            "TCP connections: latency, failures, retransmits, resets, close summaries.",
+        ),
+        (
+            "ring_bytes",
+            "Size of the TCP event ring in bytes (a power of two, at least 4096).",
+        ),
+        (
+            "max_connections",
+            "Connections tracked at once; beyond it new ones are counted, not tracked.",
+        ),
+    ];
+
+    pub fn validate(&self, at: &str, p: &mut crate::config::Problems) {
+        if let Err(e) = check_ring_bytes(self.ring_bytes) {
+            p.push(format!("{at}.ring_bytes"), e);
+        }
+        if self.max_connections == 0 {
+            p.push(format!("{at}.max_connections"), "must be at least 1");
+        }
+    }
+}
+
+/// A ring's size: the kernel wants a power-of-two number of pages.
+pub fn check_ring_bytes(v: u32) -> Result<(), String> {
+    if v < 4096 || !v.is_power_of_two() {
+        return Err(format!("{v} is not a power of two of at least 4096"));
+    }
+    Ok(())
+}
+
 /// What the running kernel offers the TCP family, found before loading.
 #[derive(Clone, Debug)]
 pub struct TcpPlan {

@@ -20,6 +20,53 @@ use crate::kernel::mounts;
 /// Maps `hostscope dump` can read after pinning.
 pub const PINNED_MAPS: &[&str] = &[TLS_FAILURES_MAP, TLS_STATS_MAP];
 
+/// `tls:` in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    pub uprobe_io: bool,
+    #[serde(with = "humantime_serde")]
+    pub library_rescan_interval: std::time::Duration,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            uprobe_io: false,
+            library_rescan_interval: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+impl TlsSection {
+    pub const DOCS: crate::config::Docs = &[
+        (
+            "",
+            "TLS handshakes: from the wire for any library, outcome from OpenSSL.",
+        ),
+        (
+            "uprobe_io",
+            "Also probe SSL_read/SSL_write[_ex]: the outcome of handshakes run inside\n\
+             them, at the cost of a uprobe trap on every TLS read and write.",
+        ),
+        (
+            "library_rescan_interval",
+            "How often new OpenSSL copies (new containers, programs) are looked for.",
+        ),
+    ];
+
+    pub fn validate(&self, at: &str, p: &mut crate::config::Problems) {
+        if !(std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(3600))
+            .contains(&self.library_rescan_interval)
+        {
+            p.push(
+                format!("{at}.library_rescan_interval"),
+                "must be between 100ms and 1h",
+            );
+        }
+    }
+}
+
 /// Where distributions put the system OpenSSL; processes' own copies are found in
 /// `/proc/<pid>/maps`.
 const SYSTEM_LIBSSL: &[&str] = &[

@@ -125,7 +125,7 @@ impl Identity {
     }
 }
 
-/// Metadata options: serde for a config file, [`MetadataArgs`] for the command line.
+/// `metadata:` in the configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetadataOptions {
@@ -179,55 +179,80 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Command-line flags of the metadata options (flattened into `hostscope run`).
-#[derive(Clone, Debug, clap::Args)]
-pub struct MetadataArgs {
-    /// Do not resolve process / container / pod identity.
-    #[arg(long)]
-    pub no_metadata: bool,
-    /// Do not read process details from /proc (executable, command line, owner).
-    #[arg(long)]
-    pub no_process_metadata: bool,
-    /// Longest command line kept, in bytes.
-    #[arg(long, default_value_t = 1024)]
-    pub cmdline_max_bytes: usize,
-    /// Redact the value of arguments whose name contains this word (repeatable; replaces
-    /// the defaults: password, secret, token, api-key, credential, auth, …).
-    #[arg(long = "redact-arg", value_name = "WORD")]
-    pub redact_args: Vec<String>,
-    /// Parent of the kubelet's `pods/` and `containers/` log directories.
-    #[arg(long, default_value = "/var/log", value_name = "DIR")]
-    pub kubelet_log_root: PathBuf,
-    /// Watch this node's pods and the services on the Kubernetes API (labels, owners,
-    /// peer identity).
-    #[arg(long)]
-    pub kube_api: bool,
-    /// kubeconfig for --kube-api (default: in-cluster service account, then $KUBECONFIG).
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
-    /// This node's name (default: $NODE_NAME, then the host name).
-    #[arg(long, value_name = "NAME")]
-    pub node_name: Option<String>,
-}
+/// Help for `metadata:` in the configuration.
+pub const METADATA_DOCS: crate::config::Docs = &[
+    (
+        "",
+        "Who a record belongs to: process, container, pod and workload.",
+    ),
+    (
+        "enabled",
+        "Resolve identities at all (off: records carry only the pid).",
+    ),
+    (
+        "processes",
+        "Read process details from /proc: executable, command line, owner.",
+    ),
+    ("cmdline", "How command lines are shortened and scrubbed."),
+    ("cmdline.max_bytes", "Longest command line kept, in bytes."),
+    (
+        "cmdline.redact_keys",
+        "The value of an argument whose name contains one of these words is replaced\n\
+         by ***.",
+    ),
+    (
+        "kubelet_log_root",
+        "Parent of the kubelet's pods/ and containers/ log directories.",
+    ),
+    (
+        "kube_api",
+        "Watch this node's pods and the services on the Kubernetes API (labels,\n\
+         owners, peer identity).",
+    ),
+    (
+        "kubeconfig",
+        "kubeconfig for kube_api; null: in-cluster service account, then $KUBECONFIG.",
+    ),
+    (
+        "node_name",
+        "This node's name; null: $NODE_NAME, then the host name.",
+    ),
+    (
+        "revalidate_ms",
+        "How often exited processes and removed cgroups are evicted, in milliseconds.",
+    ),
+    (
+        "max_identities",
+        "Identities cached at most (beyond: the cache is cleared and refilled, counted).",
+    ),
+];
 
-impl MetadataArgs {
-    pub fn options(&self) -> MetadataOptions {
-        let mut cmdline = CmdlinePolicy {
-            max_bytes: self.cmdline_max_bytes,
-            ..CmdlinePolicy::default()
-        };
-        if !self.redact_args.is_empty() {
-            cmdline.redact_keys = self.redact_args.clone();
-        }
-        MetadataOptions {
-            enabled: !self.no_metadata,
-            processes: !self.no_process_metadata,
-            cmdline,
-            kubelet_log_root: self.kubelet_log_root.clone(),
-            kube_api: self.kube_api,
-            kubeconfig: self.kubeconfig.clone(),
-            node_name: self.node_name.clone(),
-            ..MetadataOptions::default()
+/// Checks `metadata:` of the configuration.
+pub fn validate_options(o: &MetadataOptions, at: &str, p: &mut crate::config::Problems) {
+    if !o.kubelet_log_root.is_absolute() {
+        p.push(
+            format!("{at}.kubelet_log_root"),
+            format_args!("{:?} is not an absolute path", o.kubelet_log_root),
+        );
+    }
+    if o.cmdline.max_bytes < 16 {
+        p.push(format!("{at}.cmdline.max_bytes"), "must be at least 16");
+    }
+    if !(100..=3_600_000).contains(&o.revalidate_ms) {
+        p.push(
+            format!("{at}.revalidate_ms"),
+            "must be between 100 and 3600000",
+        );
+    }
+    if o.max_identities == 0 {
+        p.push(format!("{at}.max_identities"), "must be at least 1");
+    }
+    if let Some(k) = &o.kubeconfig {
+        if !k.exists() {
+            p.push(
+                format!("{at}.kubeconfig"),
+                format_args!("{} does not exist", k.display()),
+            );
         }
     }
 }

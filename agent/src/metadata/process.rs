@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// How command lines are shortened and scrubbed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CmdlinePolicy {
     /// Longest command line kept, in bytes (longer ones are cut with `…`).
     pub max_bytes: usize,

@@ -40,7 +40,7 @@ use hostscope::{
     },
     export::{
         config::{Compression, Protocol},
-        ExportArgs, ExportConfig, ExportSnapshot, Exporter,
+        ExportConfig, ExportSection, ExportSnapshot, Exporter,
     },
     metadata::Resolver,
 };
@@ -149,19 +149,19 @@ fn config(
     port: u16,
     compression: Compression,
     interval: f64,
-    f: impl FnOnce(&mut ExportArgs),
+    f: impl FnOnce(&mut ExportSection),
 ) -> ExportConfig {
-    let mut a = ExportArgs {
-        otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
-        otlp_protocol: Some(Protocol::HttpProtobuf),
-        otlp_compression: Some(compression),
-        otlp_interval: Some(interval),
-        otlp_max_batch: Some(512),
-        otlp_series_limit: Some(100_000),
+    let mut a = ExportSection {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        protocol: Some(Protocol::HttpProtobuf),
+        compression: Some(compression),
+        interval: Duration::from_secs_f64(interval),
+        max_batch: 512,
+        series_limit: 100_000,
         ..Default::default()
     };
     f(&mut a);
-    a.resolve(&BTreeMap::<&str, &str>::new())
+    a.resolve(&Default::default(), &BTreeMap::<&str, &str>::new())
         .expect("bench options")
         .expect("endpoint")
 }
@@ -355,7 +355,7 @@ fn outage_memory(seconds: u64, rate: u64) -> (u64, u64, ExportSnapshot) {
         .map(|a| a.port())
         .unwrap_or(1);
     let one = OneCore::start(config(port, Compression::Gzip, 1.0, |a| {
-        a.otlp_timeout_ms = Some(500);
+        a.timeout = Some(Duration::from_millis(500));
     }));
     let start_rss = rss_kib();
     let mut peak = start_rss;
@@ -415,8 +415,8 @@ fn outage_disk(seconds: u64, rate: u64) -> DiskOutage {
     let dir = std::env::temp_dir().join(format!("otlp-bench-disk-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let one = OneCore::start(config(port, Compression::Gzip, 1.0, |a| {
-        a.otlp_timeout_ms = Some(500);
-        a.otlp_disk_queue = Some(dir.clone());
+        a.timeout = Some(Duration::from_millis(500));
+        a.disk_queue = Some(dir.clone());
     }));
     let start_rss_kib = rss_kib();
     let mut peak_rss_kib = start_rss_kib;
