@@ -91,6 +91,8 @@ pub struct Agent {
     resolver: Arc<Resolver>,
     /// Metadata upkeep (eviction timer) and the Kubernetes API watch, when on.
     metadata_tasks: Vec<JoinHandle<()>>,
+    /// The claim on the pin directory, released when the agent is dropped (or dies).
+    pin_lock: Option<loader::pin::PinDirLock>,
 }
 
 impl Agent {
@@ -245,6 +247,7 @@ impl Agent {
         }
         let (resolver, metadata_tasks) = start_metadata(&config.metadata, shutdown_rx.clone());
         Ok(Agent {
+            pin_lock: probes.pin_lock,
             resolver,
             metadata_tasks,
             ebpf,
@@ -280,6 +283,11 @@ impl Agent {
 
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
+    }
+
+    /// The pin directory this agent holds, if it pins its maps.
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.pin_lock.as_ref().map(|l| l.dir())
     }
 
     /// Changes the syscall filters / slow threshold without reloading. Fails if the
