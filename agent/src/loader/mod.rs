@@ -6,6 +6,7 @@ pub mod pin;
 pub mod syscalls;
 pub mod tcp;
 pub mod tls;
+pub mod watch_paths;
 
 use std::path::{Path, PathBuf};
 
