@@ -27,8 +27,8 @@ use tokio::{
 use crate::{
     config::Problems,
     events::{self, Clock, Record},
-    loader::{self, LoadError, LoaderConfig, ProbeStatus},
-    metadata::{MetadataOptions, Resolver},
+    loader::{self, watch_paths::WatchedPaths, LoadError, LoaderConfig, ProbeStatus},
+    metadata::{upkeep::MetadataTasks, MetadataOptions, Resolver},
     output::OutputFormat,
     ring,
     stats::{self, AgentStats, Counters},
@@ -156,6 +156,10 @@ pub enum AgentError {
     NothingAttached(String),
     #[error("syscall aggregation is not attached")]
     SyscallsNotAttached,
+    #[error("watched-path security events are not attached (started with security off, or no tracepoint could attach)")]
+    SecurityNotAttached,
+    #[error(transparent)]
+    WatchPaths(#[from] loader::watch_paths::WatchPathError),
     #[error("syscalls aggregator: {0}")]
     Syscalls(#[from] events::syscalls::AggregatorError),
     #[error("ring buffer {name}: {source}")]
@@ -182,7 +186,13 @@ pub struct Agent {
     syscalls: Option<events::syscalls::SharedSyscallMaps>,
     resolver: Arc<Resolver>,
     /// Metadata upkeep (eviction timer) and the Kubernetes API watch, when on.
-    metadata_tasks: Vec<JoinHandle<()>>,
+    metadata_tasks: std::sync::Mutex<MetadataTasks>,
+    /// The watched-path trie, when the security tracepoints attached.
+    watched: Option<std::sync::Mutex<WatchedPaths>>,
+    /// The syscall aggregator's interval and error-burst thresholds, changed live.
+    syscall_alerts: Option<watch::Sender<events::syscalls::AlertSettings>>,
+    /// The claim on the pin directory, released when the agent is dropped (or dies).
+    pin_lock: Option<loader::pin::PinDirLock>,
 }
 
 impl Agent {
@@ -291,6 +301,14 @@ impl Agent {
         }
         // -- syscalls family: event ring consumer and interval aggregator
         let mut syscalls = None;
+        let mut syscall_alerts = None;
+        let mut watched = None;
+        if probes.syscalls_attached.security {
+            watched = Some(std::sync::Mutex::new(WatchedPaths::take(
+                &mut ebpf,
+                &config.loader.syscalls.watch_paths,
+            )?));
+        }
         if probes.syscalls_attached.any() {
             use hostscope_common::syscalls::SYSCALL_EVENTS_MAP;
             let map = ebpf.take_map(SYSCALL_EVENTS_MAP).ok_or(AgentError::Ring {
@@ -326,17 +344,25 @@ impl Agent {
                 &mut ebpf,
                 options.runtime.clone(),
             )?));
+            let (alerts_tx, alerts_rx) =
+                watch::channel(events::syscalls::AlertSettings::from_options(&options));
             consumers.push(tokio::spawn(events::syscalls::run_aggregator(
                 maps.clone(),
-                options,
+                alerts_rx,
                 clock,
                 records.clone(),
                 shutdown_rx.clone(),
             )));
             syscalls = Some(maps);
+            syscall_alerts = Some(alerts_tx);
         }
-        let (resolver, metadata_tasks) = start_metadata(&config.metadata, shutdown_rx.clone());
+        let resolver = Arc::new(Resolver::new(config.metadata.clone()));
+        let metadata_tasks =
+            std::sync::Mutex::new(MetadataTasks::start(resolver.clone(), shutdown_rx.clone()));
         Ok(Agent {
+            watched,
+            syscall_alerts,
+            pin_lock: probes.pin_lock,
             resolver,
             metadata_tasks,
             ebpf,
@@ -374,6 +400,11 @@ impl Agent {
         &self.ebpf
     }
 
+    /// The pin directory this agent holds, if it pins its maps.
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.pin_lock.as_ref().map(|l| l.dir())
+    }
+
     /// Changes the syscall filters / slow threshold without reloading. Fails if the
     /// syscall aggregation is not attached.
     pub fn set_syscall_runtime(
@@ -386,6 +417,69 @@ impl Agent {
             .ok_or(AgentError::SyscallsNotAttached)?;
         let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
         Ok(maps.set_runtime(runtime)?)
+    }
+
+    /// Makes the kernel's watched-path trie hold exactly `paths`, live: new prefixes
+    /// are inserted before stale ones are removed, the probes stay attached and no
+    /// event of a path watched before and after is missed. Fails, leaving the trie
+    /// as it was, on a path `check_watch_path` refuses or beyond the trie's capacity.
+    pub fn set_watch_paths(&self, paths: &[String]) -> Result<(), AgentError> {
+        let watched = self
+            .watched
+            .as_ref()
+            .ok_or(AgentError::SecurityNotAttached)?;
+        let mut watched = watched.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(watched.set(paths)?)
+    }
+
+    /// The watched path prefixes in force (sorted); empty without security events.
+    pub fn watch_paths(&self) -> Vec<String> {
+        self.watched
+            .as_ref()
+            .map(|w| w.lock().unwrap_or_else(|p| p.into_inner()).paths())
+            .unwrap_or_default()
+    }
+
+    /// Changes the syscall aggregation interval and error-burst thresholds live: the
+    /// thresholds apply from the next interval record, the interval from the next tick
+    /// (one new interval after the last read). No map is reset, no count lost.
+    pub fn set_syscall_alerts(
+        &self,
+        interval: Duration,
+        error_burst_per_s: f64,
+        error_burst_min: u64,
+    ) -> Result<(), AgentError> {
+        let tx = self
+            .syscall_alerts
+            .as_ref()
+            .ok_or(AgentError::SyscallsNotAttached)?;
+        let settings = events::syscalls::AlertSettings {
+            interval,
+            error_burst_per_s,
+            error_burst_min,
+        };
+        settings.check()?;
+        tx.send_replace(settings);
+        Ok(())
+    }
+
+    /// Applies new metadata options live: the resolver rebuilds identities cached
+    /// under the old ones, the Kubernetes watch restarts if `enabled`, `kube_api`,
+    /// `kubeconfig` or `node_name` changed, and the eviction timer takes the new
+    /// period. Returns the keys that could not be applied live (none today).
+    pub fn set_metadata_options(&self, options: MetadataOptions) -> Vec<&'static str> {
+        self.metadata_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(options)
+    }
+
+    /// Whether the Kubernetes API watch task is running.
+    pub fn kube_watch_running(&self) -> bool {
+        self.metadata_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .kube_watch_running()
     }
 
     pub fn stats(&self) -> AgentStats {
@@ -435,42 +529,10 @@ impl Agent {
         if let Some(t) = self.tracker.take() {
             let _ = t.await;
         }
-        for t in self.metadata_tasks.drain(..) {
-            t.abort();
-        }
+        self.metadata_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop();
         self.stats()
     }
-}
-
-/// The resolver, its eviction timer and (when asked) the Kubernetes API watch. Nothing
-/// here can fail the agent: what cannot start is counted in the resolver's stats.
-fn start_metadata(
-    options: &MetadataOptions,
-    mut shutdown: watch::Receiver<bool>,
-) -> (Arc<Resolver>, Vec<JoinHandle<()>>) {
-    let resolver = Arc::new(Resolver::new(options.clone()));
-    let mut tasks = Vec::new();
-    if !options.enabled {
-        return (resolver, tasks);
-    }
-    let r = resolver.clone();
-    let every = Duration::from_millis(options.revalidate_ms.max(100));
-    tasks.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let r = r.clone();
-                    // /proc and cgroupfs reads block: off the async workers.
-                    let _ = tokio::task::spawn_blocking(move || r.maintain()).await;
-                }
-                _ = shutdown.changed() => break,
-            }
-        }
-    }));
-    if options.kube_api {
-        tasks.push(resolver.spawn_kube_watch(None, crate::metadata::kube::Backoff::default()));
-    }
-    (resolver, tasks)
 }

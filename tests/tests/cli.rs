@@ -269,3 +269,137 @@ fn deploy_manifest_uses_real_flags_and_grants_the_watch() {
         assert!(manifest.contains(needed), "manifest lacks {needed}");
     }
 }
+
+/// A `hostscope run` in the background on `pin_dir`, ready once its maps are pinned.
+fn run_pinned(pin_dir: &PathBuf, secs: &str) -> std::process::Child {
+    let mut child = Command::new(bin())
+        .args([
+            "run",
+            "--duration",
+            secs,
+            "--stats-interval",
+            "0",
+            "--pin-dir",
+        ])
+        .arg(pin_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pin_dir.join("TCP_CONNS").exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("hostscope run exited early ({status}): {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "maps never pinned in {pin_dir:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+#[test]
+fn one_agent_per_pin_dir_and_a_killed_one_does_not_block() {
+    if !privileged("one_agent_per_pin_dir_and_a_killed_one_does_not_block") {
+        return;
+    }
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/hostscope-lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let mut first = run_pinned(&pin_dir, "60");
+    let pinned_id = |dir: &PathBuf| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(dir.join("TCP_CONNS")).unwrap().ino()
+    };
+    let before = pinned_id(&pin_dir);
+
+    // The second one refuses before loading anything, naming the first.
+    let started = Instant::now();
+    let out = Command::new(bin())
+        .args(["run", "--duration", "5", "--pin-dir"])
+        .arg(&pin_dir)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        !out.status.success(),
+        "a second agent on the same pin dir started"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needed in [
+        format!("pid {}", first.id()),
+        format!("kill {}", first.id()),
+        "--pin-dir".to_string(),
+        "--no-pin".to_string(),
+    ] {
+        assert!(err.contains(&needed), "stderr lacks {needed:?}: {err}");
+    }
+    assert!(took < Duration::from_secs(1), "refusal took {took:?}");
+    // The running agent's pins were not replaced.
+    assert_eq!(pinned_id(&pin_dir), before);
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first agent stopped"
+    );
+
+    // SIGKILL: no clean-up runs; the kernel drops the lock with the process.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut next = run_pinned(&pin_dir, "1");
+    let status = next.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    next.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        status.success(),
+        "agent after a killed one: {status}: {err}"
+    );
+    assert_ne!(
+        pinned_id(&pin_dir),
+        before,
+        "the new agent pinned its own maps"
+    );
+    let _ = std::fs::remove_dir_all(&pin_dir);
+}
+
+#[test]
+fn pin_dir_off_bpffs_fails_at_once() {
+    if !privileged("pin_dir_off_bpffs_fails_at_once") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hostscope-not-bpffs-{}/pins", std::process::id()));
+    let started = Instant::now();
+    let out = Command::new(bin())
+        .args(["run", "--duration", "5", "--pin-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(!out.status.success(), "pinning under /tmp succeeded?");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not on a bpffs"), "{err}");
+    assert!(
+        err.contains(&format!("mount -t bpf bpf {}", dir.display())),
+        "{err}"
+    );
+    assert!(
+        !err.contains("BPF_OBJ_PIN"),
+        "failed late, while pinning: {err}"
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // Nothing was created there.
+    assert!(!dir.exists());
+}

@@ -765,3 +765,91 @@ fn run_binary_text_and_json_show_the_pod() {
         }
     }
 }
+
+/// A refused connect from a new connector in our own cgroup; the identity the agent
+/// gives its record, and the connector (kept alive while the identity is checked).
+fn connect_here(h: &Harness) -> (std::sync::Arc<Identity>, Connector) {
+    let mut c = Connector::spawn();
+    c.connect();
+    let (pid, port) = (c.pid(), c.port);
+    let rec = h.wait_tcp(1, WAIT, |r| {
+        r.pid == Some(pid) && r.remote.port() == port && r.failure.is_some()
+    })[0]
+        .clone();
+    let id = h.agent().resolver().identify(Record::Tcp(rec).subject());
+    (id, c)
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn metadata_options_change_live() {
+    if !privileged("metadata_options_change_live") {
+        return;
+    }
+    let h = harness(None);
+    let (id, first) = connect_here(&h);
+    let full = s(&id, "process.command_line").unwrap().to_string();
+    assert!(full.len() > 40, "{full}");
+    assert!(
+        full.ends_with("hostscope-connector --password=***"),
+        "{full}"
+    );
+
+    // Shorter command lines: the next record of a new process has one.
+    let resolver = h.agent().resolver();
+    let mut o = resolver.options();
+    o.cmdline.max_bytes = 24;
+    o.revalidate_ms = 300;
+    assert_eq!(
+        h.agent().set_metadata_options(o.clone()),
+        Vec::<&str>::new()
+    );
+    assert_eq!(resolver.options(), o);
+    let (id, _second) = connect_here(&h);
+    let cut = s(&id, "process.command_line").unwrap();
+    assert_eq!(cut, format!("{}…", &full[..24]));
+    // Identities cached under the old policy are rebuilt, not served stale.
+    let old = resolver.identify(hostscope::metadata::Subject {
+        pid: Some(first.pid()),
+        cgroup_id: None,
+    });
+    assert_eq!(s(&old, "process.command_line"), Some(cut));
+
+    // Identity off and on again.
+    let mut off = o.clone();
+    off.enabled = false;
+    h.agent().set_metadata_options(off);
+    let (id, _third) = connect_here(&h);
+    assert_eq!(
+        id.attributes
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["process.pid"]
+    );
+    h.agent().set_metadata_options(o.clone());
+    let (id, _fourth) = connect_here(&h);
+    assert!(s(&id, "process.command_line").is_some(), "{id:?}");
+
+    // The API watch starts, and restarts on a new kubeconfig (each missing file is
+    // reported by its own client error), and stops when turned off.
+    let errors = |r: &hostscope::metadata::Resolver| r.stats().kube.last_error;
+    for file in ["/nonexistent/kubeconfig-a", "/nonexistent/kubeconfig-b"] {
+        let mut k = o.clone();
+        k.kube_api = true;
+        k.kubeconfig = Some(file.into());
+        h.agent().set_metadata_options(k);
+        wait_for(&format!("a client error naming {file}"), || {
+            errors(&resolver).is_some_and(|e| e.contains(file))
+        });
+    }
+    h.agent().set_metadata_options(o.clone());
+    assert!(!h.agent().kube_watch_running());
+}

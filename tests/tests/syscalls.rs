@@ -841,3 +841,186 @@ fn slow_event_ring_overflow_is_counted_not_silent() {
         lost + stats.kernel["tcp"]["events_lost_ring_full"]
     );
 }
+
+fn default_watch_paths() -> Vec<String> {
+    hostscope::loader::syscalls::DEFAULT_WATCH_PATHS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Opens `path` then `/etc/shadow` (watched by default) on this thread and waits for
+/// the second's event: the ring delivers one thread's events in order, so any event of
+/// `path` has arrived by then. Returns the events of `path` seen.
+fn open_then_marker(h: &Harness, path: &str) -> Vec<SecurityRecord> {
+    let before = security(h, "/etc/shadow").len();
+    open_here(path);
+    open_here("/etc/shadow");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while security(h, "/etc/shadow").len() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no event for the default path /etc/shadow within 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    security(h, path)
+}
+
+#[test]
+fn watched_paths_change_live() {
+    if !privileged("watched_paths_change_live") {
+        return;
+    }
+    let dir = WatchDir::new("live-watch");
+    let secret = dir.path("watched/secret");
+    let h = Harness::start_with(options(|_| {}));
+    assert_eq!(
+        open_then_marker(&h, &secret).len(),
+        0,
+        "watched before adding"
+    );
+
+    let mut paths = default_watch_paths();
+    paths.push(secret.clone());
+    h.agent()
+        .set_watch_paths(&paths)
+        .expect("add a watched path");
+    assert!(h.agent().watch_paths().contains(&secret));
+    let started = Instant::now();
+    open_here(&secret);
+    let deadline = started + Duration::from_secs(2);
+    while security(&h, &secret).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no event for {secret} within 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Removed: no event, while a default path still reports.
+    h.agent()
+        .set_watch_paths(&default_watch_paths())
+        .expect("remove a watched path");
+    assert!(!h.agent().watch_paths().contains(&secret));
+    assert_eq!(open_then_marker(&h, &secret).len(), 1, "still watched");
+
+    // Refused changes leave the trie as it was.
+    let before = h.agent().watch_paths();
+    let err = h
+        .agent()
+        .set_watch_paths(&["relative/path".to_string()])
+        .unwrap_err();
+    assert!(err.to_string().contains("must be absolute"), "{err}");
+    let too_many: Vec<String> = (0..=hostscope_common::syscalls::WATCHED_PATHS_MAX)
+        .map(|i| format!("/hostscope-many/{i}"))
+        .collect();
+    let err = h.agent().set_watch_paths(&too_many).unwrap_err();
+    assert!(err.to_string().contains("too many watched paths"), "{err}");
+    assert_eq!(h.agent().watch_paths(), before);
+    assert_eq!(open_then_marker(&h, &secret).len(), 1);
+
+    let mut h = h;
+    let stats = h.stop();
+    assert_eq!(stats.kernel["syscalls"]["events_lost_ring_full"], 0);
+
+    let off = Harness::start_with(options(|o| o.security = false));
+    let err = off.agent().set_watch_paths(&[secret]).unwrap_err();
+    assert!(err.to_string().contains("not attached"), "{err}");
+}
+
+fn close_bursts(h: &Harness) -> Vec<hostscope::events::syscalls::SyscallAlert> {
+    let me = std::process::id() as u64;
+    h.records()
+        .iter()
+        .filter_map(|r| match &**r {
+            Record::SyscallAlert(a)
+                if a.kind == AlertKind::ErrorBurst && a.id == me && a.syscall == "close" =>
+            {
+                Some(a.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn close_ebadf(n: usize) {
+    for _ in 0..n {
+        // SAFETY: closing an invalid descriptor only fails with EBADF.
+        unsafe { libc::syscall(libc::SYS_close, -1) };
+    }
+}
+
+#[test]
+fn syscall_alert_settings_change_live() {
+    if !privileged("syscall_alert_settings_change_live") {
+        return;
+    }
+    // A burst threshold no burst here reaches.
+    let h = Harness::start_with(options(|o| {
+        o.interval = Duration::from_millis(200);
+        o.error_burst_per_s = 1e9;
+        o.error_burst_min = 20;
+    }));
+    on_filtered_thread(&h, || close_ebadf(300));
+    let t = settle(&h, |t| {
+        t.errnos.get(&("close".into(), "EBADF".into())) == Some(&300)
+    });
+    assert_eq!(t.errnos[&("close".into(), "EBADF".into())], 300);
+    assert!(close_bursts(&h).is_empty(), "{:?}", close_bursts(&h));
+
+    // Lowered live: the same burst now alerts, with nothing reloaded or reset.
+    h.agent()
+        .set_syscall_alerts(Duration::from_millis(200), 100.0, 20)
+        .unwrap();
+    on_filtered_thread(&h, || close_ebadf(300));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while close_bursts(&h).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no error-burst alert after lowering"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let burst = &close_bursts(&h)[0];
+    assert_eq!(burst.errno_name.as_deref(), Some("EBADF"));
+    assert!((20..=300).contains(&burst.count), "{burst:?}");
+    let t = settle(&h, |t| {
+        t.errnos.get(&("close".into(), "EBADF".into())) == Some(&600)
+    });
+    assert_eq!(
+        t.errnos[&("close".into(), "EBADF".into())],
+        600,
+        "lost or doubled"
+    );
+
+    // A longer interval applies from the next tick.
+    h.agent()
+        .set_syscall_alerts(Duration::from_millis(700), 100.0, 20)
+        .unwrap();
+    let seen = interval_records(&h).len();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while interval_records(&h).len() < seen + 3 {
+        assert!(Instant::now() < deadline, "intervals stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after: Vec<f64> = interval_records(&h)[seen + 1..]
+        .iter()
+        .map(|r| r.interval_s)
+        .collect();
+    assert!(
+        after.iter().all(|s| (0.6..1.0).contains(s)),
+        "intervals after the change: {after:?}"
+    );
+
+    let err = h
+        .agent()
+        .set_syscall_alerts(Duration::ZERO, 100.0, 20)
+        .unwrap_err();
+    assert!(err.to_string().contains("interval"), "{err}");
+    let err = h
+        .agent()
+        .set_syscall_alerts(Duration::from_secs(1), f64::NAN, 20)
+        .unwrap_err();
+    assert!(err.to_string().contains("error-burst rate"), "{err}");
+}

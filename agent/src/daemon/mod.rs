@@ -3,7 +3,6 @@
 //! of the file or SIGHUP), and stops it the same way on SIGINT, SIGTERM or the end of
 //! `--duration`: final counters printed, a bounded flush.
 
-
 mod reload;
 mod watch;
 

@@ -160,9 +160,9 @@ impl Running {
             self.apply_syscalls(&old, &mut effective, &mut failed);
         }
         if changed("metadata.") {
-            if let Err(e) = self.agent.set_metadata_options(effective.metadata.clone()) {
-                failed.push(("metadata".to_string(), e.to_string()));
-                effective.metadata = old.metadata.clone();
+            // Keys the resolver could not take live keep their running value.
+            for key in self.agent.set_metadata_options(effective.metadata.clone()) {
+                failed.push((format!("metadata.{key}"), "cannot change live".to_string()));
             }
         }
         if changed("export.") || loaded.export.is_some() != self.export.is_some() {
@@ -247,8 +247,16 @@ impl Running {
             || o.error_burst_rate != n.error_burst_rate
             || o.error_burst_min != n.error_burst_min
         {
-            self.agent
-                .set_syscall_alerts(n.interval, n.error_burst_rate, n.error_burst_min);
+            if let Err(e) =
+                self.agent
+                    .set_syscall_alerts(n.interval, n.error_burst_rate, n.error_burst_min)
+            {
+                failed.push(("syscalls.alerts".into(), e.to_string()));
+                let s = &mut effective.syscalls;
+                s.interval = o.interval;
+                s.error_burst_rate = o.error_burst_rate;
+                s.error_burst_min = o.error_burst_min;
+            }
         }
     }
 

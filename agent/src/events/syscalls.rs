@@ -313,6 +313,8 @@ pub enum AggregatorError {
     MissingMap { name: &'static str },
     #[error(transparent)]
     Options(#[from] OptionError),
+    #[error("syscall alert settings: {0}")]
+    Settings(String),
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> AggregatorError {
@@ -447,24 +449,80 @@ fn lock(maps: &SharedSyscallMaps) -> std::sync::MutexGuard<'_, SyscallMaps> {
     maps.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What the aggregator reads live from its `watch` channel: the interval and the
+/// error-burst thresholds (the slow threshold is part of the runtime config).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AlertSettings {
+    pub interval: Duration,
+    pub error_burst_per_s: f64,
+    pub error_burst_min: u64,
+}
+
+/// Bounds of the interval, as on the command line.
+pub const INTERVAL_MIN: Duration = Duration::from_millis(50);
+pub const INTERVAL_MAX: Duration = Duration::from_secs(3600);
+
+impl AlertSettings {
+    pub fn from_options(o: &SyscallOptions) -> AlertSettings {
+        AlertSettings {
+            interval: o.interval,
+            error_burst_per_s: o.error_burst_per_s,
+            error_burst_min: o.error_burst_min,
+        }
+    }
+
+    pub fn check(&self) -> Result<(), AggregatorError> {
+        if !(INTERVAL_MIN..=INTERVAL_MAX).contains(&self.interval) {
+            return Err(AggregatorError::Settings(format!(
+                "interval {:?} is not between {INTERVAL_MIN:?} and {INTERVAL_MAX:?}",
+                self.interval
+            )));
+        }
+        if !(self.error_burst_per_s >= 0.0 && self.error_burst_per_s.is_finite()) {
+            return Err(AggregatorError::Settings(format!(
+                "error-burst rate {} is not a finite number of errors per second ≥ 0",
+                self.error_burst_per_s
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The aggregator task: one [`SyscallsRecord`] (and alerts) per interval, plus a final
-/// one of both generations at shutdown.
+/// one of both generations at shutdown. `settings` can change while it runs: the
+/// thresholds apply from the next record built, a new interval from the next tick
+/// (rescheduled to one new interval after the last read, or now if that is past).
 pub async fn run_aggregator(
     maps: SharedSyscallMaps,
-    options: SyscallOptions,
+    mut settings: watch::Receiver<AlertSettings>,
     clock: Clock,
     records: broadcast::Sender<Arc<Record>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut tick = tokio::time::interval(options.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let every = |start: Instant, period: Duration| {
+        let mut tick = tokio::time::interval_at(start.into(), period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    };
+    let mut interval = settings.borrow_and_update().interval;
+    let mut tick = every(Instant::now() + interval, interval);
     let mut last = Instant::now();
+    // A dropped sender (the agent is going away) means no more changes, not a stop.
+    let mut live = true;
     let io = |e: AggregatorError| std::io::Error::other(e.to_string());
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
             changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
+            changed = settings.changed(), if live => {
+                live = changed.is_ok();
+                let new = settings.borrow_and_update().interval;
+                if new != interval {
+                    interval = new;
+                    tick = every((last + new).max(Instant::now()), new);
+                }
+                continue;
+            }
         };
         let mut snap = match collect(&maps).await {
             Ok(s) => s,
@@ -484,9 +542,10 @@ pub async fn run_aggregator(
         let elapsed = now - last;
         last = now;
         let runtime = lock(&maps).runtime().clone();
+        let alert = *settings.borrow();
         let detection = Detection {
-            error_burst_per_s: options.error_burst_per_s,
-            error_burst_min: options.error_burst_min,
+            error_burst_per_s: alert.error_burst_per_s,
+            error_burst_min: alert.error_burst_min,
             slow_ns: runtime.slow_ns,
         };
         let (mut record, alerts) = interval_records(

@@ -2,9 +2,11 @@
 //! family (or one of its programs) that the running kernel cannot take is reported as
 //! not attached, with the reason, and never stops the others.
 
+pub mod pin;
 pub mod syscalls;
 pub mod tcp;
 pub mod tls;
+pub mod watch_paths;
 
 use std::path::{Path, PathBuf};
 
@@ -33,15 +35,16 @@ pub enum LoadError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("pinning map {name} at {path}: {source}")]
+    /// The cause is in the message, not a `source`: `main` prints chains with `{:#}`,
+    /// which printed it twice ("`BPF_OBJ_PIN` failed: `BPF_OBJ_PIN` failed").
+    #[error("pinning map {name} at {path}: {error}")]
     Pin {
         name: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("bpffs for pinning: {0}")]
-    Bpffs(#[source] mounts::MountError),
+    #[error(transparent)]
+    PinDir(#[from] pin::PinDirError),
     #[error("syscalls options: {0}")]
     SyscallOptions(#[source] syscalls::OptionError),
 }
@@ -118,6 +121,9 @@ pub struct LoadedProbes {
     pub tcp_attached: bool,
     pub tls: tls::TlsAttachments,
     pub syscalls_attached: syscalls::SyscallsAttached,
+    /// This agent's claim on the pin directory (None without pinning): keep it for the
+    /// agent's whole life.
+    pub pin_lock: Option<pin::PinDirLock>,
 }
 
 /// Loads and attaches every family.
@@ -125,6 +131,9 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
     // Rust eBPF cannot count on locked-memory limits being raisable (EPERM without
     // CAP_SYS_RESOURCE); since 5.11 BPF memory is charged to the memcg instead.
     raise_memlock_best_effort();
+    // Before anything is loaded: a pin directory that is not on a bpffs, or that a
+    // running agent uses, fails at once rather than after seconds of loading.
+    let pin_lock = config.pin_dir.as_deref().map(pin::claim).transpose()?;
     let tracefs = Tracefs::new(mounts::ensure_tracefs().map_err(LoadError::Tracefs)?);
     // The parsed kernel BTF is large (tens of MB); it is dropped before aya parses its
     // own copy, so the two never coexist.
@@ -181,24 +190,20 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
         tcp_attached,
         tls,
         syscalls_attached,
+        pin_lock,
     })
 }
 
-/// Pins fresh maps of this run, replacing pins a previous run left behind, so that
+/// Pins fresh maps of this run, replacing pins a previous run left behind (this agent
+/// holds the directory's claim, so no running agent's pins are replaced), so that
 /// `hostscope dump` reads them while we run and after we exit.
 fn pin_maps(ebpf: &mut Ebpf, dir: &Path, names: &[&'static str]) -> Result<(), LoadError> {
-    mounts::ensure_bpffs(dir).map_err(LoadError::Bpffs)?;
-    std::fs::create_dir_all(dir).map_err(|source| LoadError::Pin {
-        name: "(directory)",
-        path: dir.to_path_buf(),
-        source,
-    })?;
     for &name in names {
         let path = dir.join(name);
-        let pin_err = |source| LoadError::Pin {
+        let pin_err = |error| LoadError::Pin {
             name,
             path: path.clone(),
-            source,
+            error,
         };
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -206,10 +211,19 @@ fn pin_maps(ebpf: &mut Ebpf, dir: &Path, names: &[&'static str]) -> Result<(), L
             Err(e) => return Err(pin_err(e)),
         }
         let map = ebpf.map(name).ok_or(LoadError::MissingMap { name })?;
-        map.pin(&path)
-            .map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
+        map.pin(&path).map_err(|e| pin_err(pin_io_error(e)))?;
     }
     Ok(())
+}
+
+/// The errno behind a failed pin (e.g. EPERM), not aya's "`BPF_OBJ_PIN` failed" alone.
+fn pin_io_error(e: aya::pin::PinError) -> std::io::Error {
+    match e {
+        aya::pin::PinError::SyscallError(s) => {
+            std::io::Error::new(s.io_error.kind(), format!("`{}`: {}", s.call, s.io_error))
+        }
+        other => std::io::Error::other(other.to_string()),
+    }
 }
 
 /// Writes a family's runtime configuration (slot 0 of its single-slot array map).

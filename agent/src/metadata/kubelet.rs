@@ -136,7 +136,8 @@ struct Inner {
 
 /// The kubelet layout under a root, rescanned on misses (rate limited).
 pub struct KubeletLogs {
-    root: PathBuf,
+    /// Changed live by [`KubeletLogs::set_root`].
+    root: std::sync::RwLock<PathBuf>,
     min_rescan: Duration,
     inner: Mutex<Inner>,
 }
@@ -144,7 +145,7 @@ pub struct KubeletLogs {
 impl KubeletLogs {
     pub fn new(root: PathBuf, min_rescan: Duration) -> KubeletLogs {
         KubeletLogs {
-            root,
+            root: std::sync::RwLock::new(root),
             min_rescan,
             inner: Mutex::new(Inner {
                 snap: Arc::new(KubeletSnapshot::default()),
@@ -176,7 +177,8 @@ impl KubeletLogs {
             inner.last_scan = Some(Instant::now());
         }
         let previous = self.lock().snap.clone();
-        let fresh = Arc::new(scan(&self.root, Some(&previous)));
+        let root = self.root.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let fresh = Arc::new(scan(&root, Some(&previous)));
         let mut inner = self.lock();
         inner.scans += 1;
         inner.snap = fresh.clone();
@@ -195,6 +197,15 @@ impl KubeletLogs {
             .containers
             .get(id)
             .cloned()
+    }
+
+    /// Reads the layout under another root from now on: the snapshot of the old one is
+    /// dropped and the next miss rescans at once.
+    pub fn set_root(&self, root: PathBuf) {
+        *self.root.write().unwrap_or_else(|p| p.into_inner()) = root;
+        let mut inner = self.lock();
+        inner.snap = Arc::new(KubeletSnapshot::default());
+        inner.last_scan = None;
     }
 
     pub fn scans(&self) -> u64 {

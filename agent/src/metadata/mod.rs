@@ -7,13 +7,14 @@ pub mod cgroup;
 pub mod kube;
 pub mod kubelet;
 pub mod process;
+pub mod upkeep;
 
 use std::{
     collections::HashMap,
     net::IpAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, RwLock,
     },
     time::{Duration, Instant},
@@ -307,8 +308,13 @@ const KUBELET_RESCAN: Duration = Duration::from_millis(50);
 /// Resolves subjects and peers to identities. Shared as `Arc<Resolver>`; every method
 /// takes `&self` (caches behind locks). A cache hit is one read lock and one hash lookup.
 pub struct Resolver {
-    options: MetadataOptions,
-    node: String,
+    /// Changed live by [`Resolver::set_options`]; the hot-path switches are copied into
+    /// atomics so a cache hit takes no extra lock.
+    options: RwLock<MetadataOptions>,
+    enabled: AtomicBool,
+    process_details: AtomicBool,
+    max_identities: AtomicUsize,
+    node: RwLock<String>,
     host: String,
     cgroups: CgroupCache,
     processes: ProcessCache,
@@ -344,12 +350,15 @@ impl Resolver {
     /// With an explicit cgroup cache (tests, benches).
     pub fn with_cgroups(options: MetadataOptions, cgroups: CgroupCache) -> Resolver {
         Resolver {
-            node: options.node_name(),
+            node: RwLock::new(options.node_name()),
+            enabled: AtomicBool::new(options.enabled),
+            process_details: AtomicBool::new(options.processes),
+            max_identities: AtomicUsize::new(options.max_identities),
             host: hostname(),
             processes: ProcessCache::new(options.cmdline.clone()),
             kubelet: kubelet::KubeletLogs::new(options.kubelet_log_root.clone(), KUBELET_RESCAN),
             cgroups,
-            options,
+            options: RwLock::new(options),
             cluster: RwLock::new(kube::ClusterStore::default()),
             generation: AtomicU64::new(0),
             identities: RwLock::new(HashMap::new()),
@@ -361,16 +370,47 @@ impl Resolver {
         }
     }
 
-    pub fn options(&self) -> &MetadataOptions {
-        &self.options
+    /// The options in force now (a copy: they can change live).
+    pub fn options(&self) -> MetadataOptions {
+        self.options
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    pub fn node_name(&self) -> &str {
-        &self.node
+    pub fn node_name(&self) -> String {
+        self.node.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies what the resolver itself uses of new options: identity on/off, process
+    /// details, command-line policy, kubelet log root, cache bound and node name. Every
+    /// cached identity built under the old options is rebuilt on its next use (a
+    /// generation bump, as for cluster changes), and cached processes and the kubelet
+    /// snapshot are dropped when their inputs changed. The Kubernetes watch and the
+    /// eviction timer are tasks of the agent: see `Agent::set_metadata_options`.
+    pub fn set_options(&self, options: MetadataOptions) {
+        let old = self.options();
+        if old == options {
+            return;
+        }
+        if old.cmdline != options.cmdline {
+            self.processes.set_policy(options.cmdline.clone());
+        }
+        if old.kubelet_log_root != options.kubelet_log_root {
+            self.kubelet.set_root(options.kubelet_log_root.clone());
+        }
+        *self.node.write().unwrap_or_else(|p| p.into_inner()) = options.node_name();
+        self.enabled.store(options.enabled, Ordering::Release);
+        self.process_details
+            .store(options.processes, Ordering::Release);
+        self.max_identities
+            .store(options.max_identities, Ordering::Release);
+        *self.options.write().unwrap_or_else(|p| p.into_inner()) = options;
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn identify(&self, subject: Subject) -> Arc<Identity> {
-        if !self.options.enabled {
+        if !self.enabled.load(Ordering::Acquire) {
             let mut attributes = Attributes::new();
             if let Some(pid) = subject.pid {
                 attributes.push(("process.pid".into(), i64::from(pid).into()));
@@ -396,7 +436,7 @@ impl Resolver {
         let (identity, complete) = self.build(subject);
         let identity = Arc::new(identity);
         let mut map = self.identities.write().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= self.options.max_identities && !map.contains_key(&subject) {
+        if map.len() >= self.max_identities.load(Ordering::Relaxed) && !map.contains_key(&subject) {
             map.clear();
             self.resets.fetch_add(1, Ordering::Relaxed);
         }
@@ -444,7 +484,7 @@ impl Resolver {
         put("host.name", self.host.as_str().into());
         if let Some(pid) = subject.pid {
             put("process.pid", i64::from(pid).into());
-            if self.options.processes {
+            if self.process_details.load(Ordering::Acquire) {
                 if let Some(p) = self.processes.get(pid) {
                     put("process.parent_pid", i64::from(p.parent_pid).into());
                     put("process.executable.name", p.name.as_str().into());
@@ -509,7 +549,7 @@ impl Resolver {
             put("k8s.namespace.name", pod.namespace.as_str().into());
             put(
                 "k8s.node.name",
-                pod.node.as_deref().unwrap_or(&self.node).into(),
+                pod.node.clone().unwrap_or_else(|| self.node_name()).into(),
             );
             let container = cg
                 .container_id
@@ -538,7 +578,7 @@ impl Resolver {
             Some(pod) => {
                 put("k8s.pod.name", pod.name.as_str().into());
                 put("k8s.namespace.name", pod.namespace.as_str().into());
-                put("k8s.node.name", self.node.as_str().into());
+                put("k8s.node.name", self.node_name().into());
             }
             None => complete = false,
         }
@@ -592,7 +632,7 @@ impl Resolver {
             }
         };
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
-        if peers.len() >= self.options.max_identities {
+        if peers.len() >= self.max_identities.load(Ordering::Relaxed) {
             peers.clear();
         }
         peers.insert(addr, (generation, id.clone()));
@@ -666,7 +706,7 @@ impl Resolver {
         tokio::spawn(async move {
             let client = match client {
                 Some(c) => c,
-                None => match kube::client(me.options.kubeconfig.as_deref()).await {
+                None => match kube::client(me.options().kubeconfig.as_deref()).await {
                     Ok(c) => c,
                     Err(e) => {
                         me.kube_error("client", &e);
@@ -674,7 +714,7 @@ impl Resolver {
                     }
                 },
             };
-            let pods = kube::watch_pods(client.clone(), me.node.clone(), me.clone(), backoff);
+            let pods = kube::watch_pods(client.clone(), me.node_name(), me.clone(), backoff);
             let services = kube::watch_services(client, me.clone(), backoff);
             tokio::join!(pods, services);
         })

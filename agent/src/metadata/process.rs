@@ -156,7 +156,8 @@ struct Inner {
 }
 
 pub struct ProcessCache {
-    policy: CmdlinePolicy,
+    /// Changed live by [`ProcessCache::set_policy`].
+    policy: std::sync::RwLock<CmdlinePolicy>,
     proc_root: std::path::PathBuf,
     users: Users,
     inner: Mutex<Inner>,
@@ -165,7 +166,7 @@ pub struct ProcessCache {
 impl ProcessCache {
     pub fn new(policy: CmdlinePolicy) -> ProcessCache {
         ProcessCache {
-            policy,
+            policy: std::sync::RwLock::new(policy),
             proc_root: "/proc".into(),
             users: Users::load(),
             inner: Mutex::new(Inner {
@@ -218,7 +219,11 @@ impl ProcessCache {
         let command_line = match (args.is_empty(), kthread) {
             (true, true) => format!("[{}]", stat.comm),
             (true, false) => stat.comm.clone(),
-            _ => self.policy.render(&args),
+            _ => self
+                .policy
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .render(&args),
         };
         let name = exe
             .as_deref()
@@ -292,6 +297,13 @@ impl ProcessCache {
         inner.stats.evicted_reused += reused;
         inner.stats.evicted_exec += execd;
         evicted
+    }
+
+    /// A new command-line policy: cached processes are dropped, since their command
+    /// lines were rendered under the old one; the next lookup reads /proc again.
+    pub fn set_policy(&self, policy: CmdlinePolicy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+        self.lock().by_pid.clear();
     }
 
     pub fn stats(&self) -> ProcessStats {
