@@ -687,6 +687,104 @@ fn receiver_down_then_up_with_disk_queue_delivers_every_item_exactly_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A backend that accepts connections and never answers: requests hang in flight until
+/// their timeout. The accepted sockets are kept open for the life of the test process.
+fn blackhole() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    port
+}
+
+/// Records queued for an endpoint that does not deliver, then `stop(1 s)`: returns within
+/// 2 s although the request timeout is 10 s and retries would go on for a minute.
+fn stop_within_deadline(
+    endpoint: &str,
+    protocol: Protocol,
+    disk: Option<PathBuf>,
+) -> ExportSnapshot {
+    let mut a = args(endpoint, protocol);
+    a.otlp_timeout_ms = Some(10_000);
+    a.otlp_disk_queue = disk;
+    let fed = Fed::start(resolve(a));
+    fed.send(0..20);
+    fed.wait_snapshot("spans and logs queued", |s| s.queue_len >= 2);
+    let t = Instant::now();
+    let s = fed.stop(Duration::from_secs(1));
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "stop(1s) to {endpoint} ({protocol:?}) took {took:?}: {s}"
+    );
+    s
+}
+
+fn shutdown_drops(s: &ExportSnapshot, signal: &'static str) -> u64 {
+    s.items
+        .get(&(signal, "dropped", "shutdown".to_string()))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn stop_holds_its_deadline_with_a_closed_port_and_a_blackhole() {
+    let closed = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).port();
+    let hole = blackhole();
+    for (port, protocol) in [
+        (closed, Protocol::Grpc),
+        (closed, Protocol::HttpProtobuf),
+        (hole, Protocol::Grpc),
+        (hole, Protocol::HttpProtobuf),
+    ] {
+        let s = stop_within_deadline(&format!("http://127.0.0.1:{port}"), protocol, None);
+        // Nothing was delivered: every span and log record is counted as a shutdown drop.
+        assert_eq!(shutdown_drops(&s, "traces"), 20, "{s}");
+        assert_eq!(shutdown_drops(&s, "logs"), 20, "{s}");
+        assert_eq!(
+            s.count("traces", "sent") + s.count("traces", "failed"),
+            0,
+            "{s}"
+        );
+        assert_eq!(s.queue_len, 0, "{s}");
+    }
+}
+
+#[test]
+fn stop_holds_its_deadline_with_a_disk_queue_which_keeps_the_requests() {
+    let hole = blackhole();
+    let dir = otlp::temp_path("stop-disk");
+    let s = stop_within_deadline(
+        &format!("http://127.0.0.1:{hole}"),
+        Protocol::Grpc,
+        Some(dir.clone()),
+    );
+    assert_eq!(
+        s.count("traces", "dropped") + s.count("logs", "dropped"),
+        0,
+        "the disk queue keeps what was not delivered: {s}"
+    );
+    assert!(s.queue_len >= 2, "{s}");
+    // The next start replays them.
+    let receiver = Receiver::start("grpc", &[]);
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    );
+    a.otlp_disk_queue = Some(dir.clone());
+    let fed = Fed::start(resolve(a));
+    let r = receiver.wait(WAIT, "the 20 spans and logs replayed", |r| {
+        span_ids(r).len() >= 20 && log_ids(r).len() >= 20
+    });
+    assert_eq!(span_ids(&r), (0..20).collect::<Vec<_>>());
+    fed.stop(Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn retried_then_delivered(
     protocol: &str,
     fail: &str,

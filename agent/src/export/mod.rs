@@ -4,9 +4,9 @@
 //! ([`retry`]). Every item that is not delivered is counted by signal and reason, shown in
 //! the agent's stats and exported as self-metrics (`hostscope.export.*`).
 //!
-//! Two tasks: the encoder (records in, requests queued) and the sender (one request in
-//! flight, oldest first: order is kept, and with the disk queue an outage replays in
-//! order).
+//! Two tasks: the encoder (records in, requests queued) and the sender ([`sender`]: one
+//! request in flight, oldest first: order is kept, and with the disk queue an outage
+//! replays in order).
 
 pub mod config;
 pub mod connections;
@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod queue;
 pub mod resource;
 pub mod retry;
+mod sender;
 pub mod spans;
 pub mod transport;
 
@@ -171,10 +172,9 @@ pub struct Exporter {
     queue: Arc<queue::Queue>,
     encoder: JoinHandle<()>,
     sender: JoinHandle<()>,
-    /// Deadline for the sender to give up once the encoder is done.
+    /// The instant the sender gives up (set by [`Exporter::stop`]).
     stop_sender: watch::Sender<Option<Instant>>,
     shutdown: watch::Sender<bool>,
-    timeout: Duration,
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
@@ -211,13 +211,16 @@ impl Exporter {
                 shutdown_rx,
             ),
         );
-        let sender = tokio::spawn(send_loop(
-            transport,
-            queue.clone(),
-            shared.clone(),
-            config.max_retry,
-            stop_rx,
-        ));
+        let sender = tokio::spawn(
+            sender::Sender {
+                transport,
+                max_retry: config.max_retry,
+                queue: queue.clone(),
+                shared: shared.clone(),
+                stop: stop_rx,
+            }
+            .run(),
+        );
         Ok(Exporter {
             shared,
             queue,
@@ -225,13 +228,6 @@ impl Exporter {
             sender,
             stop_sender,
             shutdown,
-            // The longest of the signals' timeouts: a request in flight at stop may take it.
-            timeout: config
-                .signals
-                .iter()
-                .map(|s| s.timeout)
-                .max()
-                .unwrap_or(config.timeout),
         })
     }
 
@@ -244,16 +240,27 @@ impl Exporter {
         snapshot(&self.shared, &self.queue)
     }
 
-    /// Encodes what is pending, then gives the sender up to `grace` (at least the request
-    /// timeout) to deliver the queue. A memory queue's leftovers are counted as dropped; a
-    /// disk queue keeps them for the next start.
-    pub async fn stop(self, grace: Duration) -> ExportSnapshot {
+    /// Encodes what is pending, then lets the sender deliver the queue until `grace` after
+    /// the call, and returns by then (plus [`STOP_MARGIN`]) whatever the transport is doing:
+    /// a request in flight, a connect or a backoff is abandoned at the deadline. A memory
+    /// queue's leftovers are counted as dropped (`shutdown`); a disk queue keeps them for
+    /// the next start.
+    pub async fn stop(mut self, grace: Duration) -> ExportSnapshot {
+        let deadline = Instant::now() + grace;
         let _ = self.shutdown.send(true);
-        let _ = self.encoder.await;
-        let deadline = Instant::now() + grace.max(self.timeout);
+        // The encoder's last flush is CPU work (and disk writes), no network: awaited.
+        let _ = (&mut self.encoder).await;
         let _ = self.stop_sender.send(Some(deadline));
         self.queue.notify.notify_one();
-        let _ = self.sender.await;
+        // The sender honours the deadline itself; the margin only covers a future that
+        // would not yield in time, which is then cut off.
+        let hard = tokio::time::Instant::from_std(deadline + STOP_MARGIN);
+        if tokio::time::timeout_at(hard, &mut self.sender)
+            .await
+            .is_err()
+        {
+            self.sender.abort();
+        }
         for b in self.queue.drain_memory() {
             self.shared
                 .count(b.signal.as_str(), "dropped", "shutdown", b.items);
@@ -261,6 +268,9 @@ impl Exporter {
         snapshot(&self.shared, &self.queue)
     }
 }
+
+/// How late past its grace [`Exporter::stop`] may return at most.
+pub const STOP_MARGIN: Duration = Duration::from_millis(250);
 
 fn snapshot(shared: &Shared, queue: &queue::Queue) -> ExportSnapshot {
     let (queue_len, queue_bytes) = queue.len();
@@ -557,85 +567,6 @@ fn now_unix_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-/// One request in flight, oldest first. A retryable failure is retried with backoff
-/// (memory queue: for up to `max_retry`; disk queue: until delivered, the disk bound
-/// protecting the node); a non-retryable one drops the request, counted.
-async fn send_loop(
-    transport: transport::Transport,
-    queue: Arc<queue::Queue>,
-    shared: Arc<Shared>,
-    max_retry: Duration,
-    mut stop: watch::Receiver<Option<Instant>>,
-) {
-    let disk = queue.is_disk();
-    loop {
-        let deadline = *stop.borrow();
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return;
-        }
-        let Some(batch) = queue.front() else {
-            if deadline.is_some() {
-                return;
-            }
-            tokio::select! {
-                _ = queue.notify.notified() => {}
-                _ = stop.changed() => {}
-            }
-            continue;
-        };
-        let signal = batch.signal.as_str();
-        let first = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            let (result, wire) = transport.send(batch.signal, &batch.payload).await;
-            match result {
-                Ok(accepted) => {
-                    shared.requests_sent.fetch_add(1, Ordering::Relaxed);
-                    shared.bytes_sent.fetch_add(wire, Ordering::Relaxed);
-                    let rejected = (accepted.rejected as u64).min(batch.items);
-                    shared.count(signal, "sent", "", batch.items - rejected);
-                    shared.count(signal, "rejected", "partial_success", rejected);
-                    queue.done();
-                    break;
-                }
-                Err(e) if e.retryable && (disk || first.elapsed() < max_retry) => {
-                    shared.retries.fetch_add(1, Ordering::Relaxed);
-                    let wait = retry::delay(attempt, e.retry_after);
-                    attempt = attempt.saturating_add(1);
-                    let give_up_at = *stop.borrow();
-                    let sleep = tokio::time::sleep(wait);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut sleep => break,
-                            _ = stop.changed() => {}
-                        }
-                        if stop.borrow().is_some_and(|d| Instant::now() >= d) {
-                            break;
-                        }
-                    }
-                    let now_deadline = (*stop.borrow()).or(give_up_at);
-                    if now_deadline.is_some_and(|d| Instant::now() >= d) {
-                        // Shutting down: a disk queue keeps the request for the next run;
-                        // a memory queue's leftovers are counted by `Exporter::stop`.
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let reason = if e.retryable {
-                        format!("{}_retries_exhausted", e.kind)
-                    } else {
-                        e.kind.clone()
-                    };
-                    shared.count(signal, "failed", &reason, batch.items);
-                    queue.done();
-                    break;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
