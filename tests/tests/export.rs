@@ -785,6 +785,113 @@ fn stop_holds_its_deadline_with_a_disk_queue_which_keeps_the_requests() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Records exported to receiver A, A goes away, more records queue up, then the exporter
+/// is reconfigured to receiver B (another protocol, so the transports really are rebuilt):
+/// B gets everything A did not, exactly once, and the counters and the cumulative metric
+/// totals carry over.
+fn reconfigure_delivers_the_queue_to_the_new_endpoint(disk: bool) {
+    let a_recv = Receiver::start("grpc", &[]);
+    let dir = otlp::temp_path("reconf-disk");
+    let config = |endpoint: String, protocol| {
+        let mut a = args(&endpoint, protocol);
+        a.otlp_max_batch = Some(10);
+        a.otlp_timeout_ms = Some(1000);
+        a.otlp_disk_queue = disk.then(|| dir.clone());
+        resolve(a)
+    };
+    let fed = Fed::start(config(
+        format!("http://127.0.0.1:{}", a_recv.port),
+        Protocol::Grpc,
+    ));
+    fed.send(0..10);
+    a_recv.wait(WAIT, "the first 10 spans and logs on A", |r| {
+        span_ids(r).len() >= 10 && log_ids(r).len() >= 10
+    });
+    let on_a = a_recv.requests();
+    a_recv.stop();
+    fed.send(10..30);
+    fed.wait_snapshot("spans and logs queued while A is gone", |s| {
+        s.retries >= 1
+            && s.count("traces", "sent") == 10
+            && s.count("logs", "sent") == 10
+            && s.queue_len >= 4
+    });
+
+    let b_recv = Receiver::start("http", &[]);
+    fed.rt
+        .block_on(fed.exporter.as_ref().unwrap().reconfigure(config(
+            format!("http://127.0.0.1:{}", b_recv.port),
+            Protocol::HttpProtobuf,
+        )))
+        .expect("reconfigured");
+    fed.send(30..40);
+    let on_b = b_recv.wait(
+        WAIT,
+        "spans and logs 10..40 and the metric totals on B",
+        |r| {
+            span_ids(r).len() >= 30
+                && log_ids(r).len() >= 30
+                && latest_points(r, "tcp.connect.failures")
+                    .iter()
+                    .map(int_value)
+                    .sum::<i64>()
+                    == 40
+        },
+    );
+    // Nothing more trickles in (no second copy of anything).
+    std::thread::sleep(Duration::from_millis(700));
+    let on_b = std::cmp::max_by_key(on_b, b_recv.requests(), |r| r.len());
+    assert_eq!(span_ids(&on_a), (0..10).collect::<Vec<_>>());
+    assert_eq!(log_ids(&on_a), (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        span_ids(&on_b),
+        (10..40).collect::<Vec<_>>(),
+        "queued then new spans, each once, in order"
+    );
+    assert_eq!(log_ids(&on_b), (10..40).collect::<Vec<_>>());
+    let s = fed.stop(Duration::from_secs(1));
+    // Counters were not reset by the reconfiguration.
+    assert_eq!(s.count("traces", "sent"), 40, "{s}");
+    assert_eq!(s.count("logs", "sent"), 40, "{s}");
+    assert_eq!(
+        s.count("traces", "dropped") + s.count("traces", "failed"),
+        0,
+        "{s}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn reconfigure_delivers_the_memory_queue_to_the_new_endpoint() {
+    reconfigure_delivers_the_queue_to_the_new_endpoint(false);
+}
+
+#[test]
+fn reconfigure_delivers_the_disk_queue_to_the_new_endpoint() {
+    reconfigure_delivers_the_queue_to_the_new_endpoint(true);
+}
+
+#[test]
+fn reconfigure_to_an_unusable_disk_queue_is_an_error_and_changes_nothing() {
+    let receiver = Receiver::start("grpc", &[]);
+    let fed = Fed::start(resolve(args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    )));
+    let mut bad = resolve(args("https://127.0.0.1:1", Protocol::Grpc));
+    bad.disk_queue = Some(PathBuf::from("/proc/hostscope-no-such-dir/queue"));
+    let e = fed
+        .rt
+        .block_on(fed.exporter.as_ref().unwrap().reconfigure(bad))
+        .expect_err("an unusable disk queue directory is refused");
+    assert!(e.to_string().contains("/proc/hostscope-no-such-dir"), "{e}");
+    fed.send(0..5);
+    receiver.wait(WAIT, "spans still delivered to the old endpoint", |r| {
+        span_ids(r).len() >= 5
+    });
+    fed.stop(Duration::from_secs(1));
+}
+
 fn retried_then_delivered(
     protocol: &str,
     fail: &str,

@@ -6,7 +6,8 @@
 //!
 //! Two tasks: the encoder (records in, requests queued) and the sender ([`sender`]: one
 //! request in flight, oldest first: order is kept, and with the disk queue an outage
-//! replays in order).
+//! replays in order). [`Exporter::reconfigure`] hands both a new configuration while they
+//! run; the queue, the counters and the metric aggregation state carry over.
 
 pub mod config;
 pub mod connections;
@@ -39,7 +40,7 @@ use opentelemetry_proto::tonic::{
 use prost::Message;
 use serde::Serialize;
 use tokio::{
-    sync::{broadcast, broadcast::error::RecvError, watch},
+    sync::{broadcast, broadcast::error::RecvError, mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
@@ -84,6 +85,8 @@ pub enum ExportError {
     Transport(#[from] transport::TransportError),
     #[error(transparent)]
     Queue(#[from] queue::QueueError),
+    #[error("the exporter's {task} task has ended: cannot reconfigure it")]
+    Stopped { task: &'static str },
 }
 
 /// What happened to exported items so far.
@@ -175,7 +178,14 @@ pub struct Exporter {
     /// The instant the sender gives up (set by [`Exporter::stop`]).
     stop_sender: watch::Sender<Option<Instant>>,
     shutdown: watch::Sender<bool>,
+    encoder_ctl: mpsc::Sender<EncoderUpdate>,
+    sender_ctl: mpsc::Sender<sender::Update>,
+    /// One reconfiguration at a time (the sender's and the encoder's parts in step).
+    reconfiguring: tokio::sync::Mutex<()>,
 }
+
+/// A new configuration for the encoder, acknowledged once applied.
+type EncoderUpdate = (Arc<ExportConfig>, oneshot::Sender<()>);
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(
@@ -204,11 +214,14 @@ impl Exporter {
         let shared = Arc::new(Shared::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (stop_sender, stop_rx) = watch::channel(None);
+        let (encoder_ctl, encoder_ctl_rx) = mpsc::channel(1);
+        let (sender_ctl, sender_ctl_rx) = mpsc::channel(1);
         let encoder = tokio::spawn(
             Encoder::new(&config, queue.clone(), shared.clone(), resolver).run(
                 records,
                 agent_counters,
                 shutdown_rx,
+                encoder_ctl_rx,
             ),
         );
         let sender = tokio::spawn(
@@ -218,6 +231,7 @@ impl Exporter {
                 queue: queue.clone(),
                 shared: shared.clone(),
                 stop: stop_rx,
+                ctl: sender_ctl_rx,
             }
             .run(),
         );
@@ -228,6 +242,9 @@ impl Exporter {
             sender,
             stop_sender,
             shutdown,
+            encoder_ctl,
+            sender_ctl,
+            reconfiguring: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -238,6 +255,45 @@ impl Exporter {
 
     pub fn snapshot(&self) -> ExportSnapshot {
         snapshot(&self.shared, &self.queue)
+    }
+
+    /// Applies a new configuration to the running exporter without losing what is queued:
+    /// transports (endpoints, protocol, headers, compression, timeouts, TLS), retry limit
+    /// and queue bounds are replaced in the sender, and the requests waiting (in memory or
+    /// on disk) go to the new endpoints; batching, interval, resource, temporality,
+    /// buckets and series limit are replaced in the encoder, which keeps its metric
+    /// aggregation state ([`metrics::MetricsState::reconfigure`] says what happens to
+    /// histograms). Counters are never reset. A different `disk_queue` (or none) moves the
+    /// queued requests into the new queue, in order; those beyond its bound are counted
+    /// as dropped.
+    ///
+    /// A request in flight to the old endpoint is abandoned and sent again to the new one
+    /// (it is delivered twice only if the old backend had taken it without answering).
+    /// Returns once both tasks run with the new configuration. On error (a bad TLS file,
+    /// an unusable disk queue directory) nothing has changed.
+    pub async fn reconfigure(&self, config: ExportConfig) -> Result<(), ExportError> {
+        let _one = self.reconfiguring.lock().await;
+        let transport = transport::Transport::new(&config)?;
+        let (done, applied) = oneshot::channel();
+        let stopped = |task| ExportError::Stopped { task };
+        self.sender_ctl
+            .send(sender::Update {
+                transport,
+                max_retry: config.max_retry,
+                disk_queue: config.disk_queue.clone(),
+                queue_bytes: config.queue_bytes,
+                disk_queue_bytes: config.disk_queue_bytes,
+                done,
+            })
+            .await
+            .map_err(|_| stopped("sender"))?;
+        applied.await.map_err(|_| stopped("sender"))??;
+        let (done, applied) = oneshot::channel();
+        self.encoder_ctl
+            .send((Arc::new(config), done))
+            .await
+            .map_err(|_| stopped("encoder"))?;
+        applied.await.map_err(|_| stopped("encoder"))
     }
 
     /// Encodes what is pending, then lets the sender deliver the queue until `grace` after
@@ -345,17 +401,7 @@ impl Encoder {
         let now = crate::events::Clock::now().unix_ns(crate::events::monotonic_ns());
         Encoder {
             node: resource::node_resource(&config.resource),
-            metrics: metrics::MetricsState::new(
-                metrics::Options {
-                    temporality: config.temporality,
-                    buckets: config.buckets.clone(),
-                    series_limit: config.series_limit,
-                    pids: config.metric_pids,
-                    peers: config.metric_peers,
-                    exponential: config.exponential_histograms,
-                },
-                now,
-            ),
+            metrics: metrics::MetricsState::new(metrics_options(config), now),
             spans: Pending::new(),
             logs: Pending::new(),
             connections: config
@@ -374,10 +420,14 @@ impl Encoder {
         mut records: broadcast::Receiver<SharedRecord>,
         agent_counters: Arc<Counters>,
         mut shutdown: watch::Receiver<bool>,
+        mut ctl: mpsc::Receiver<EncoderUpdate>,
     ) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let new_tick = |every: Duration| {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        };
+        let mut tick = new_tick(self.interval);
         loop {
             tokio::select! {
                 r = records.recv() => match r {
@@ -391,6 +441,13 @@ impl Encoder {
                     Err(RecvError::Closed) => break,
                 },
                 _ = tick.tick() => self.flush_all(),
+                Some((config, done)) = ctl.recv() => {
+                    if config.interval != self.interval {
+                        tick = new_tick(config.interval);
+                    }
+                    self.reconfigure(&config);
+                    let _ = done.send(());
+                }
                 _ = shutdown.changed() => break,
             }
         }
@@ -400,6 +457,35 @@ impl Encoder {
         }
         self.settle_connections(true);
         self.flush_all();
+    }
+
+    /// The encoder's part of [`Exporter::reconfigure`]: spans and logs waiting for their
+    /// batch stay and go out with the new resource; metric series are kept.
+    fn reconfigure(&mut self, config: &ExportConfig) {
+        self.node = resource::node_resource(&config.resource);
+        self.metrics
+            .reconfigure(metrics_options(config), now_unix_ns());
+        match (config.connection_spans, self.connections.is_some()) {
+            (false, true) => {
+                // Their spans so far are exported; no more are started.
+                self.settle_connections(true);
+                self.connections = None;
+            }
+            (true, false) => {
+                self.connections = Some(connections::ConnectionSpans::new(
+                    connections::MAX_PENDING_CONNECTIONS,
+                ))
+            }
+            _ => {}
+        }
+        self.interval = config.interval;
+        self.max_batch = config.max_batch;
+        if self.spans.len >= self.max_batch {
+            self.flush_spans();
+        }
+        if self.logs.len >= self.max_batch {
+            self.flush_logs();
+        }
     }
 
     pub fn handle(&mut self, record: &crate::events::Record) {
@@ -457,12 +543,8 @@ impl Encoder {
             payload,
         };
         if let Err(full) = self.queue.push(batch) {
-            let reason = match full {
-                queue::Full::Memory => "queue_full",
-                queue::Full::Disk => "disk_queue_full",
-                queue::Full::DiskError => "disk_queue_error",
-            };
-            self.shared.count(signal.as_str(), "dropped", reason, items);
+            self.shared
+                .count(signal.as_str(), "dropped", full.reason(), items);
         }
     }
 
@@ -559,6 +641,17 @@ impl Encoder {
                 .collect(),
         };
         self.enqueue(Signal::Logs, n, req.encode_to_vec());
+    }
+}
+
+fn metrics_options(config: &ExportConfig) -> metrics::Options {
+    metrics::Options {
+        temporality: config.temporality,
+        buckets: config.buckets.clone(),
+        series_limit: config.series_limit,
+        pids: config.metric_pids,
+        peers: config.metric_peers,
+        exponential: config.exponential_histograms,
     }
 }
 

@@ -9,15 +9,37 @@
 //! the front of the queue: a memory queue's leftovers are then counted as dropped
 //! (`shutdown`), a disk queue keeps them for the next start (at-least-once: a request the
 //! backend had taken without answering yet is sent again).
+//!
+//! Reconfiguring: an [`Update`] is raced the same way. It is applied between two requests
+//! (the one in flight is abandoned, still at the front of the queue), so the queue can be
+//! moved and the transport replaced without the sender holding a request of the old one;
+//! the abandoned request then goes to the new endpoint with a fresh backoff.
 
 use std::{
+    path::PathBuf,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{queue::Queue, retry, transport::Transport, Shared};
+use super::{
+    queue::{Queue, QueueError},
+    retry,
+    transport::Transport,
+    Shared,
+};
+
+/// The sender's part of a new configuration.
+pub(super) struct Update {
+    pub transport: Transport,
+    pub max_retry: Duration,
+    pub disk_queue: Option<PathBuf>,
+    pub queue_bytes: usize,
+    pub disk_queue_bytes: u64,
+    /// Told once applied, or why the queue could not be moved (nothing changed then).
+    pub done: oneshot::Sender<Result<(), QueueError>>,
+}
 
 pub(super) struct Sender {
     pub transport: Transport,
@@ -26,6 +48,7 @@ pub(super) struct Sender {
     pub shared: Arc<Shared>,
     /// Set once, by `Exporter::stop`: give up at this instant.
     pub stop: watch::Receiver<Option<Instant>>,
+    pub ctl: mpsc::Receiver<Update>,
 }
 
 /// Resolves when the stop deadline is set and has passed, or when the exporter is gone
@@ -43,10 +66,16 @@ async fn deadline(stop: &mut watch::Receiver<Option<Instant>>) {
     }
 }
 
+/// What interrupted a wait (a request in flight, a backoff, an empty queue).
+enum Wake<T> {
+    Done(T),
+    Reconfigure(Update),
+    Stop,
+}
+
 impl Sender {
     pub async fn run(mut self) {
-        let disk = self.queue.is_disk();
-        loop {
+        'requests: loop {
             let stopping = *self.stop.borrow();
             if stopping.is_some_and(|d| Instant::now() >= d) {
                 return;
@@ -56,9 +85,18 @@ impl Sender {
                     // Everything was delivered before the deadline.
                     return;
                 }
-                tokio::select! {
-                    _ = self.queue.notify.notified() => {}
-                    changed = self.stop.changed() => if changed.is_err() { return },
+                let wake = tokio::select! {
+                    _ = self.queue.notify.notified() => Wake::Done(()),
+                    u = self.ctl.recv() => u.map_or(Wake::Stop, Wake::Reconfigure),
+                    changed = self.stop.changed() => match changed {
+                        Ok(()) => Wake::Done(()),
+                        Err(_) => Wake::Stop,
+                    },
+                };
+                match wake {
+                    Wake::Done(()) => {}
+                    Wake::Reconfigure(u) => self.apply(u),
+                    Wake::Stop => return,
                 }
                 continue;
             };
@@ -66,10 +104,19 @@ impl Sender {
             let first = Instant::now();
             let mut attempt = 0u32;
             loop {
-                let (result, wire) = tokio::select! {
-                    r = self.transport.send(batch.signal, &batch.payload) => r,
+                let wake = tokio::select! {
+                    r = self.transport.send(batch.signal, &batch.payload) => Wake::Done(r),
+                    u = self.ctl.recv() => u.map_or(Wake::Stop, Wake::Reconfigure),
+                    _ = deadline(&mut self.stop) => Wake::Stop,
+                };
+                let (result, wire) = match wake {
+                    Wake::Done(r) => r,
                     // Abandoned in flight: the request is still the queue's front.
-                    _ = deadline(&mut self.stop) => return,
+                    Wake::Reconfigure(u) => {
+                        self.apply(u);
+                        continue 'requests;
+                    }
+                    Wake::Stop => return,
                 };
                 match result {
                     Ok(accepted) => {
@@ -83,13 +130,25 @@ impl Sender {
                         self.queue.done();
                         break;
                     }
-                    Err(e) if e.retryable && (disk || first.elapsed() < self.max_retry) => {
+                    Err(e)
+                        if e.retryable
+                            && (self.queue.is_disk() || first.elapsed() < self.max_retry) =>
+                    {
                         self.shared.retries.fetch_add(1, Ordering::Relaxed);
                         let wait = retry::delay(attempt, e.retry_after);
                         attempt = attempt.saturating_add(1);
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = deadline(&mut self.stop) => return,
+                        let wake = tokio::select! {
+                            _ = tokio::time::sleep(wait) => Wake::Done(()),
+                            u = self.ctl.recv() => u.map_or(Wake::Stop, Wake::Reconfigure),
+                            _ = deadline(&mut self.stop) => Wake::Stop,
+                        };
+                        match wake {
+                            Wake::Done(()) => {}
+                            Wake::Reconfigure(u) => {
+                                self.apply(u);
+                                continue 'requests;
+                            }
+                            Wake::Stop => return,
                         }
                     }
                     Err(e) => {
@@ -103,6 +162,27 @@ impl Sender {
                         break;
                     }
                 }
+            }
+        }
+    }
+
+    /// Moves the queue if its kind or directory changed, then takes the new transport.
+    fn apply(&mut self, u: Update) {
+        match self
+            .queue
+            .reconfigure(u.disk_queue.as_deref(), u.queue_bytes, u.disk_queue_bytes)
+        {
+            Ok(refused) => {
+                for (b, full) in refused {
+                    self.shared
+                        .count(b.signal.as_str(), "dropped", full.reason(), b.items);
+                }
+                self.transport = u.transport;
+                self.max_retry = u.max_retry;
+                let _ = u.done.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = u.done.send(Err(e));
             }
         }
     }
