@@ -892,6 +892,45 @@ fn reconfigure_to_an_unusable_disk_queue_is_an_error_and_changes_nothing() {
     fed.stop(Duration::from_secs(1));
 }
 
+/// Why items pile up: the last failure, with its endpoint and reason, is in the snapshot
+/// (its Display and its JSON) while requests wait.
+#[test]
+fn an_unreachable_backend_leaves_its_reason_in_the_snapshot() {
+    let closed = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).port();
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let fed = Fed::start(resolve(args(
+            &format!("http://127.0.0.1:{closed}"),
+            protocol,
+        )));
+        fed.send(0..5);
+        let s = fed.wait_snapshot("a failure reason", |s| s.last_failure.is_some());
+        let f = s.last_failure.clone().unwrap();
+        assert!(f.endpoint.contains(&format!("127.0.0.1:{closed}")), "{f}");
+        assert!(
+            f.message.contains("Connection refused"),
+            "{protocol:?}: {f}"
+        );
+        assert!(f.retryable, "{f}");
+        assert!(s.to_string().contains("last failure:"), "{s}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["last_failure"]["kind"], f.kind.as_str(), "{json}");
+        fed.stop(Duration::from_millis(200));
+    }
+    let receiver = Receiver::start("http", &["--fail", "503", "--fail-count", "1000"]);
+    let fed = Fed::start(resolve(args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::HttpProtobuf,
+    )));
+    fed.send(0..5);
+    let s = fed.wait_snapshot("an HTTP 503 as the reason", |s| {
+        s.last_failure
+            .as_ref()
+            .is_some_and(|f| f.kind == "http_503")
+    });
+    assert!(s.to_string().contains("http_503"), "{s}");
+    fed.stop(Duration::from_millis(200));
+}
+
 fn retried_then_delivered(
     protocol: &str,
     fail: &str,

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod connections;
+pub mod failure;
 pub mod logs;
 pub mod metrics;
 pub mod queue;
@@ -105,6 +106,8 @@ pub struct ExportSnapshot {
     /// before compression.
     pub bytes_sent: u64,
     pub series: usize,
+    /// The last failed attempt to send (why items pile up while a backend is down).
+    pub last_failure: Option<failure::ExportFailure>,
 }
 
 fn items_as_list<S: serde::Serializer>(
@@ -144,6 +147,9 @@ impl std::fmt::Display for ExportSnapshot {
             }
             write!(f, "={n}")?;
         }
+        if let Some(last) = &self.last_failure {
+            write!(f, "; last failure: {last}")?;
+        }
         Ok(())
     }
 }
@@ -156,6 +162,7 @@ struct Shared {
     bytes_sent: std::sync::atomic::AtomicU64,
     series: std::sync::atomic::AtomicUsize,
     agent: Mutex<Option<AgentStats>>,
+    last_failure: Mutex<Option<failure::ExportFailure>>,
 }
 
 impl Shared {
@@ -227,6 +234,8 @@ impl Exporter {
         let sender = tokio::spawn(
             sender::Sender {
                 transport,
+                endpoints: config.endpoints.clone(),
+                warnings: Default::default(),
                 max_retry: config.max_retry,
                 queue: queue.clone(),
                 shared: shared.clone(),
@@ -279,6 +288,7 @@ impl Exporter {
         self.sender_ctl
             .send(sender::Update {
                 transport,
+                endpoints: config.endpoints.clone(),
                 max_retry: config.max_retry,
                 disk_queue: config.disk_queue.clone(),
                 queue_bytes: config.queue_bytes,
@@ -342,6 +352,11 @@ fn snapshot(shared: &Shared, queue: &queue::Queue) -> ExportSnapshot {
         requests_sent: shared.requests_sent.load(Ordering::Relaxed),
         bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
         series: shared.series.load(Ordering::Relaxed),
+        last_failure: shared
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     }
 }
 

@@ -24,15 +24,18 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
+    config::Endpoints,
+    failure::{self, ExportFailure, Warnings},
     queue::{Queue, QueueError},
     retry,
-    transport::Transport,
-    Shared,
+    transport::{SendError, Transport},
+    Shared, Signal,
 };
 
 /// The sender's part of a new configuration.
 pub(super) struct Update {
     pub transport: Transport,
+    pub endpoints: Endpoints,
     pub max_retry: Duration,
     pub disk_queue: Option<PathBuf>,
     pub queue_bytes: usize,
@@ -43,6 +46,9 @@ pub(super) struct Update {
 
 pub(super) struct Sender {
     pub transport: Transport,
+    /// For failure reports.
+    pub endpoints: Endpoints,
+    pub warnings: Warnings,
     pub max_retry: Duration,
     pub queue: Arc<Queue>,
     pub shared: Arc<Shared>,
@@ -69,7 +75,7 @@ async fn deadline(stop: &mut watch::Receiver<Option<Instant>>) {
 /// What interrupted a wait (a request in flight, a backoff, an empty queue).
 enum Wake<T> {
     Done(T),
-    Reconfigure(Update),
+    Reconfigure(Box<Update>),
     Stop,
 }
 
@@ -87,7 +93,7 @@ impl Sender {
                 }
                 let wake = tokio::select! {
                     _ = self.queue.notify.notified() => Wake::Done(()),
-                    u = self.ctl.recv() => u.map_or(Wake::Stop, Wake::Reconfigure),
+                    u = self.ctl.recv() => u.map_or(Wake::Stop, |u| Wake::Reconfigure(Box::new(u))),
                     changed = self.stop.changed() => match changed {
                         Ok(()) => Wake::Done(()),
                         Err(_) => Wake::Stop,
@@ -95,7 +101,7 @@ impl Sender {
                 };
                 match wake {
                     Wake::Done(()) => {}
-                    Wake::Reconfigure(u) => self.apply(u),
+                    Wake::Reconfigure(u) => self.apply(*u),
                     Wake::Stop => return,
                 }
                 continue;
@@ -106,14 +112,14 @@ impl Sender {
             loop {
                 let wake = tokio::select! {
                     r = self.transport.send(batch.signal, &batch.payload) => Wake::Done(r),
-                    u = self.ctl.recv() => u.map_or(Wake::Stop, Wake::Reconfigure),
+                    u = self.ctl.recv() => u.map_or(Wake::Stop, |u| Wake::Reconfigure(Box::new(u))),
                     _ = deadline(&mut self.stop) => Wake::Stop,
                 };
                 let (result, wire) = match wake {
                     Wake::Done(r) => r,
                     // Abandoned in flight: the request is still the queue's front.
                     Wake::Reconfigure(u) => {
-                        self.apply(u);
+                        self.apply(*u);
                         continue 'requests;
                     }
                     Wake::Stop => return,
@@ -128,30 +134,38 @@ impl Sender {
                         self.shared
                             .count(signal, "rejected", "partial_success", rejected);
                         self.queue.done();
+                        if self.warnings.recovered(batch.signal) {
+                            eprintln!(
+                                "hostscope: OTLP {signal} export to {} recovered",
+                                self.endpoint(batch.signal)
+                            );
+                        }
                         break;
                     }
                     Err(e)
                         if e.retryable
                             && (self.queue.is_disk() || first.elapsed() < self.max_retry) =>
                     {
+                        self.failed(batch.signal, &e, true);
                         self.shared.retries.fetch_add(1, Ordering::Relaxed);
                         let wait = retry::delay(attempt, e.retry_after);
                         attempt = attempt.saturating_add(1);
                         let wake = tokio::select! {
                             _ = tokio::time::sleep(wait) => Wake::Done(()),
-                            u = self.ctl.recv() => u.map_or(Wake::Stop, Wake::Reconfigure),
+                            u = self.ctl.recv() => u.map_or(Wake::Stop, |u| Wake::Reconfigure(Box::new(u))),
                             _ = deadline(&mut self.stop) => Wake::Stop,
                         };
                         match wake {
                             Wake::Done(()) => {}
                             Wake::Reconfigure(u) => {
-                                self.apply(u);
+                                self.apply(*u);
                                 continue 'requests;
                             }
                             Wake::Stop => return,
                         }
                     }
                     Err(e) => {
+                        self.failed(batch.signal, &e, false);
                         let reason = if e.retryable {
                             format!("{}_retries_exhausted", e.kind)
                         } else {
@@ -166,6 +180,37 @@ impl Sender {
         }
     }
 
+    fn endpoint(&self, signal: Signal) -> &reqwest::Url {
+        match signal {
+            Signal::Metrics => &self.endpoints.metrics,
+            Signal::Traces => &self.endpoints.traces,
+            Signal::Logs => &self.endpoints.logs,
+        }
+    }
+
+    /// Keeps the failure as the last one and says it on stderr, rate-limited.
+    fn failed(&mut self, signal: Signal, e: &SendError, retrying: bool) {
+        let f = ExportFailure {
+            signal: signal.as_str(),
+            endpoint: self.endpoint(signal).to_string(),
+            kind: e.kind.clone(),
+            message: e.message.clone(),
+            retryable: retrying,
+            at_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        if let Some(unprinted) = self.warnings.due(signal, Instant::now()) {
+            eprintln!("{}", failure::line(&f, self.queue.len(), unprinted));
+        }
+        *self
+            .shared
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
     /// Moves the queue if its kind or directory changed, then takes the new transport.
     fn apply(&mut self, u: Update) {
         match self
@@ -178,6 +223,7 @@ impl Sender {
                         .count(b.signal.as_str(), "dropped", full.reason(), b.items);
                 }
                 self.transport = u.transport;
+                self.endpoints = u.endpoints;
                 self.max_retry = u.max_retry;
                 let _ = u.done.send(Ok(()));
             }
