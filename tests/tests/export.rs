@@ -687,6 +687,250 @@ fn receiver_down_then_up_with_disk_queue_delivers_every_item_exactly_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A backend that accepts connections and never answers: requests hang in flight until
+/// their timeout. The accepted sockets are kept open for the life of the test process.
+fn blackhole() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    port
+}
+
+/// Records queued for an endpoint that does not deliver, then `stop(1 s)`: returns within
+/// 2 s although the request timeout is 10 s and retries would go on for a minute.
+fn stop_within_deadline(
+    endpoint: &str,
+    protocol: Protocol,
+    disk: Option<PathBuf>,
+) -> ExportSnapshot {
+    let mut a = args(endpoint, protocol);
+    a.otlp_timeout_ms = Some(10_000);
+    a.otlp_disk_queue = disk;
+    let fed = Fed::start(resolve(a));
+    fed.send(0..20);
+    fed.wait_snapshot("spans and logs queued", |s| s.queue_len >= 2);
+    let t = Instant::now();
+    let s = fed.stop(Duration::from_secs(1));
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "stop(1s) to {endpoint} ({protocol:?}) took {took:?}: {s}"
+    );
+    s
+}
+
+fn shutdown_drops(s: &ExportSnapshot, signal: &'static str) -> u64 {
+    s.items
+        .get(&(signal, "dropped", "shutdown".to_string()))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn stop_holds_its_deadline_with_a_closed_port_and_a_blackhole() {
+    let closed = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).port();
+    let hole = blackhole();
+    for (port, protocol) in [
+        (closed, Protocol::Grpc),
+        (closed, Protocol::HttpProtobuf),
+        (hole, Protocol::Grpc),
+        (hole, Protocol::HttpProtobuf),
+    ] {
+        let s = stop_within_deadline(&format!("http://127.0.0.1:{port}"), protocol, None);
+        // Nothing was delivered: every span and log record is counted as a shutdown drop.
+        assert_eq!(shutdown_drops(&s, "traces"), 20, "{s}");
+        assert_eq!(shutdown_drops(&s, "logs"), 20, "{s}");
+        assert_eq!(
+            s.count("traces", "sent") + s.count("traces", "failed"),
+            0,
+            "{s}"
+        );
+        assert_eq!(s.queue_len, 0, "{s}");
+    }
+}
+
+#[test]
+fn stop_holds_its_deadline_with_a_disk_queue_which_keeps_the_requests() {
+    let hole = blackhole();
+    let dir = otlp::temp_path("stop-disk");
+    let s = stop_within_deadline(
+        &format!("http://127.0.0.1:{hole}"),
+        Protocol::Grpc,
+        Some(dir.clone()),
+    );
+    assert_eq!(
+        s.count("traces", "dropped") + s.count("logs", "dropped"),
+        0,
+        "the disk queue keeps what was not delivered: {s}"
+    );
+    assert!(s.queue_len >= 2, "{s}");
+    // The next start replays them.
+    let receiver = Receiver::start("grpc", &[]);
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    );
+    a.otlp_disk_queue = Some(dir.clone());
+    let fed = Fed::start(resolve(a));
+    let r = receiver.wait(WAIT, "the 20 spans and logs replayed", |r| {
+        span_ids(r).len() >= 20 && log_ids(r).len() >= 20
+    });
+    assert_eq!(span_ids(&r), (0..20).collect::<Vec<_>>());
+    fed.stop(Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Records exported to receiver A, A goes away, more records queue up, then the exporter
+/// is reconfigured to receiver B (another protocol, so the transports really are rebuilt):
+/// B gets everything A did not, exactly once, and the counters and the cumulative metric
+/// totals carry over.
+fn reconfigure_delivers_the_queue_to_the_new_endpoint(disk: bool) {
+    let a_recv = Receiver::start("grpc", &[]);
+    let dir = otlp::temp_path("reconf-disk");
+    let config = |endpoint: String, protocol| {
+        let mut a = args(&endpoint, protocol);
+        a.otlp_max_batch = Some(10);
+        a.otlp_timeout_ms = Some(1000);
+        a.otlp_disk_queue = disk.then(|| dir.clone());
+        resolve(a)
+    };
+    let fed = Fed::start(config(
+        format!("http://127.0.0.1:{}", a_recv.port),
+        Protocol::Grpc,
+    ));
+    fed.send(0..10);
+    a_recv.wait(WAIT, "the first 10 spans and logs on A", |r| {
+        span_ids(r).len() >= 10 && log_ids(r).len() >= 10
+    });
+    let on_a = a_recv.requests();
+    a_recv.stop();
+    fed.send(10..30);
+    fed.wait_snapshot("spans and logs queued while A is gone", |s| {
+        s.retries >= 1
+            && s.count("traces", "sent") == 10
+            && s.count("logs", "sent") == 10
+            && s.queue_len >= 4
+    });
+
+    let b_recv = Receiver::start("http", &[]);
+    fed.rt
+        .block_on(fed.exporter.as_ref().unwrap().reconfigure(config(
+            format!("http://127.0.0.1:{}", b_recv.port),
+            Protocol::HttpProtobuf,
+        )))
+        .expect("reconfigured");
+    fed.send(30..40);
+    let on_b = b_recv.wait(
+        WAIT,
+        "spans and logs 10..40 and the metric totals on B",
+        |r| {
+            span_ids(r).len() >= 30
+                && log_ids(r).len() >= 30
+                && latest_points(r, "tcp.connect.failures")
+                    .iter()
+                    .map(int_value)
+                    .sum::<i64>()
+                    == 40
+        },
+    );
+    // Nothing more trickles in (no second copy of anything).
+    std::thread::sleep(Duration::from_millis(700));
+    let on_b = std::cmp::max_by_key(on_b, b_recv.requests(), |r| r.len());
+    assert_eq!(span_ids(&on_a), (0..10).collect::<Vec<_>>());
+    assert_eq!(log_ids(&on_a), (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        span_ids(&on_b),
+        (10..40).collect::<Vec<_>>(),
+        "queued then new spans, each once, in order"
+    );
+    assert_eq!(log_ids(&on_b), (10..40).collect::<Vec<_>>());
+    let s = fed.stop(Duration::from_secs(1));
+    // Counters were not reset by the reconfiguration.
+    assert_eq!(s.count("traces", "sent"), 40, "{s}");
+    assert_eq!(s.count("logs", "sent"), 40, "{s}");
+    assert_eq!(
+        s.count("traces", "dropped") + s.count("traces", "failed"),
+        0,
+        "{s}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn reconfigure_delivers_the_memory_queue_to_the_new_endpoint() {
+    reconfigure_delivers_the_queue_to_the_new_endpoint(false);
+}
+
+#[test]
+fn reconfigure_delivers_the_disk_queue_to_the_new_endpoint() {
+    reconfigure_delivers_the_queue_to_the_new_endpoint(true);
+}
+
+#[test]
+fn reconfigure_to_an_unusable_disk_queue_is_an_error_and_changes_nothing() {
+    let receiver = Receiver::start("grpc", &[]);
+    let fed = Fed::start(resolve(args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    )));
+    let mut bad = resolve(args("https://127.0.0.1:1", Protocol::Grpc));
+    bad.disk_queue = Some(PathBuf::from("/proc/hostscope-no-such-dir/queue"));
+    let e = fed
+        .rt
+        .block_on(fed.exporter.as_ref().unwrap().reconfigure(bad))
+        .expect_err("an unusable disk queue directory is refused");
+    assert!(e.to_string().contains("/proc/hostscope-no-such-dir"), "{e}");
+    fed.send(0..5);
+    receiver.wait(WAIT, "spans still delivered to the old endpoint", |r| {
+        span_ids(r).len() >= 5
+    });
+    fed.stop(Duration::from_secs(1));
+}
+
+/// Why items pile up: the last failure, with its endpoint and reason, is in the snapshot
+/// (its Display and its JSON) while requests wait.
+#[test]
+fn an_unreachable_backend_leaves_its_reason_in_the_snapshot() {
+    let closed = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).port();
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let fed = Fed::start(resolve(args(
+            &format!("http://127.0.0.1:{closed}"),
+            protocol,
+        )));
+        fed.send(0..5);
+        let s = fed.wait_snapshot("a failure reason", |s| s.last_failure.is_some());
+        let f = s.last_failure.clone().unwrap();
+        assert!(f.endpoint.contains(&format!("127.0.0.1:{closed}")), "{f}");
+        assert!(
+            f.message.contains("Connection refused"),
+            "{protocol:?}: {f}"
+        );
+        assert!(f.retryable, "{f}");
+        assert!(s.to_string().contains("last failure:"), "{s}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["last_failure"]["kind"], f.kind.as_str(), "{json}");
+        fed.stop(Duration::from_millis(200));
+    }
+    let receiver = Receiver::start("http", &["--fail", "503", "--fail-count", "1000"]);
+    let fed = Fed::start(resolve(args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::HttpProtobuf,
+    )));
+    fed.send(0..5);
+    let s = fed.wait_snapshot("an HTTP 503 as the reason", |s| {
+        s.last_failure
+            .as_ref()
+            .is_some_and(|f| f.kind == "http_503")
+    });
+    assert!(s.to_string().contains("http_503"), "{s}");
+    fed.stop(Duration::from_millis(200));
+}
+
 fn retried_then_delivered(
     protocol: &str,
     fail: &str,

@@ -339,6 +339,45 @@ impl MetricsState {
         }
     }
 
+    /// New options with every series and its totals kept (live reconfiguration). Counters
+    /// keep counting, whatever the temporality: a cumulative total goes on, a delta one
+    /// reports what changed since the last export. Histograms cannot be re-bucketed from
+    /// their counts, so the series of a histogram whose bounds changed, all histograms
+    /// when switching to or from exponential histograms, and all histograms when the
+    /// temporality changes, restart from zero with `now_ns` as their start time (a new
+    /// stream for the backend; what they had counted since the last export is lost). A
+    /// lower series limit bars new series only; existing ones stay. `pids` / `peers`
+    /// apply to measurements from now on.
+    pub fn reconfigure(&mut self, opts: Options, now_ns: u64) {
+        let restart_all =
+            opts.exponential != self.opts.exponential || opts.temporality != self.opts.temporality;
+        for (i, def) in METRICS.iter().enumerate() {
+            if !matches!(def.instrument, Instrument::Histogram) {
+                continue;
+            }
+            let bounds = opts
+                .buckets
+                .get(def.name)
+                .cloned()
+                .unwrap_or_else(|| def.bounds.to_vec());
+            let rebucketed = !opts.exponential && bounds != self.bounds[i];
+            self.bounds[i] = bounds;
+            if !(restart_all || rebucketed) {
+                continue;
+            }
+            let n_bounds = self.bounds[i].len();
+            for s in self.series[i].values_mut() {
+                s.start_ns = now_ns;
+                s.value = if opts.exponential {
+                    Value::Exponential(ExpHist::new())
+                } else {
+                    Value::Histogram(Hist::new(n_bounds))
+                };
+            }
+        }
+        self.opts = opts;
+    }
+
     /// Identity attributes allowed on data points: pids only when asked.
     fn identity_key(&self, identity: &Identity, key: &mut Key) {
         for (k, v) in &identity.attributes {

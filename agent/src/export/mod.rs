@@ -4,17 +4,20 @@
 //! ([`retry`]). Every item that is not delivered is counted by signal and reason, shown in
 //! the agent's stats and exported as self-metrics (`hostscope.export.*`).
 //!
-//! Two tasks: the encoder (records in, requests queued) and the sender (one request in
-//! flight, oldest first: order is kept, and with the disk queue an outage replays in
-//! order).
+//! Two tasks: the encoder (records in, requests queued) and the sender ([`sender`]: one
+//! request in flight, oldest first: order is kept, and with the disk queue an outage
+//! replays in order). [`Exporter::reconfigure`] hands both a new configuration while they
+//! run; the queue, the counters and the metric aggregation state carry over.
 
 pub mod config;
 pub mod connections;
+pub mod failure;
 pub mod logs;
 pub mod metrics;
 pub mod queue;
 pub mod resource;
 pub mod retry;
+mod sender;
 pub mod spans;
 pub mod transport;
 
@@ -38,7 +41,7 @@ use opentelemetry_proto::tonic::{
 use prost::Message;
 use serde::Serialize;
 use tokio::{
-    sync::{broadcast, broadcast::error::RecvError, watch},
+    sync::{broadcast, broadcast::error::RecvError, mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
@@ -83,6 +86,8 @@ pub enum ExportError {
     Transport(#[from] transport::TransportError),
     #[error(transparent)]
     Queue(#[from] queue::QueueError),
+    #[error("the exporter's {task} task has ended: cannot reconfigure it")]
+    Stopped { task: &'static str },
 }
 
 /// What happened to exported items so far.
@@ -101,6 +106,8 @@ pub struct ExportSnapshot {
     /// before compression.
     pub bytes_sent: u64,
     pub series: usize,
+    /// The last failed attempt to send (why items pile up while a backend is down).
+    pub last_failure: Option<failure::ExportFailure>,
 }
 
 fn items_as_list<S: serde::Serializer>(
@@ -140,6 +147,9 @@ impl std::fmt::Display for ExportSnapshot {
             }
             write!(f, "={n}")?;
         }
+        if let Some(last) = &self.last_failure {
+            write!(f, "; last failure: {last}")?;
+        }
         Ok(())
     }
 }
@@ -152,6 +162,7 @@ struct Shared {
     bytes_sent: std::sync::atomic::AtomicU64,
     series: std::sync::atomic::AtomicUsize,
     agent: Mutex<Option<AgentStats>>,
+    last_failure: Mutex<Option<failure::ExportFailure>>,
 }
 
 impl Shared {
@@ -171,11 +182,17 @@ pub struct Exporter {
     queue: Arc<queue::Queue>,
     encoder: JoinHandle<()>,
     sender: JoinHandle<()>,
-    /// Deadline for the sender to give up once the encoder is done.
+    /// The instant the sender gives up (set by [`Exporter::stop`]).
     stop_sender: watch::Sender<Option<Instant>>,
     shutdown: watch::Sender<bool>,
-    timeout: Duration,
+    encoder_ctl: mpsc::Sender<EncoderUpdate>,
+    sender_ctl: mpsc::Sender<sender::Update>,
+    /// One reconfiguration at a time (the sender's and the encoder's parts in step).
+    reconfiguring: tokio::sync::Mutex<()>,
 }
+
+/// A new configuration for the encoder, acknowledged once applied.
+type EncoderUpdate = (Arc<ExportConfig>, oneshot::Sender<()>);
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(
@@ -204,20 +221,29 @@ impl Exporter {
         let shared = Arc::new(Shared::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (stop_sender, stop_rx) = watch::channel(None);
+        let (encoder_ctl, encoder_ctl_rx) = mpsc::channel(1);
+        let (sender_ctl, sender_ctl_rx) = mpsc::channel(1);
         let encoder = tokio::spawn(
             Encoder::new(&config, queue.clone(), shared.clone(), resolver).run(
                 records,
                 agent_counters,
                 shutdown_rx,
+                encoder_ctl_rx,
             ),
         );
-        let sender = tokio::spawn(send_loop(
-            transport,
-            queue.clone(),
-            shared.clone(),
-            config.max_retry,
-            stop_rx,
-        ));
+        let sender = tokio::spawn(
+            sender::Sender {
+                transport,
+                endpoints: config.endpoints.clone(),
+                warnings: Default::default(),
+                max_retry: config.max_retry,
+                queue: queue.clone(),
+                shared: shared.clone(),
+                stop: stop_rx,
+                ctl: sender_ctl_rx,
+            }
+            .run(),
+        );
         Ok(Exporter {
             shared,
             queue,
@@ -225,13 +251,9 @@ impl Exporter {
             sender,
             stop_sender,
             shutdown,
-            // The longest of the signals' timeouts: a request in flight at stop may take it.
-            timeout: config
-                .signals
-                .iter()
-                .map(|s| s.timeout)
-                .max()
-                .unwrap_or(config.timeout),
+            encoder_ctl,
+            sender_ctl,
+            reconfiguring: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -244,16 +266,67 @@ impl Exporter {
         snapshot(&self.shared, &self.queue)
     }
 
-    /// Encodes what is pending, then gives the sender up to `grace` (at least the request
-    /// timeout) to deliver the queue. A memory queue's leftovers are counted as dropped; a
-    /// disk queue keeps them for the next start.
-    pub async fn stop(self, grace: Duration) -> ExportSnapshot {
+    /// Applies a new configuration to the running exporter without losing what is queued:
+    /// transports (endpoints, protocol, headers, compression, timeouts, TLS), retry limit
+    /// and queue bounds are replaced in the sender, and the requests waiting (in memory or
+    /// on disk) go to the new endpoints; batching, interval, resource, temporality,
+    /// buckets and series limit are replaced in the encoder, which keeps its metric
+    /// aggregation state ([`metrics::MetricsState::reconfigure`] says what happens to
+    /// histograms). Counters are never reset. A different `disk_queue` (or none) moves the
+    /// queued requests into the new queue, in order; those beyond its bound are counted
+    /// as dropped.
+    ///
+    /// A request in flight to the old endpoint is abandoned and sent again to the new one
+    /// (it is delivered twice only if the old backend had taken it without answering).
+    /// Returns once both tasks run with the new configuration. On error (a bad TLS file,
+    /// an unusable disk queue directory) nothing has changed.
+    pub async fn reconfigure(&self, config: ExportConfig) -> Result<(), ExportError> {
+        let _one = self.reconfiguring.lock().await;
+        let transport = transport::Transport::new(&config)?;
+        let (done, applied) = oneshot::channel();
+        let stopped = |task| ExportError::Stopped { task };
+        self.sender_ctl
+            .send(sender::Update {
+                transport,
+                endpoints: config.endpoints.clone(),
+                max_retry: config.max_retry,
+                disk_queue: config.disk_queue.clone(),
+                queue_bytes: config.queue_bytes,
+                disk_queue_bytes: config.disk_queue_bytes,
+                done,
+            })
+            .await
+            .map_err(|_| stopped("sender"))?;
+        applied.await.map_err(|_| stopped("sender"))??;
+        let (done, applied) = oneshot::channel();
+        self.encoder_ctl
+            .send((Arc::new(config), done))
+            .await
+            .map_err(|_| stopped("encoder"))?;
+        applied.await.map_err(|_| stopped("encoder"))
+    }
+
+    /// Encodes what is pending, then lets the sender deliver the queue until `grace` after
+    /// the call, and returns by then (plus [`STOP_MARGIN`]) whatever the transport is doing:
+    /// a request in flight, a connect or a backoff is abandoned at the deadline. A memory
+    /// queue's leftovers are counted as dropped (`shutdown`); a disk queue keeps them for
+    /// the next start.
+    pub async fn stop(mut self, grace: Duration) -> ExportSnapshot {
+        let deadline = Instant::now() + grace;
         let _ = self.shutdown.send(true);
-        let _ = self.encoder.await;
-        let deadline = Instant::now() + grace.max(self.timeout);
+        // The encoder's last flush is CPU work (and disk writes), no network: awaited.
+        let _ = (&mut self.encoder).await;
         let _ = self.stop_sender.send(Some(deadline));
         self.queue.notify.notify_one();
-        let _ = self.sender.await;
+        // The sender honours the deadline itself; the margin only covers a future that
+        // would not yield in time, which is then cut off.
+        let hard = tokio::time::Instant::from_std(deadline + STOP_MARGIN);
+        if tokio::time::timeout_at(hard, &mut self.sender)
+            .await
+            .is_err()
+        {
+            self.sender.abort();
+        }
         for b in self.queue.drain_memory() {
             self.shared
                 .count(b.signal.as_str(), "dropped", "shutdown", b.items);
@@ -261,6 +334,9 @@ impl Exporter {
         snapshot(&self.shared, &self.queue)
     }
 }
+
+/// How late past its grace [`Exporter::stop`] may return at most.
+pub const STOP_MARGIN: Duration = Duration::from_millis(250);
 
 fn snapshot(shared: &Shared, queue: &queue::Queue) -> ExportSnapshot {
     let (queue_len, queue_bytes) = queue.len();
@@ -276,6 +352,11 @@ fn snapshot(shared: &Shared, queue: &queue::Queue) -> ExportSnapshot {
         requests_sent: shared.requests_sent.load(Ordering::Relaxed),
         bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
         series: shared.series.load(Ordering::Relaxed),
+        last_failure: shared
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     }
 }
 
@@ -335,17 +416,7 @@ impl Encoder {
         let now = crate::events::Clock::now().unix_ns(crate::events::monotonic_ns());
         Encoder {
             node: resource::node_resource(&config.resource),
-            metrics: metrics::MetricsState::new(
-                metrics::Options {
-                    temporality: config.temporality,
-                    buckets: config.buckets.clone(),
-                    series_limit: config.series_limit,
-                    pids: config.metric_pids,
-                    peers: config.metric_peers,
-                    exponential: config.exponential_histograms,
-                },
-                now,
-            ),
+            metrics: metrics::MetricsState::new(metrics_options(config), now),
             spans: Pending::new(),
             logs: Pending::new(),
             connections: config
@@ -364,10 +435,14 @@ impl Encoder {
         mut records: broadcast::Receiver<SharedRecord>,
         agent_counters: Arc<Counters>,
         mut shutdown: watch::Receiver<bool>,
+        mut ctl: mpsc::Receiver<EncoderUpdate>,
     ) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let new_tick = |every: Duration| {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        };
+        let mut tick = new_tick(self.interval);
         loop {
             tokio::select! {
                 r = records.recv() => match r {
@@ -381,6 +456,13 @@ impl Encoder {
                     Err(RecvError::Closed) => break,
                 },
                 _ = tick.tick() => self.flush_all(),
+                Some((config, done)) = ctl.recv() => {
+                    if config.interval != self.interval {
+                        tick = new_tick(config.interval);
+                    }
+                    self.reconfigure(&config);
+                    let _ = done.send(());
+                }
                 _ = shutdown.changed() => break,
             }
         }
@@ -390,6 +472,35 @@ impl Encoder {
         }
         self.settle_connections(true);
         self.flush_all();
+    }
+
+    /// The encoder's part of [`Exporter::reconfigure`]: spans and logs waiting for their
+    /// batch stay and go out with the new resource; metric series are kept.
+    fn reconfigure(&mut self, config: &ExportConfig) {
+        self.node = resource::node_resource(&config.resource);
+        self.metrics
+            .reconfigure(metrics_options(config), now_unix_ns());
+        match (config.connection_spans, self.connections.is_some()) {
+            (false, true) => {
+                // Their spans so far are exported; no more are started.
+                self.settle_connections(true);
+                self.connections = None;
+            }
+            (true, false) => {
+                self.connections = Some(connections::ConnectionSpans::new(
+                    connections::MAX_PENDING_CONNECTIONS,
+                ))
+            }
+            _ => {}
+        }
+        self.interval = config.interval;
+        self.max_batch = config.max_batch;
+        if self.spans.len >= self.max_batch {
+            self.flush_spans();
+        }
+        if self.logs.len >= self.max_batch {
+            self.flush_logs();
+        }
     }
 
     pub fn handle(&mut self, record: &crate::events::Record) {
@@ -447,12 +558,8 @@ impl Encoder {
             payload,
         };
         if let Err(full) = self.queue.push(batch) {
-            let reason = match full {
-                queue::Full::Memory => "queue_full",
-                queue::Full::Disk => "disk_queue_full",
-                queue::Full::DiskError => "disk_queue_error",
-            };
-            self.shared.count(signal.as_str(), "dropped", reason, items);
+            self.shared
+                .count(signal.as_str(), "dropped", full.reason(), items);
         }
     }
 
@@ -552,90 +659,22 @@ impl Encoder {
     }
 }
 
+fn metrics_options(config: &ExportConfig) -> metrics::Options {
+    metrics::Options {
+        temporality: config.temporality,
+        buckets: config.buckets.clone(),
+        series_limit: config.series_limit,
+        pids: config.metric_pids,
+        peers: config.metric_peers,
+        exponential: config.exponential_histograms,
+    }
+}
+
 fn now_unix_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-/// One request in flight, oldest first. A retryable failure is retried with backoff
-/// (memory queue: for up to `max_retry`; disk queue: until delivered, the disk bound
-/// protecting the node); a non-retryable one drops the request, counted.
-async fn send_loop(
-    transport: transport::Transport,
-    queue: Arc<queue::Queue>,
-    shared: Arc<Shared>,
-    max_retry: Duration,
-    mut stop: watch::Receiver<Option<Instant>>,
-) {
-    let disk = queue.is_disk();
-    loop {
-        let deadline = *stop.borrow();
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return;
-        }
-        let Some(batch) = queue.front() else {
-            if deadline.is_some() {
-                return;
-            }
-            tokio::select! {
-                _ = queue.notify.notified() => {}
-                _ = stop.changed() => {}
-            }
-            continue;
-        };
-        let signal = batch.signal.as_str();
-        let first = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            let (result, wire) = transport.send(batch.signal, &batch.payload).await;
-            match result {
-                Ok(accepted) => {
-                    shared.requests_sent.fetch_add(1, Ordering::Relaxed);
-                    shared.bytes_sent.fetch_add(wire, Ordering::Relaxed);
-                    let rejected = (accepted.rejected as u64).min(batch.items);
-                    shared.count(signal, "sent", "", batch.items - rejected);
-                    shared.count(signal, "rejected", "partial_success", rejected);
-                    queue.done();
-                    break;
-                }
-                Err(e) if e.retryable && (disk || first.elapsed() < max_retry) => {
-                    shared.retries.fetch_add(1, Ordering::Relaxed);
-                    let wait = retry::delay(attempt, e.retry_after);
-                    attempt = attempt.saturating_add(1);
-                    let give_up_at = *stop.borrow();
-                    let sleep = tokio::time::sleep(wait);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut sleep => break,
-                            _ = stop.changed() => {}
-                        }
-                        if stop.borrow().is_some_and(|d| Instant::now() >= d) {
-                            break;
-                        }
-                    }
-                    let now_deadline = (*stop.borrow()).or(give_up_at);
-                    if now_deadline.is_some_and(|d| Instant::now() >= d) {
-                        // Shutting down: a disk queue keeps the request for the next run;
-                        // a memory queue's leftovers are counted by `Exporter::stop`.
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let reason = if e.retryable {
-                        format!("{}_retries_exhausted", e.kind)
-                    } else {
-                        e.kind.clone()
-                    };
-                    shared.count(signal, "failed", &reason, batch.items);
-                    queue.done();
-                    break;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,17 @@ pub enum Full {
     DiskError,
 }
 
+impl Full {
+    /// The drop reason counted for it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Full::Memory => "queue_full",
+            Full::Disk => "disk_queue_full",
+            Full::DiskError => "disk_queue_error",
+        }
+    }
+}
+
 struct Disk {
     dir: PathBuf,
     limit: u64,
@@ -55,6 +66,44 @@ enum Store {
         limit: usize,
     },
     Disk(Disk),
+}
+
+impl Store {
+    fn push(&mut self, batch: Batch) -> Result<(), Full> {
+        match self {
+            Store::Memory {
+                items,
+                bytes,
+                limit,
+            } => {
+                if *bytes + batch.payload.len() > *limit {
+                    return Err(Full::Memory);
+                }
+                *bytes += batch.payload.len();
+                items.push_back(batch);
+            }
+            Store::Disk(d) => {
+                let len = batch.payload.len() as u64;
+                if d.bytes + len > d.limit {
+                    return Err(Full::Disk);
+                }
+                let seq = d.next_seq;
+                let name = file_name(seq, batch.signal, batch.items);
+                let tmp = d.dir.join(format!("{name}.tmp"));
+                // Written then renamed: a crash never leaves a half request to replay.
+                let written = std::fs::write(&tmp, &batch.payload)
+                    .and_then(|_| std::fs::rename(&tmp, d.dir.join(&name)));
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(Full::DiskError);
+                }
+                d.next_seq += 1;
+                d.bytes += len;
+                d.files.push_back((seq, batch.signal, batch.items, len));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub struct Queue {
@@ -126,41 +175,7 @@ impl Queue {
     }
 
     pub fn push(&self, batch: Batch) -> Result<(), Full> {
-        {
-            let mut store = self.lock();
-            match &mut *store {
-                Store::Memory {
-                    items,
-                    bytes,
-                    limit,
-                } => {
-                    if *bytes + batch.payload.len() > *limit {
-                        return Err(Full::Memory);
-                    }
-                    *bytes += batch.payload.len();
-                    items.push_back(batch);
-                }
-                Store::Disk(d) => {
-                    let len = batch.payload.len() as u64;
-                    if d.bytes + len > d.limit {
-                        return Err(Full::Disk);
-                    }
-                    let seq = d.next_seq;
-                    let name = file_name(seq, batch.signal, batch.items);
-                    let tmp = d.dir.join(format!("{name}.tmp"));
-                    // Written then renamed: a crash never leaves a half request to replay.
-                    let written = std::fs::write(&tmp, &batch.payload)
-                        .and_then(|_| std::fs::rename(&tmp, d.dir.join(&name)));
-                    if written.is_err() {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(Full::DiskError);
-                    }
-                    d.next_seq += 1;
-                    d.bytes += len;
-                    d.files.push_back((seq, batch.signal, batch.items, len));
-                }
-            }
-        }
+        self.lock().push(batch)?;
         self.notify.notify_one();
         Ok(())
     }
@@ -217,6 +232,52 @@ impl Queue {
         matches!(&*self.lock(), Store::Disk(_))
     }
 
+    /// Applies a new queue configuration (`disk`: the directory of a disk queue, `None` for
+    /// memory) without losing what is queued. Same kind and directory: only the bound
+    /// changes (a lower bound refuses new requests until the queue has drained below it;
+    /// nothing queued is dropped for it). Another kind or directory: the queued requests
+    /// move, in order, after any that the new directory already held; those that do not
+    /// fit the new bound are returned, to be counted as dropped by the caller. Called by
+    /// the sender between two requests, so the front it works on is never moved under it.
+    pub fn reconfigure(
+        &self,
+        disk: Option<&Path>,
+        memory_limit: usize,
+        disk_limit: u64,
+    ) -> Result<Vec<(Batch, Full)>, QueueError> {
+        let mut store = self.lock();
+        match (&mut *store, disk) {
+            (Store::Memory { limit, .. }, None) => {
+                *limit = memory_limit;
+                return Ok(Vec::new());
+            }
+            (Store::Disk(d), Some(dir)) if d.dir == dir => {
+                d.limit = disk_limit;
+                return Ok(Vec::new());
+            }
+            _ => {}
+        }
+        let new = match disk {
+            Some(dir) => Queue::disk(dir, disk_limit)?,
+            None => Queue::memory(memory_limit),
+        };
+        let old = std::mem::replace(&mut *store, new.into_store());
+        // Moved under the lock: a request the encoder queues meanwhile goes after them.
+        let mut refused = Vec::new();
+        for batch in drain_store(old) {
+            if let Err(full) = store.push(batch.clone()) {
+                refused.push((batch, full));
+            }
+        }
+        drop(store);
+        self.notify.notify_one();
+        Ok(refused)
+    }
+
+    fn into_store(self) -> Store {
+        self.store.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Empties a memory queue, returning what was in it (to be counted as dropped).
     pub fn drain_memory(&self) -> Vec<Batch> {
         let mut store = self.lock();
@@ -227,6 +288,28 @@ impl Queue {
             }
             Store::Disk(_) => Vec::new(),
         }
+    }
+}
+
+/// Every request of a store, oldest first; a disk store's files are removed as they are
+/// read (a file that cannot be read is left where it is).
+fn drain_store(store: Store) -> Vec<Batch> {
+    match store {
+        Store::Memory { items, .. } => items.into(),
+        Store::Disk(d) => d
+            .files
+            .into_iter()
+            .filter_map(|(seq, signal, items, _)| {
+                let path = d.dir.join(file_name(seq, signal, items));
+                let payload = std::fs::read(&path).ok()?;
+                let _ = std::fs::remove_file(&path);
+                Some(Batch {
+                    signal,
+                    items,
+                    payload,
+                })
+            })
+            .collect(),
     }
 }
 
@@ -275,6 +358,33 @@ mod tests {
         assert_eq!(q.front().unwrap(), batch(3));
         q.done();
         assert_eq!(q.front().unwrap(), batch(5));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reconfigure_moves_requests_between_memory_and_disk_in_order() {
+        let dir = std::env::temp_dir().join(format!("hostscope-qr-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let q = Queue::memory(1000);
+        for n in 1..=3 {
+            q.push(batch(n)).unwrap();
+        }
+        // Memory -> disk with room for two: the third is handed back, counted by the caller.
+        let refused = q.reconfigure(Some(&dir), 1000, 200).unwrap();
+        assert_eq!(refused, vec![(batch(3), Full::Disk)]);
+        assert!(q.is_disk());
+        assert_eq!(q.len(), (2, 200));
+        // Same directory: only the bound changes.
+        assert!(q.reconfigure(Some(&dir), 1000, 1000).unwrap().is_empty());
+        q.push(batch(4)).unwrap();
+        // Disk -> memory: in order, files gone.
+        assert!(q.reconfigure(None, 1000, 0).unwrap().is_empty());
+        assert!(!q.is_disk());
+        for n in [1, 2, 4] {
+            assert_eq!(q.front().unwrap(), batch(n));
+            q.done();
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

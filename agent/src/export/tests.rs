@@ -393,3 +393,33 @@ fn reference_table_lists_every_metric() {
         );
     }
 }
+
+#[test]
+fn reconfigure_keeps_counters_and_restarts_only_rebucketed_histograms() {
+    let mut m = MetricsState::new(opts(), 0);
+    let id = pid_identity();
+    let refused = tcp(TcpEventKind::ConnectFailed, libc::ECONNREFUSED as u32, 9);
+    m.observe(&refused, &id, 1);
+    m.observe(&tcp(TcpEventKind::Connect, 0, 443), &id, 1);
+    m.observe(&tcp(TcpEventKind::Connect, 0, 443), &id, 1);
+    let _ = m.collect(2);
+    let mut o = opts();
+    o.buckets
+        .insert("tcp.connect.duration".into(), vec![0.001, 0.002, 0.004]);
+    m.reconfigure(o, 3);
+    m.observe(&refused, &id, 4);
+    m.observe(&tcp(TcpEventKind::Connect, 0, 443), &id, 4);
+    let (metrics, _) = m.collect(5);
+    // The counter kept its total and its start.
+    let failures = int_points(find(&metrics, "tcp.connect.failures"));
+    assert_eq!(failures.iter().map(|(_, v)| v).sum::<i64>(), 2);
+    // The histogram with new bounds restarted at the reconfiguration, with those bounds.
+    let Some(Data::Histogram(h)) = find(&metrics, "tcp.connect.duration").data.as_ref() else {
+        panic!("histogram expected");
+    };
+    let p = &h.data_points[0];
+    assert_eq!(p.count, 1);
+    assert_eq!(p.start_time_unix_nano, 3);
+    assert_eq!(p.explicit_bounds, vec![0.001, 0.002, 0.004]);
+    assert_eq!(p.bucket_counts.len(), 4);
+}

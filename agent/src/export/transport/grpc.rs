@@ -190,6 +190,18 @@ fn partial(p: Option<(i64, String)>) -> Accepted {
 pub fn classify(status: Status) -> SendError {
     let code = status.code();
     let retry_after = retry_info(status.details());
+    // tonic reports a connection that broke under the request (the backend went away) as
+    // UNKNOWN, with the transport error as its source; an UNKNOWN the server sent has no
+    // source. The former is a transport failure like a refused connect: retried.
+    let local = std::error::Error::source(&status).is_some();
+    if code == Code::Unknown && local {
+        return SendError {
+            retryable: true,
+            retry_after,
+            kind: "grpc_transport".into(),
+            message: message_with_causes(&status),
+        };
+    }
     let retryable = match code {
         Code::Cancelled
         | Code::DeadlineExceeded
@@ -204,8 +216,24 @@ pub fn classify(status: Status) -> SendError {
         retryable,
         retry_after,
         kind: format!("grpc_{}", code_name(code)),
-        message: status.message().to_string(),
+        message: message_with_causes(&status),
     }
+}
+
+/// The status message and the errors under it: a failed connect is only "tcp connect
+/// error" on its own, the cause ("Connection refused", a timeout) is in the chain.
+fn message_with_causes(status: &Status) -> String {
+    let mut s = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = e.source();
+    }
+    s
 }
 
 fn code_name(code: Code) -> String {
@@ -303,6 +331,18 @@ mod tests {
         assert!(!e.retryable);
         assert_eq!(e.kind, "grpc_invalid_argument");
         assert!(classify(Status::unavailable("down")).retryable);
+    }
+
+    #[test]
+    fn a_connection_broken_under_the_request_is_retried_a_server_unknown_is_not() {
+        let broken = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let e = classify(Status::from_error(Box::new(broken)));
+        assert!(e.retryable);
+        assert_eq!(e.kind, "grpc_transport");
+        assert!(e.message.contains("broken pipe"), "{}", e.message);
+        let e = classify(Status::unknown("the server did not like it"));
+        assert!(!e.retryable);
+        assert_eq!(e.kind, "grpc_unknown");
     }
 
     #[test]
