@@ -875,3 +875,54 @@ fn sigterm_and_sigint_stop_every_mode_with_final_counters() {
         );
     }
 }
+
+#[test]
+fn reload_moves_export_to_another_endpoint() {
+    if !privileged("reload_moves_export_to_another_endpoint") {
+        return;
+    }
+    use hostscope_tests::otlp::{attr, logs, Receiver};
+    let (first, second) = (Receiver::start("http", &[]), Receiver::start("http", &[]));
+    let dir = test_dir("export");
+    let file = dir.join("config.yaml");
+    let yaml = |port: u16| {
+        format!(
+            "export:\n  endpoint: http://127.0.0.1:{port}\n  protocol: http/protobuf\n  interval: 300ms\n"
+        )
+    };
+    std::fs::write(&file, yaml(first.port)).unwrap();
+    let mut agent = Agent::start(&file, &[]);
+    let refused_log = |r: &Receiver, port: u16| {
+        r.wait(
+            Duration::from_secs(10),
+            "the refused connect's log",
+            |reqs| {
+                logs(reqs)
+                    .iter()
+                    .any(|(_, l)| attr(l, "network.peer.port") == Some(port.to_string()))
+            },
+        );
+    };
+    let a = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert!(TcpStream::connect(a).is_err());
+    refused_log(&first, a.port());
+
+    write_atomic(&file, &yaml(second.port));
+    let r = agent.reload(Duration::from_secs(5));
+    assert_eq!(r["result"], "applied", "{r}");
+    assert_eq!(r["applied"], serde_json::json!(["export.endpoint"]), "{r}");
+    let sent_to_first = first.requests().len();
+    let b = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert!(TcpStream::connect(b).is_err());
+    refused_log(&second, b.port());
+    let lines = agent.stop();
+    // Nothing new went to the old endpoint once the new one was in effect (a request
+    // in flight at the switch may still land there).
+    assert!(first.requests().len() <= sent_to_first + 1);
+    let export = lines
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "export_stats")
+        .expect("final export_stats");
+    assert!(export.to_string().contains("sent"), "{export}");
+}

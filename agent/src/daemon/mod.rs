@@ -254,10 +254,10 @@ pub async fn run(source: Source, duration: Option<Duration>) -> Result<(), Daemo
             _ = sleep_until(stop_at) => break,
             signal = signals.next() => match signal {
                 Wanted::Stop => break,
-                Wanted::Reload => running.reload(&source, true)?,
+                Wanted::Reload => running.reload(&source, true).await?,
             },
             _ = changed(&mut watcher) => {
-                running.reload(&source, false)?;
+                running.reload(&source, false).await?;
             }
             _ = stats_tick.tick(), if stats_on => running.print_stats()?,
             // The agent's health goes out with the exporter's own metrics.

@@ -106,7 +106,7 @@ impl Default for ReloadStats {
 impl Running {
     /// Reads the sources again and applies what changed. `forced` (SIGHUP) reloads even
     /// when the file's text is unchanged. Only a failure to print is an error.
-    pub fn reload(&mut self, source: &Source, forced: bool) -> Result<(), DaemonError> {
+    pub async fn reload(&mut self, source: &Source, forced: bool) -> Result<(), DaemonError> {
         let started = std::time::Instant::now();
         let mut report = match source.load() {
             Err(e) => {
@@ -131,7 +131,7 @@ impl Running {
                 if !forced && loaded.text.is_some() && loaded.text == self.text {
                     return Ok(());
                 }
-                self.apply(loaded)
+                self.apply(loaded).await
             }
         };
         report.duration_us = started.elapsed().as_micros() as u64;
@@ -149,7 +149,7 @@ impl Running {
     }
 
     /// Applies a loaded configuration to the running agent.
-    pub fn apply(&mut self, loaded: Loaded) -> ReloadReport {
+    pub async fn apply(&mut self, loaded: Loaded) -> ReloadReport {
         let plan = Plan::new(&self.config, &loaded.config);
         let mut effective = plan.effective.clone();
         let mut failed = Vec::new();
@@ -166,7 +166,7 @@ impl Running {
             }
         }
         if changed("export.") || loaded.export.is_some() != self.export.is_some() {
-            match self.apply_export(loaded.export.clone()) {
+            match self.apply_export(loaded.export.clone()).await {
                 Ok(()) => self.export = loaded.export.clone(),
                 Err(e) => {
                     failed.push(("export".to_string(), e));
@@ -262,9 +262,12 @@ impl Running {
 
     /// Starts, stops or reconfigures the exporter. A reconfigured exporter keeps its queue:
     /// what was queued for the old endpoint goes to the new one.
-    fn apply_export(&mut self, new: Option<crate::export::ExportConfig>) -> Result<(), String> {
+    async fn apply_export(
+        &mut self,
+        new: Option<crate::export::ExportConfig>,
+    ) -> Result<(), String> {
         match (self.exporter.as_ref(), new) {
-            (Some(e), Some(cfg)) => e.reconfigure(cfg).map_err(|e| e.to_string()),
+            (Some(e), Some(cfg)) => e.reconfigure(cfg).await.map_err(|e| e.to_string()),
             (None, Some(cfg)) => {
                 self.exporter =
                     Some(super::start_exporter(&self.agent, cfg).map_err(|e| e.to_string())?);
