@@ -709,8 +709,8 @@ fn stop_within_deadline(
     disk: Option<PathBuf>,
 ) -> ExportSnapshot {
     let mut a = args(endpoint, protocol);
-    a.otlp_timeout_ms = Some(10_000);
-    a.otlp_disk_queue = disk;
+    a.timeout = Some(Duration::from_millis(10_000));
+    a.disk_queue = disk;
     let fed = Fed::start(resolve(a));
     fed.send(0..20);
     fed.wait_snapshot("spans and logs queued", |s| s.queue_len >= 2);
@@ -775,7 +775,7 @@ fn stop_holds_its_deadline_with_a_disk_queue_which_keeps_the_requests() {
         &format!("http://127.0.0.1:{}", receiver.port),
         Protocol::Grpc,
     );
-    a.otlp_disk_queue = Some(dir.clone());
+    a.disk_queue = Some(dir.clone());
     let fed = Fed::start(resolve(a));
     let r = receiver.wait(WAIT, "the 20 spans and logs replayed", |r| {
         span_ids(r).len() >= 20 && log_ids(r).len() >= 20
@@ -794,9 +794,9 @@ fn reconfigure_delivers_the_queue_to_the_new_endpoint(disk: bool) {
     let dir = otlp::temp_path("reconf-disk");
     let config = |endpoint: String, protocol| {
         let mut a = args(&endpoint, protocol);
-        a.otlp_max_batch = Some(10);
-        a.otlp_timeout_ms = Some(1000);
-        a.otlp_disk_queue = disk.then(|| dir.clone());
+        a.max_batch = 10;
+        a.timeout = Some(Duration::from_millis(1000));
+        a.disk_queue = disk.then(|| dir.clone());
         resolve(a)
     };
     let fed = Fed::start(config(
