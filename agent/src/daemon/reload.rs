@@ -110,11 +110,6 @@ impl Running {
         let started = std::time::Instant::now();
         let mut report = match source.load() {
             Err(e) => {
-                // A file caught half-written by a non-atomic writer is invalid for an
-                // instant: the next change event brings the complete one.
-                if !forced && self.file_unchanged(source) {
-                    return Ok(());
-                }
                 self.reloads.invalid += 1;
                 self.reloads.last_error = Some(e.to_string());
                 ReloadReport {
@@ -138,14 +133,6 @@ impl Running {
         let format = self.config.agent.output;
         print(format, "config_reload", &report)?;
         Ok(())
-    }
-
-    fn file_unchanged(&self, source: &Source) -> bool {
-        let now = source
-            .file
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok());
-        now.is_some() && now == self.text
     }
 
     /// Applies a loaded configuration to the running agent.
