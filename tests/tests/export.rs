@@ -931,6 +931,45 @@ fn an_unreachable_backend_leaves_its_reason_in_the_snapshot() {
     fed.stop(Duration::from_millis(200));
 }
 
+/// A request file in the disk queue that is not a request (garbage placed there before
+/// start) is set aside as `<name>.corrupt`, counted as dropped (`corrupt`) with its
+/// items, and the requests behind it are delivered.
+#[test]
+fn a_corrupt_disk_queue_file_is_set_aside_and_counted() {
+    let dir = otlp::temp_path("corrupt-queue");
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = "0000000000000000.traces.7.pb";
+    std::fs::write(dir.join(name), b"\x0a\xff\xff\x7f not a protobuf request").unwrap();
+    let receiver = Receiver::start("grpc", &[]);
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    );
+    a.otlp_disk_queue = Some(dir.clone());
+    let fed = Fed::start(resolve(a));
+    fed.send(0..5);
+    receiver.wait(WAIT, "the spans queued behind the corrupt file", |r| {
+        span_ids(r).len() >= 5
+    });
+    let s = fed.wait_snapshot("the corrupt file counted", |s| {
+        s.count("traces", "dropped") > 0
+    });
+    assert_eq!(
+        s.items.get(&("traces", "dropped", "corrupt".to_string())),
+        Some(&7),
+        "{s}"
+    );
+    assert_eq!(
+        s.count("traces", "failed"),
+        0,
+        "not sent, so not failed: {s}"
+    );
+    assert!(dir.join(format!("{name}.corrupt")).exists());
+    assert!(!dir.join(name).exists());
+    fed.stop(Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn retried_then_delivered(
     protocol: &str,
     fail: &str,
