@@ -210,6 +210,25 @@ fn start_exporter(h: &Harness, config: ExportConfig) -> Exporter {
     .expect("exporter starts")
 }
 
+/// A refused connect made by a child process (the exporter leaves out the records of its
+/// own process, which in these tests is the test process). Returns the child's pid.
+fn refused_connect_from_child(target: std::net::SocketAddr) -> u32 {
+    let mut child = Command::new("bash")
+        .args([
+            "-c",
+            &format!("exec 3<>/dev/tcp/{}/{}", target.ip(), target.port()),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("bash");
+    let pid = child.id();
+    assert!(
+        !child.wait().unwrap().success(),
+        "the connect must be refused"
+    );
+    pid
+}
+
 fn point_with<'a>(points: &'a [Value], pairs: &[(&str, &str)]) -> Option<&'a Value> {
     points
         .iter()
@@ -236,17 +255,23 @@ fn grpc_exports_refused_connect_expired_certificate_and_watched_file() {
     let exporter = start_exporter(&h, resolve(a));
 
     // A refused connect, an expired certificate over TLS 1.2, a watched file read.
+    // (From child processes: the test process is the agent, whose records are left out.)
     let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    assert!(TcpStream::connect(target).is_err());
+    let connector = refused_connect_from_child(target).to_string();
     let server = Server::start(&pki().expired(), &["-tls1_2"]);
     let (_, ok) = s_client(server.addr, &[]);
     assert!(!ok, "s_client must reject the expired certificate");
     let secret = dir.join("secret");
     std::fs::write(&secret, b"not exported").unwrap();
-    let _ = std::fs::read(&secret).unwrap();
+    let mut cat = Command::new("cat")
+        .arg(&secret)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let reader = cat.id().to_string();
+    assert!(cat.wait().unwrap().success());
     let secret = secret.display().to_string();
     let port = target.port().to_string();
-    let me = std::process::id().to_string();
 
     let requests = receiver.wait(WAIT, "refused, TLS failure and file access", |r| {
         let failures = latest_points(r, "tcp.connect.failures");
@@ -361,7 +386,7 @@ fn grpc_exports_refused_connect_expired_certificate_and_watched_file() {
     assert_eq!(attr(connect, "error.type").as_deref(), Some("refused"));
     assert_eq!(
         resource_attr(res, "process.pid").as_deref(),
-        Some(me.as_str())
+        Some(connector.as_str())
     );
     assert_eq!(
         resource_attr(res, "service.name").as_deref(),
@@ -393,7 +418,7 @@ fn grpc_exports_refused_connect_expired_certificate_and_watched_file() {
     assert_eq!(file["severityText"], "WARN");
     assert_eq!(file["severityNumber"], "SEVERITY_NUMBER_WARN");
     assert_eq!(file["eventName"], "hostscope.security.file_access");
-    assert_eq!(attr(file, "process.pid").as_deref(), Some(me.as_str()));
+    assert_eq!(attr(file, "process.pid").as_deref(), Some(reader.as_str()));
     assert!(
         !file.to_string().contains("not exported"),
         "file contents never leave"
@@ -451,7 +476,7 @@ fn http_protobuf_gzip_exports_a_refused_connect() {
     a.compression = Some(Compression::Gzip);
     let exporter = start_exporter(&h, resolve(a));
     let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    assert!(TcpStream::connect(target).is_err());
+    refused_connect_from_child(target);
     let port = target.port().to_string();
     let requests = receiver.wait(WAIT, "refused connect over HTTP", |r| {
         point_with(
@@ -480,7 +505,6 @@ fn connection_spans_cover_connect_to_close_with_resets_as_events() {
     if !privileged("connection_spans_cover_connect_to_close_with_resets_as_events") {
         return;
     }
-    use std::io::{Read, Write};
     let receiver = Receiver::start("grpc", &[]);
     let h = Harness::start();
     let mut a = args(
@@ -490,28 +514,45 @@ fn connection_spans_cover_connect_to_close_with_resets_as_events() {
     a.connection_spans = true;
     let exporter = start_exporter(&h, resolve(a));
 
-    // A clean connection with a payload, then one the server aborts with a RST.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server = listener.local_addr().unwrap();
-    let mut clean = TcpStream::connect(server).unwrap();
-    let (mut accepted, _) = listener.accept().unwrap();
-    clean.write_all(&[7u8; 3000]).unwrap();
-    let mut got = vec![0u8; 3000];
-    accepted.read_exact(&mut got).unwrap();
-    let clean_port = clean.local_addr().unwrap().port().to_string();
-    drop(clean);
-    drop(accepted);
-
-    let mut reset = TcpStream::connect(server).unwrap();
-    let (aborted, _) = listener.accept().unwrap();
-    let reset_port = reset.local_addr().unwrap().port().to_string();
-    reset.write_all(b"hello").unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    hostscope_tests::set_linger_zero(&aborted);
-    drop(aborted);
-    let mut buf = [0u8; 16];
-    assert!(reset.read(&mut buf).is_err(), "the connection was reset");
-    drop(reset);
+    // A clean connection with a payload, then one the server aborts with a RST, both
+    // made by a child process: the test process is the agent, whose records are left out.
+    const SCRIPT: &str = r#"
+import socket, struct, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(4)
+server = l.getsockname()[1]
+c = socket.create_connection(("127.0.0.1", server)); a, _ = l.accept()
+c.sendall(b"\x07" * 3000); got = b""
+while len(got) < 3000:
+    got += a.recv(3000 - len(got))
+clean = c.getsockname()[1]; c.close(); a.close()
+r = socket.create_connection(("127.0.0.1", server)); b, _ = l.accept()
+reset = r.getsockname()[1]; r.sendall(b"hello"); time.sleep(0.05)
+b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); b.close()
+try:
+    r.recv(16); was_reset = 0
+except ConnectionResetError:
+    was_reset = 1
+r.close()
+print(server, clean, reset, was_reset)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ports: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let [server_port, clean_port, reset_port, was_reset] = &ports[..] else {
+        panic!("script said {ports:?}");
+    };
+    assert_eq!(was_reset, "1", "the connection was reset");
+    let (clean_port, reset_port) = (clean_port.clone(), reset_port.clone());
 
     let is_conn = |s: &Value, port: &str| {
         s["name"] == "tcp.connection"
@@ -525,7 +566,7 @@ fn connection_spans_cover_connect_to_close_with_resets_as_events() {
     });
     let spans = otlp::spans(&requests);
     let (_, ok) = spans.iter().find(|(_, s)| is_conn(s, &clean_port)).unwrap();
-    assert_eq!(attr(ok, "server.port"), Some(server.port().to_string()));
+    assert_eq!(attr(ok, "server.port").as_ref(), Some(server_port));
     // tcp_info counts SYN and FIN too.
     let acked: u64 = attr(ok, "hostscope.tcp.bytes_acked")
         .unwrap()
@@ -569,6 +610,80 @@ fn connection_spans_cover_connect_to_close_with_resets_as_events() {
     assert_eq!(snap.count("traces", "dropped"), 0, "{snap}");
 }
 
+/// The exporter's own refused connects to a backend that is down (real records from the
+/// probes: the test process is the agent here) are left out of spans, logs and metrics
+/// and counted as excluded; another process's refused connect in the same outage is
+/// exported. The backend then comes up (reconfigure) and gets the queue.
+#[test]
+fn the_agents_own_failed_export_connects_are_not_exported() {
+    if !privileged("the_agents_own_failed_export_connects_are_not_exported") {
+        return;
+    }
+    let down = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let h = Harness::start();
+    let mut a = args(&format!("http://127.0.0.1:{}", down.port()), Protocol::Grpc);
+    a.otlp_timeout_ms = Some(1000);
+    let exporter = start_exporter(&h, resolve(a));
+    let me = std::process::id();
+    let own = h.wait_tcp(2, WAIT, |r| {
+        r.event == TcpEventKind::ConnectFailed && r.remote == down && r.pid == Some(me)
+    });
+    assert!(!own.is_empty());
+    let other = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    refused_connect_from_child(other);
+    let deadline = Instant::now() + WAIT;
+    while exporter.snapshot().count("records", "excluded") < 2 {
+        assert!(Instant::now() < deadline, "{}", exporter.snapshot());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let receiver = Receiver::start("grpc", &[]);
+    h.rt.block_on(exporter.reconfigure(resolve(args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    ))))
+    .expect("reconfigured");
+    let other_port = other.port().to_string();
+    let requests = receiver.wait(WAIT, "the other process's refused connect", |r| {
+        otlp::spans(r)
+            .iter()
+            .any(|(_, s)| attr(s, "network.peer.port").as_deref() == Some(other_port.as_str()))
+            && otlp::logs(r)
+                .iter()
+                .any(|(_, l)| attr(l, "network.peer.port").as_deref() == Some(other_port.as_str()))
+            && point_with(
+                &latest_points(r, "tcp.connect.failures"),
+                &[("server.port", &other_port)],
+            )
+            .is_some()
+    });
+    let down_port = down.port().to_string();
+    let own_span = otlp::spans(&requests)
+        .into_iter()
+        .find(|(_, s)| attr(s, "network.peer.port").as_deref() == Some(down_port.as_str()));
+    assert!(own_span.is_none(), "own connect exported: {own_span:?}");
+    let own_log = otlp::logs(&requests)
+        .into_iter()
+        .find(|(_, l)| attr(l, "network.peer.port").as_deref() == Some(down_port.as_str()));
+    assert!(own_log.is_none(), "own connect exported: {own_log:?}");
+    let failures = latest_points(&requests, "tcp.connect.failures");
+    assert!(
+        point_with(&failures, &[("server.port", &down_port)]).is_none(),
+        "own connects counted in tcp.connect.failures: {failures:?}"
+    );
+    let snap = h.rt.block_on(exporter.stop(Duration::from_secs(2)));
+    let excluded = snap
+        .items
+        .get(&("records", "excluded", "own_process".to_string()))
+        .copied()
+        .unwrap_or(0);
+    assert!(excluded >= 2, "{snap}");
+    assert!(
+        snap.to_string().contains("records excluded (own_process)="),
+        "{snap}"
+    );
+}
+
 #[test]
 fn http_protobuf_zstd_exports_a_refused_connect() {
     if !privileged("http_protobuf_zstd_exports_a_refused_connect") {
@@ -583,7 +698,7 @@ fn http_protobuf_zstd_exports_a_refused_connect() {
     a.compression = Some(Compression::Zstd);
     let exporter = start_exporter(&h, resolve(a));
     let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    assert!(TcpStream::connect(target).is_err());
+    refused_connect_from_child(target);
     let port = target.port().to_string();
     // The receiver decodes zstd bodies: the span and the metric arrive readable.
     let requests = receiver.wait(WAIT, "refused connect over HTTP with zstd", |r| {
@@ -929,6 +1044,45 @@ fn an_unreachable_backend_leaves_its_reason_in_the_snapshot() {
     });
     assert!(s.to_string().contains("http_503"), "{s}");
     fed.stop(Duration::from_millis(200));
+}
+
+/// A request file in the disk queue that is not a request (garbage placed there before
+/// start) is set aside as `<name>.corrupt`, counted as dropped (`corrupt`) with its
+/// items, and the requests behind it are delivered.
+#[test]
+fn a_corrupt_disk_queue_file_is_set_aside_and_counted() {
+    let dir = otlp::temp_path("corrupt-queue");
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = "0000000000000000.traces.7.pb";
+    std::fs::write(dir.join(name), b"\x0a\xff\xff\x7f not a protobuf request").unwrap();
+    let receiver = Receiver::start("grpc", &[]);
+    let mut a = args(
+        &format!("http://127.0.0.1:{}", receiver.port),
+        Protocol::Grpc,
+    );
+    a.otlp_disk_queue = Some(dir.clone());
+    let fed = Fed::start(resolve(a));
+    fed.send(0..5);
+    receiver.wait(WAIT, "the spans queued behind the corrupt file", |r| {
+        span_ids(r).len() >= 5
+    });
+    let s = fed.wait_snapshot("the corrupt file counted", |s| {
+        s.count("traces", "dropped") > 0
+    });
+    assert_eq!(
+        s.items.get(&("traces", "dropped", "corrupt".to_string())),
+        Some(&7),
+        "{s}"
+    );
+    assert_eq!(
+        s.count("traces", "failed"),
+        0,
+        "not sent, so not failed: {s}"
+    );
+    assert!(dir.join(format!("{name}.corrupt")).exists());
+    assert!(!dir.join(name).exists());
+    fed.stop(Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn retried_then_delivered(

@@ -404,6 +404,8 @@ pub struct Encoder {
     queue: Arc<queue::Queue>,
     shared: Arc<Shared>,
     resolver: Arc<Resolver>,
+    /// The agent's own pid: its records are not exported (see [`Encoder::handle`]).
+    own_pid: u32,
 }
 
 impl Encoder {
@@ -427,6 +429,7 @@ impl Encoder {
             queue,
             shared,
             resolver,
+            own_pid: std::process::id(),
         }
     }
 
@@ -503,7 +506,15 @@ impl Encoder {
         }
     }
 
+    /// Records of the agent's own process are left out of spans, logs and metrics and
+    /// counted (`records` / `excluded` / `own_process`): while the backend is down the
+    /// exporter's own failed connects would otherwise be exported as connect failures,
+    /// more of them the longer the outage, and they say nothing about the node.
     pub fn handle(&mut self, record: &crate::events::Record) {
+        if record.subject().pid == Some(self.own_pid) {
+            self.shared.count("records", "excluded", "own_process", 1);
+            return;
+        }
         let now = now_unix_ns();
         let identity = self.resolver.identify(record.subject());
         self.metrics.observe(record, &identity, now);

@@ -57,6 +57,71 @@ struct Disk {
     /// Sequence numbers on disk, oldest first.
     files: VecDeque<(u64, Signal, u64, u64)>,
     next_seq: u64,
+    /// Set aside since the last [`Queue::take_corrupt`].
+    corrupt: Vec<Corrupt>,
+}
+
+/// A queued request file that cannot be read or decoded (a disk error, a file truncated
+/// or overwritten outside the agent): renamed to `<name>.corrupt` so that it is neither
+/// retried forever nor lost without a trace.
+#[derive(Debug, PartialEq)]
+pub struct Corrupt {
+    /// Where it is now (`….pb.corrupt`).
+    pub path: PathBuf,
+    pub signal: Signal,
+    pub items: u64,
+    pub why: String,
+}
+
+/// A request file's payload, if it is an Export*ServiceRequest of its signal.
+fn load(path: &Path, signal: Signal) -> Result<Vec<u8>, String> {
+    use opentelemetry_proto::tonic::collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    };
+    use prost::Message;
+    let payload = std::fs::read(path).map_err(|e| e.to_string())?;
+    let decoded = match signal {
+        Signal::Metrics => ExportMetricsServiceRequest::decode(payload.as_slice()).map(drop),
+        Signal::Traces => ExportTraceServiceRequest::decode(payload.as_slice()).map(drop),
+        Signal::Logs => ExportLogsServiceRequest::decode(payload.as_slice()).map(drop),
+    };
+    decoded.map_err(|e| format!("not an OTLP {} request: {e}", signal.as_str()))?;
+    Ok(payload)
+}
+
+impl Disk {
+    /// The oldest request that loads; those that do not are set aside on the way.
+    fn front(&mut self) -> Option<Batch> {
+        while let Some(&(seq, signal, items, len)) = self.files.front() {
+            let path = self.dir.join(file_name(seq, signal, items));
+            match load(&path, signal) {
+                Ok(payload) => {
+                    return Some(Batch {
+                        signal,
+                        items,
+                        payload,
+                    })
+                }
+                Err(why) => {
+                    let aside = path.with_extension("pb.corrupt");
+                    if std::fs::rename(&path, &aside).is_err() {
+                        // Cannot even be moved: removed, so it is not met again.
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    self.files.pop_front();
+                    self.bytes -= len;
+                    self.corrupt.push(Corrupt {
+                        path: aside,
+                        signal,
+                        items,
+                        why,
+                    });
+                }
+            }
+        }
+        None
+    }
 }
 
 enum Store {
@@ -165,6 +230,7 @@ impl Queue {
                 bytes,
                 files: files.into(),
                 next_seq,
+                corrupt: Vec::new(),
             })),
             notify: tokio::sync::Notify::new(),
         })
@@ -181,19 +247,20 @@ impl Queue {
     }
 
     /// The oldest request, left in the queue until [`Queue::done`].
+    /// Disk: a file that does not load is set aside (see [`Queue::take_corrupt`]).
     pub fn front(&self) -> Option<Batch> {
-        let store = self.lock();
-        match &*store {
+        let mut store = self.lock();
+        match &mut *store {
             Store::Memory { items, .. } => items.front().cloned(),
-            Store::Disk(d) => {
-                let &(seq, signal, items, _) = d.files.front()?;
-                let payload = std::fs::read(d.dir.join(file_name(seq, signal, items))).ok()?;
-                Some(Batch {
-                    signal,
-                    items,
-                    payload,
-                })
-            }
+            Store::Disk(d) => d.front(),
+        }
+    }
+
+    /// Request files set aside as corrupt since the last call, to be reported and counted.
+    pub fn take_corrupt(&self) -> Vec<Corrupt> {
+        match &mut *self.lock() {
+            Store::Disk(d) => std::mem::take(&mut d.corrupt),
+            Store::Memory { .. } => Vec::new(),
         }
     }
 
@@ -292,24 +359,21 @@ impl Queue {
 }
 
 /// Every request of a store, oldest first; a disk store's files are removed as they are
-/// read (a file that cannot be read is left where it is).
+/// read (one that does not load is set aside as corrupt, and not reported: rare enough
+/// on a reconfiguration that its name on disk is the trace).
 fn drain_store(store: Store) -> Vec<Batch> {
     match store {
         Store::Memory { items, .. } => items.into(),
-        Store::Disk(d) => d
-            .files
-            .into_iter()
-            .filter_map(|(seq, signal, items, _)| {
-                let path = d.dir.join(file_name(seq, signal, items));
-                let payload = std::fs::read(&path).ok()?;
-                let _ = std::fs::remove_file(&path);
-                Some(Batch {
-                    signal,
-                    items,
-                    payload,
-                })
-            })
-            .collect(),
+        Store::Disk(mut d) => {
+            let mut out = Vec::new();
+            while let Some(b) = d.front() {
+                if let Some((seq, signal, items, _)) = d.files.pop_front() {
+                    let _ = std::fs::remove_file(d.dir.join(file_name(seq, signal, items)));
+                }
+                out.push(b);
+            }
+            out
+        }
     }
 }
 
@@ -317,11 +381,15 @@ fn drain_store(store: Store) -> Vec<Batch> {
 mod tests {
     use super::*;
 
+    /// A 100-byte logs request: one unknown length-delimited field (number 15, 98 bytes
+    /// of `n`), which decoding skips.
     fn batch(n: u8) -> Batch {
+        let mut payload = vec![(15 << 3) | 2, 98];
+        payload.extend([n; 98]);
         Batch {
             signal: Signal::Logs,
             items: n as u64,
-            payload: vec![n; 100],
+            payload,
         }
     }
 
@@ -385,6 +453,38 @@ mod tests {
             q.done();
         }
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_file_is_set_aside_and_reported_once() {
+        let dir = std::env::temp_dir().join(format!("hostscope-qc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Field 1, length-delimited, with a length far beyond the end: never decodes.
+        std::fs::write(
+            dir.join(file_name(0, Signal::Traces, 7)),
+            [0x0a, 0xff, 0xff, 0x7f],
+        )
+        .unwrap();
+        let q = Queue::disk(&dir, 1000).unwrap();
+        let good = Batch {
+            signal: Signal::Logs,
+            items: 0,
+            payload: Vec::new(),
+        };
+        q.push(good.clone()).unwrap();
+        assert_eq!(q.front().unwrap(), good);
+        let corrupt = q.take_corrupt();
+        assert_eq!(corrupt.len(), 1);
+        assert_eq!((corrupt[0].signal, corrupt[0].items), (Signal::Traces, 7));
+        assert!(corrupt[0].path.to_string_lossy().ends_with(".pb.corrupt"));
+        assert!(corrupt[0].path.exists());
+        assert!(q.take_corrupt().is_empty());
+        assert_eq!(q.len(), (1, 0));
+        // Not picked up again by the next run.
+        drop(q);
+        assert_eq!(Queue::disk(&dir, 1000).unwrap().len(), (1, 0));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -86,7 +86,9 @@ impl Sender {
             if stopping.is_some_and(|d| Instant::now() >= d) {
                 return;
             }
-            let Some(batch) = self.queue.front() else {
+            let front = self.queue.front();
+            self.report_corrupt();
+            let Some(batch) = front else {
                 if stopping.is_some() {
                     // Everything was delivered before the deadline.
                     return;
@@ -185,6 +187,22 @@ impl Sender {
             Signal::Metrics => &self.endpoints.metrics,
             Signal::Traces => &self.endpoints.traces,
             Signal::Logs => &self.endpoints.logs,
+        }
+    }
+
+    /// Disk queue files that did not load: named on stderr (each once) and counted as
+    /// dropped with reason `corrupt`.
+    fn report_corrupt(&self) {
+        for c in self.queue.take_corrupt() {
+            eprintln!(
+                "hostscope: OTLP disk queue: {} ({} {}) is corrupt, set aside: {}",
+                c.path.display(),
+                c.items,
+                c.signal.as_str(),
+                c.why
+            );
+            self.shared
+                .count(c.signal.as_str(), "dropped", "corrupt", c.items);
         }
     }
 
