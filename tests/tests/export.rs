@@ -622,7 +622,7 @@ fn the_agents_own_failed_export_connects_are_not_exported() {
     let down = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let h = Harness::start();
     let mut a = args(&format!("http://127.0.0.1:{}", down.port()), Protocol::Grpc);
-    a.otlp_timeout_ms = Some(1000);
+    a.timeout = Some(Duration::from_millis(1000));
     let exporter = start_exporter(&h, resolve(a));
     let me = std::process::id();
     let own = h.wait_tcp(2, WAIT, |r| {
@@ -1060,7 +1060,7 @@ fn a_corrupt_disk_queue_file_is_set_aside_and_counted() {
         &format!("http://127.0.0.1:{}", receiver.port),
         Protocol::Grpc,
     );
-    a.otlp_disk_queue = Some(dir.clone());
+    a.disk_queue = Some(dir.clone());
     let fed = Fed::start(resolve(a));
     fed.send(0..5);
     receiver.wait(WAIT, "the spans queued behind the corrupt file", |r| {
