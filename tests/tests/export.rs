@@ -1410,7 +1410,7 @@ fn invalid_endpoint_and_headers_are_clear_errors_at_start() {
                 "/nonexistent/ca.pem",
             ],
             &[],
-            "reading CA",
+            "reading /nonexistent/ca.pem (from --otlp-ca): No such file",
         ),
         (
             &[
@@ -1434,6 +1434,8 @@ fn invalid_endpoint_and_headers_are_clear_errors_at_start() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{flags:?} {env:?} accepted");
         assert!(err.contains(needle), "{flags:?} {env:?}: {err}");
+        // A cause is printed once, not repeated by the error chain.
+        assert!(err.matches("(os error").count() <= 1, "{err}");
     }
 }
 

@@ -11,11 +11,11 @@ use super::{Config, Problem, Problems};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("config file {path}: {source}")]
+    // The OS error is part of the message (not a source) so that it is printed once.
+    #[error("config file {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}:\n{problems}")]
     Invalid { path: PathBuf, problems: Problems },
@@ -33,9 +33,9 @@ pub enum FileError {
 
 /// Reads, parses and validates `path`. Returns the tree and the text it came from.
 pub fn load_file(path: &Path) -> Result<(Config, String), FileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| FileError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let config = parse_str(&text).map_err(|problems| FileError::Invalid {
         path: path.to_path_buf(),
@@ -145,9 +145,9 @@ pub fn check_file_ownership(path: &Path) -> Result<(), FileError> {
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    let read_err = |source| FileError::Read {
+    let read_err = |error| FileError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let real = std::fs::canonicalize(path).map_err(read_err)?;
     // The path as given (a ConfigMap's `config.yaml` symlink lives in the watched

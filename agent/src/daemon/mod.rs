@@ -34,24 +34,32 @@ pub struct Source {
     pub env: Box<dyn Env + Send + Sync>,
 }
 
+/// Each message carries its cause, and no variant is also a `source`: printed with `{:#}`
+/// a cause would otherwise appear twice.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     File(#[from] config::FileError),
     #[error("invalid configuration:\n{0}")]
     Invalid(config::Problems),
-    #[error("OTLP export: {0}")]
+    #[error(transparent)]
     Export(#[from] crate::export::ConfigError),
     #[error("hostscope run needs root (CAP_BPF, CAP_PERFMON and access to tracefs)")]
     NotRoot,
     #[error("starting the agent: {0}")]
-    Agent(#[from] crate::agent::AgentError),
+    Agent(crate::agent::AgentError),
     #[error("starting the OTLP exporter: {0}")]
-    Exporter(#[from] crate::export::ExportError),
+    Exporter(crate::export::ExportError),
     #[error("writing to stdout: {0}")]
-    Output(#[from] std::io::Error),
+    Output(std::io::Error),
     #[error("watching the configuration file: {0}")]
-    Watch(#[source] notify::Error),
+    Watch(notify::Error),
+}
+
+impl From<std::io::Error> for DaemonError {
+    fn from(e: std::io::Error) -> Self {
+        DaemonError::Output(e)
+    }
 }
 
 /// A configuration read from its sources and checked, with what it resolves to.
@@ -140,7 +148,7 @@ impl Running {
             text,
         } = loaded;
         let agent_config = config.agent_config().map_err(DaemonError::Invalid)?;
-        let agent = Agent::start(&agent_config)?;
+        let agent = Agent::start(&agent_config).map_err(DaemonError::Agent)?;
         let format = config.agent.output;
         for status in agent.report() {
             // A probe that is not attached says why; the agent runs with what it has.
@@ -221,12 +229,13 @@ impl Running {
 }
 
 fn start_exporter(agent: &Agent, config: ExportConfig) -> Result<Exporter, DaemonError> {
-    Ok(Exporter::start(
+    Exporter::start(
         config,
         agent.subscribe(),
         agent.resolver(),
         agent.counters(),
-    )?)
+    )
+    .map_err(DaemonError::Exporter)
 }
 
 /// Runs until SIGINT or SIGTERM (or `duration`), reloading on file changes and SIGHUP.

@@ -312,11 +312,11 @@ pub enum ConfigError {
         why: String,
     },
     // The OS error is part of the message (not a #[source]) so it is printed once.
-    #[error("reading {path} (from {origin}): {source}")]
+    #[error("reading {path} (from {origin}): {error}")]
     File {
         origin: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} (from {origin}) is not a PEM file: no {marker} block")]
     Pem {
@@ -721,10 +721,10 @@ fn read_pem(
     origin: &'static str,
     marker: &'static str,
 ) -> Result<Vec<u8>, ConfigError> {
-    let bytes = std::fs::read(&path).map_err(|source| ConfigError::File {
+    let bytes = std::fs::read(&path).map_err(|error| ConfigError::File {
         origin,
         path: path.clone(),
-        source,
+        error,
     })?;
     if !String::from_utf8_lossy(&bytes).contains(marker) {
         return Err(ConfigError::Pem {
