@@ -868,7 +868,8 @@ fn sigterm_and_sigint_stop_every_mode_with_final_counters() {
             "stop took {:?}",
             sent.elapsed()
         );
-        let rest: Vec<String> = rx.try_iter().collect();
+        // Every line up to the exit: the reader ends when stdout closes.
+        let rest: Vec<String> = rx.iter().collect();
         assert!(
             rest.iter().any(|l| l.contains("\"agent_stats\"")),
             "no final counters after signal {signal}"
