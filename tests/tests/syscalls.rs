@@ -911,7 +911,7 @@ fn watched_paths_change_live() {
         .agent()
         .set_watch_paths(&["relative/path".to_string()])
         .unwrap_err();
-    assert!(err.to_string().contains("must be absolute"), "{err}");
+    assert!(err.to_string().contains("is not an absolute path"), "{err}");
     let too_many: Vec<String> = (0..=hostscope_common::syscalls::WATCHED_PATHS_MAX)
         .map(|i| format!("/hostscope-many/{i}"))
         .collect();
