@@ -23,6 +23,22 @@ use hostscope::{
     Agent, AgentConfig,
 };
 
+/// The `hostscope` binary the tests run as users do (`cargo xtask test` builds it first;
+/// `HOSTSCOPE_BIN` points elsewhere).
+pub fn hostscope_bin() -> std::path::PathBuf {
+    let path = std::env::var_os("HOSTSCOPE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostscope")
+        });
+    assert!(
+        path.exists(),
+        "{} missing: build it with `cargo build -p hostscope`",
+        path.display()
+    );
+    path
+}
+
 /// True when the test may load probes. Without root: under `CI=true` the test fails
 /// loudly; elsewhere it says why and is skipped.
 pub fn privileged(test: &str) -> bool {

@@ -18,17 +18,7 @@ use hostscope_tests::{closed_port, privileged};
 use serde_json::Value;
 
 fn bin() -> PathBuf {
-    let path = std::env::var_os("HOSTSCOPE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostscope")
-        });
-    assert!(
-        path.exists(),
-        "{} missing: cargo build -p hostscope",
-        path.display()
-    );
-    path
+    hostscope_tests::hostscope_bin()
 }
 
 /// A directory of its own per test, root-owned and not group/world-writable (the agent
