@@ -11,7 +11,9 @@ pub mod loader;
 pub mod metadata;
 pub mod output;
 pub mod ring;
+pub mod sink;
 pub mod stats;
+pub mod status;
 pub mod tls;
 
 pub use agent::{Agent, AgentConfig};
