@@ -44,29 +44,41 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
-        // One plain connection first, for an error that names the cause.
-        if let Err(e) = UnixStream::connect(path).await {
-            return Err(match e.kind() {
-                std::io::ErrorKind::NotFound => ClientError::NoSocket(path.to_path_buf()),
-                std::io::ErrorKind::ConnectionRefused => {
-                    ClientError::NotListening(path.to_path_buf())
-                }
-                std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(format!(
-                    "cannot open {}: the hostscope API serves root (and members of the agent's api.allowed_group) only",
-                    path.display()
-                )),
-                _ => ClientError::Connect {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                },
-            });
-        }
+        // Connected here for an error that names the cause; the channel's first
+        // connection is this one (the agent counts every connection).
+        let first = match UnixStream::connect(path).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(match e.kind() {
+                    std::io::ErrorKind::NotFound => ClientError::NoSocket(path.to_path_buf()),
+                    std::io::ErrorKind::ConnectionRefused => {
+                        ClientError::NotListening(path.to_path_buf())
+                    }
+                    std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(format!(
+                        "cannot open {}: the hostscope API serves root (and members of the agent's api.allowed_group) only",
+                        path.display()
+                    )),
+                    _ => ClientError::Connect {
+                        path: path.to_path_buf(),
+                        message: e.to_string(),
+                    },
+                })
+            }
+        };
+        let first = std::sync::Arc::new(std::sync::Mutex::new(Some(first)));
         let socket = path.to_path_buf();
         // The URI is required by the HTTP layer and unused: the connector dials the socket.
         let channel = tonic::transport::Endpoint::from_static("http://hostscope.local")
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
                 let socket = socket.clone();
-                async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+                let first = first.lock().ok().and_then(|mut f| f.take());
+                async move {
+                    let stream = match first {
+                        Some(s) => s,
+                        None => UnixStream::connect(socket).await?,
+                    };
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
             }))
             .await
             .map_err(|e| ClientError::Connect {
