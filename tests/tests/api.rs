@@ -24,23 +24,44 @@ struct ApiAgent {
     child: Child,
     dir: PathBuf,
     socket: PathBuf,
+    /// The agent's own JSON lines, when it runs with `--output json`.
+    stdout: Option<mpsc::Receiver<Value>>,
 }
 
 impl ApiAgent {
     fn start(tag: &str, extra: &[&str]) -> ApiAgent {
+        Self::spawn(tag, "none", extra)
+    }
+
+    fn spawn(tag: &str, output: &str, extra: &[&str]) -> ApiAgent {
         let dir = PathBuf::from(format!("/tmp/hostscope-api-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let socket = dir.join("api.sock");
-        let child = Command::new(hostscope_bin())
-            .args(["run", "--no-pin", "--output", "none", "--poll-ms", "20"])
+        let mut child = Command::new(hostscope_bin())
+            .args(["run", "--no-pin", "--poll-ms", "20", "--output", output])
             .arg("--api-socket")
             .arg(&socket)
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut agent = ApiAgent { child, dir, socket };
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let stdout = (output == "json").then_some(rx);
+        let mut agent = ApiAgent {
+            child,
+            dir,
+            socket,
+            stdout,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = agent.child.try_wait().unwrap() {
@@ -651,18 +672,36 @@ fn a_stuck_client_loses_records_alone_and_is_told() {
         .unwrap();
     agent.wait_clients(2);
     let before = agent.status();
-    for _ in 0..N {
-        assert!(TcpStream::connect(refused).is_err());
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let lines = loop {
-        let text = std::fs::read_to_string(&out_file).unwrap();
-        let n = text.lines().count();
-        if n >= N || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    // Paced by the reading client (at most 3,000 records ahead of it), so that a debug
+    // build of the agent drains its rings too; the stuck client falls behind regardless.
+    let mut file = std::fs::File::open(&out_file).unwrap();
+    let mut read = 0usize;
+    let mut count_lines = |file: &mut std::fs::File| {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf).unwrap();
+        read += buf.iter().filter(|&&b| b == b'\n').count();
+        read
     };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut sent = 0;
+    while sent < N {
+        for _ in 0..1_000 {
+            assert!(TcpStream::connect(refused).is_err());
+        }
+        sent += 1_000;
+        while count_lines(&mut file) + 3_000 < sent {
+            assert!(
+                Instant::now() < deadline,
+                "the reading client is stuck at {read}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    while count_lines(&mut file) < N && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = std::fs::read_to_string(&out_file).unwrap();
     let _ = reader.kill();
     let _ = reader.wait();
     let _ = std::fs::remove_file(&out_file);
@@ -732,7 +771,7 @@ fn status_reports_probes_counters_and_the_api() {
     if !privileged("status_reports_probes_counters_and_the_api") {
         return;
     }
-    let agent = ApiAgent::start("status", &[]);
+    let mut agent = ApiAgent::spawn("status", "json", &["--stats-interval", "0"]);
     let refused = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
     for _ in 0..5 {
         assert!(TcpStream::connect(refused).is_err());
@@ -766,6 +805,40 @@ fn status_reports_probes_counters_and_the_api() {
     let out = agent.cli(&["status"]).output().unwrap();
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+
+    // The agent's own account: the probes it reported at start are the status's, and
+    // every counter of the status is at most the final one it prints at exit (they only
+    // grow), TCP's within what happened after the status was read.
+    let (status, _) = agent.stop();
+    assert!(status.success());
+    let lines: Vec<Value> = agent.stdout.take().unwrap().iter().collect();
+    let reported: Vec<(Value, Value)> = lines
+        .iter()
+        .filter(|v| v["type"] == "probe_status")
+        .map(|v| (v["program"].clone(), v["state"].clone()))
+        .collect();
+    let listed: Vec<(Value, Value)> = probes
+        .iter()
+        .map(|v| (v["program"].clone(), v["state"].clone()))
+        .collect();
+    assert_eq!(reported, listed);
+    let last = lines
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "agent_stats")
+        .expect("final agent_stats");
+    for (family, counters) in s["agent"]["kernel"].as_object().unwrap() {
+        for (name, value) in counters.as_object().unwrap() {
+            let end = last["kernel"][family][name].as_u64().unwrap();
+            assert!(
+                value.as_u64().unwrap() <= end,
+                "{family}.{name}: {value} > {end}"
+            );
+        }
+    }
+    let emitted = |v: &Value| v["kernel"]["tcp"]["events_emitted"].as_u64().unwrap();
+    assert!(emitted(&s["agent"]) >= 5, "{}", s["agent"]);
+    assert!(s["agent"]["records_decoded"].as_u64() <= last["records_decoded"].as_u64());
 }
 
 #[test]

@@ -86,7 +86,7 @@ pub async fn status(
     let mut client = Client::connect(socket).await?;
     let reply = client.status().await?;
     match format {
-        OutputFormat::Text => write!(out, "{}", reply.text)?,
+        OutputFormat::Text => writeln!(out, "{}", reply.text.trim_end())?,
         _ => writeln!(out, "{}", reply.json)?,
     }
     Ok(())
