@@ -1450,6 +1450,7 @@ fn hostscope_run_exports_with_env_endpoint_and_reports_export_stats() {
     let mut child = Command::new(&bin)
         .args([
             "run",
+            "--no-api",
             "--no-pin",
             "--output",
             "json",

@@ -55,6 +55,8 @@ pub enum DaemonError {
     Output(std::io::Error),
     #[error("watching the configuration file: {0}")]
     Watch(notify::Error),
+    #[error("starting the local API: {0}")]
+    Api(crate::api::ServeError),
 }
 
 impl From<std::io::Error> for DaemonError {
@@ -135,6 +137,7 @@ pub struct Running {
     export: Option<ExportConfig>,
     exporter: Option<Exporter>,
     printer: Option<std::thread::JoinHandle<()>>,
+    api: Option<crate::api::ApiServer>,
     reloads: ReloadStats,
     /// The file's text the running configuration came from.
     text: Option<String>,
@@ -153,6 +156,11 @@ impl Running {
             text,
         } = loaded;
         let agent_config = config.agent_config().map_err(DaemonError::Invalid)?;
+        // The socket first: a second agent on it fails before loading anything.
+        let api = match config.api.enabled {
+            true => Some(crate::api::ApiServer::bind(&config.api).map_err(DaemonError::Api)?),
+            false => None,
+        };
         let agent = Agent::start(&agent_config).map_err(DaemonError::Agent)?;
         let format = config.agent.output;
         let printer = Some(output::spawn_printer(
@@ -167,6 +175,7 @@ impl Running {
             ),
             None => None,
         };
+        let api = api.map(|a| a.serve(agent.sink_context(status.clone()), config.metadata.enabled));
         // After the sinks subscribed: once the report is out, every record reaches them.
         for status in agent.report() {
             // A probe that is not attached says why; the agent runs with what it has.
@@ -181,6 +190,7 @@ impl Running {
             export,
             exporter,
             printer,
+            api,
             reloads: ReloadStats::default(),
             text,
             status,
@@ -205,8 +215,10 @@ impl Running {
 
     /// Everything `hostscope status` shows, read now.
     pub fn status(&self) -> Status {
-        #[allow(unused_mut)] // sinks with an account of their own add it here
         let mut sinks = std::collections::BTreeMap::new();
+        if let Some(api) = &self.api {
+            sinks.insert("api", serde_json::to_value(api.stats()).unwrap_or_default());
+        }
         Status {
             version: env!("CARGO_PKG_VERSION"),
             kernel: status::kernel_release(),
@@ -246,6 +258,10 @@ impl Running {
         if let Some(printer) = self.printer.take() {
             // The agent's channel is closed now; the printer finishes what it has.
             let _ = tokio::task::spawn_blocking(move || printer.join()).await;
+        }
+        if let Some(api) = self.api.take() {
+            // Clients get what they hold and the end notice, within a bound.
+            api.stop(crate::api::server::STOP_GRACE).await;
         }
         print(format, "agent_stats", &stats)?;
         print(format, "metadata_stats", &metadata.stats())?;
