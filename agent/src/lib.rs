@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod loader;
 pub mod metadata;
 pub mod output;
+pub mod prometheus;
 pub mod ring;
 pub mod sink;
 pub mod stats;

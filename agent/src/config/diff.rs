@@ -22,6 +22,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "syscalls.max_keys",
     "syscalls.security",
     "metadata.enabled",
+    // The listener is bound once, at start.
+    "prometheus",
 ];
 
 pub fn needs_restart(key: &str) -> bool {

@@ -20,6 +20,7 @@ pub use render::default_yaml;
 use crate::{
     agent::AgentSection, export::config::ExportSection, loader::syscalls::SyscallsSection,
     loader::tcp::TcpSection, loader::tls::TlsSection, metadata::MetadataOptions,
+    prometheus::PrometheusSection,
 };
 
 /// The whole configuration. A later family or sink adds its section here and nowhere else.
@@ -32,6 +33,7 @@ pub struct Config {
     pub syscalls: SyscallsSection,
     pub metadata: MetadataOptions,
     pub export: ExportSection,
+    pub prometheus: PrometheusSection,
 }
 
 /// Help for every key of a section, as `(key path within the section, text)`; rendered as
@@ -39,7 +41,7 @@ pub struct Config {
 pub type Docs = &'static [(&'static str, &'static str)];
 
 /// The sections' docs with their section names.
-pub fn docs() -> [(&'static str, Docs); 6] {
+pub fn docs() -> [(&'static str, Docs); 7] {
     [
         ("agent", AgentSection::DOCS),
         ("tcp", TcpSection::DOCS),
@@ -47,6 +49,7 @@ pub fn docs() -> [(&'static str, Docs); 6] {
         ("syscalls", SyscallsSection::DOCS),
         ("metadata", crate::metadata::METADATA_DOCS),
         ("export", ExportSection::DOCS),
+        ("prometheus", PrometheusSection::DOCS),
     ]
 }
 
@@ -117,6 +120,7 @@ impl Config {
         self.syscalls.validate("syscalls", &mut p);
         crate::metadata::validate_options(&self.metadata, "metadata", &mut p);
         self.export.validate("export", &mut p);
+        self.prometheus.validate("prometheus", &mut p);
         p.into_result()
     }
 

@@ -55,6 +55,8 @@ pub enum DaemonError {
     Output(std::io::Error),
     #[error("watching the configuration file: {0}")]
     Watch(notify::Error),
+    #[error("starting the Prometheus endpoint: {0}")]
+    Prometheus(crate::prometheus::StartError),
 }
 
 impl From<std::io::Error> for DaemonError {
@@ -134,6 +136,7 @@ pub struct Running {
     config: Config,
     export: Option<ExportConfig>,
     exporter: Option<Exporter>,
+    prometheus: Option<crate::prometheus::Prometheus>,
     printer: Option<std::thread::JoinHandle<()>>,
     reloads: ReloadStats,
     /// The file's text the running configuration came from.
@@ -174,11 +177,25 @@ impl Running {
             ),
             None => None,
         };
+        let p = &config.prometheus;
+        let prometheus = match p.enabled {
+            true => Some(
+                crate::prometheus::Prometheus::start(
+                    p,
+                    p.records
+                        .then(|| crate::prometheus::record_options(&config.export)),
+                    agent.sink_context(status.clone()),
+                )
+                .map_err(DaemonError::Prometheus)?,
+            ),
+            false => None,
+        };
         Ok(Running {
             agent,
             config,
             export,
             exporter,
+            prometheus,
             printer,
             reloads: ReloadStats::default(),
             text,
@@ -206,6 +223,9 @@ impl Running {
     pub fn status(&self) -> Status {
         #[allow(unused_mut)] // sinks with an account of their own add it here
         let mut sinks = std::collections::BTreeMap::new();
+        if let Some(p) = &self.prometheus {
+            sinks.insert("prometheus", p.stats());
+        }
         Status {
             version: env!("CARGO_PKG_VERSION"),
             kernel: status::kernel_release(),
@@ -235,6 +255,10 @@ impl Running {
     /// deadline; prints the final counters.
     pub async fn stop(mut self) -> Result<(), DaemonError> {
         let format = self.config.agent.output;
+        if let Some(p) = self.prometheus.take() {
+            // First: the run loop that answers its status requests is gone.
+            p.stop().await;
+        }
         let final_stats = self.stats();
         if let Some(e) = &self.exporter {
             e.set_agent_stats(final_stats);
