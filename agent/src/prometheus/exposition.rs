@@ -15,7 +15,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{status::Status, stats::AgentStats};
+use crate::{stats::AgentStats, status::Status};
 
 /// What one scrape shows.
 #[derive(Debug, Default)]
@@ -98,7 +98,9 @@ impl Out<'_> {
         if samples.peek().is_none() {
             return Ok(());
         }
-        let mut m = self.enc.encode_descriptor(name, help, unit.as_ref(), kind)?;
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, unit.as_ref(), kind)?;
         for (l, v) in samples {
             let mut s = m.encode_family(&l)?;
             match (kind, v) {
@@ -136,7 +138,13 @@ impl Out<'_> {
         self.family(name, help, unit, MetricType::Gauge, s)
     }
 
-    fn one_gauge(&mut self, name: &str, help: &str, unit: Option<Unit>, v: f64) -> std::fmt::Result {
+    fn one_gauge(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+        v: f64,
+    ) -> std::fmt::Result {
         self.gauge(name, help, unit, [(Labels::new(), v)])
     }
 
@@ -300,7 +308,7 @@ fn health(out: &mut Out, s: &Status) -> std::fmt::Result {
 fn kernel(out: &mut Out, a: &AgentStats) -> std::fmt::Result {
     out.counter(
         "probe_events",
-        "Kernel-side counters per probe family (counter: emitted, ring_full, map_full, ...), summed over CPUs.",
+        "Kernel-side counters per probe family (counter: events_lost_ring_full, conn_map_full, ring_wakeups, ...), summed over CPUs.",
         a.kernel.iter().flat_map(|(family, counters)| {
             counters
                 .iter()
@@ -357,11 +365,7 @@ fn export(out: &mut Out, s: &Status) -> std::fmt::Result {
         "Export requests retried after a retryable failure.",
         e.retries,
     )?;
-    out.one_counter(
-        "export_requests",
-        "Export requests sent.",
-        e.requests_sent,
-    )?;
+    out.one_counter("export_requests", "Export requests sent.", e.requests_sent)?;
     out.family(
         "export_sent",
         "Request bytes sent (HTTP body after compression; gRPC message before compression).",
@@ -588,16 +592,14 @@ mod tests {
         let mut agent = AgentStats::default();
         agent
             .kernel
-            .insert("tcp", [("emitted", 5), ("ring_full", 1)].into());
+            .insert("tcp", [("emitted", 5), ("events_lost_ring_full", 1)].into());
         agent.programs.push(ProgramCost {
             program: "tcp_state_change".into(),
             run_count: 10,
             run_time_ns: 5_000,
         });
         let mut export = crate::export::ExportSnapshot::default();
-        export
-            .items
-            .insert(("metrics", "sent", String::new()), 3);
+        export.items.insert(("metrics", "sent", String::new()), 3);
         Status {
             version: "0.0.0",
             kernel: "6.18".into(),
@@ -662,9 +664,20 @@ mod tests {
             );
         }
         // Counters carry _total, units their base unit.
-        assert!(text.contains("hostscope_bpf_program_run_seconds_total{program=\"tcp_state_change\"} 0.000005"), "{text}");
-        assert!(text.contains("hostscope_probe_lost_events_total{family=\"tcp\"} 1"), "{text}");
-        assert!(text.contains("hostscope_sink_stat{sink=\"api\",key=\"nested.n\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "hostscope_bpf_program_run_seconds_total{program=\"tcp_state_change\"} 0.000005"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("hostscope_probe_lost_events_total{family=\"tcp\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hostscope_sink_stat{sink=\"api\",key=\"nested.n\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -695,7 +708,9 @@ mod tests {
     #[test]
     fn openmetrics_on_request() {
         assert_eq!(
-            Format::negotiate(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")),
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
             Format::OpenMetrics
         );
         assert_eq!(Format::negotiate(Some("*/*")), Format::Prometheus);

@@ -120,23 +120,43 @@ mod tests {
     fn a_family_with_one_hook_of_two_attached_is_ready() {
         let s = status(vec![
             probe("sys", "sys_exit_btf", AttachState::Attached),
-            probe("sys", "sys_exit", AttachState::NotAttached("not needed".into())),
-            probe("tls", "ssl", AttachState::Degraded("some symbols missing".into())),
+            probe(
+                "sys",
+                "sys_exit",
+                AttachState::NotAttached("not needed".into()),
+            ),
+            probe(
+                "tls",
+                "ssl",
+                AttachState::Degraded("some symbols missing".into()),
+            ),
         ]);
         let v = readyz(Some(&s));
         assert!(v.ok, "{}", v.body);
-        assert!(v.body.contains("tls: degraded: ssl: some symbols missing"), "{}", v.body);
+        assert!(
+            v.body.contains("tls: degraded: ssl: some symbols missing"),
+            "{}",
+            v.body
+        );
     }
 
     #[test]
     fn a_family_with_nothing_attached_is_named() {
         let s = status(vec![
             probe("tcp", "tcp_state_change", AttachState::Attached),
-            probe("sys", "sys_exit", AttachState::NotAttached("syscall hooks off".into())),
+            probe(
+                "sys",
+                "sys_exit",
+                AttachState::NotAttached("syscall hooks off".into()),
+            ),
         ]);
         let v = readyz(Some(&s));
         assert!(!v.ok);
-        assert!(v.body.contains("sys: down: sys_exit: syscall hooks off"), "{}", v.body);
+        assert!(
+            v.body.contains("sys: down: sys_exit: syscall hooks off"),
+            "{}",
+            v.body
+        );
         assert!(!readyz(None).ok);
         assert!(!healthz(None, Default::default(), Default::default()).ok);
     }

@@ -47,12 +47,7 @@ pub fn spawn(
 }
 
 /// The metrics now (cumulative) and the overflow count.
-pub fn read(
-    agg: &Aggregation,
-) -> (
-    Vec<opentelemetry_proto::tonic::metrics::v1::Metric>,
-    i64,
-) {
+pub fn read(agg: &Aggregation) -> (Vec<opentelemetry_proto::tonic::metrics::v1::Metric>, i64) {
     let mut m = agg.lock().unwrap_or_else(|p| p.into_inner());
     let (metrics, _) = m.collect(super::now_unix_ns());
     (metrics, m.overflowed())

@@ -76,7 +76,10 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if tokio::time::timeout(CONNECTION_DEADLINE, conn).await.is_err() {
+            if tokio::time::timeout(CONNECTION_DEADLINE, conn)
+                .await
+                .is_err()
+            {
                 state.counts.timed_out.fetch_add(1, Ordering::Relaxed);
             }
         });
