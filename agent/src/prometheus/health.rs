@@ -39,10 +39,12 @@ pub fn healthz(
     }
 }
 
-/// Ready: the run loop answers and every probe family has at least one program attached
-/// (a family with several alternative hooks needs only one). A family with no program
-/// attached makes the agent unready; degraded programs are named but do not. The body
-/// has one line per family.
+/// Ready: the run loop answers and every probe family has at least one program attached.
+/// A family with no program attached makes the agent unready. A family with a degraded
+/// program, or a program not attached for another reason than an alternative hook having
+/// attached instead ("not needed: …"), is degraded: named with each reason, but ready (a
+/// node whose kernel lacks one hook still gives the rest; an unready pod would only block
+/// the rollout). The body has one line per family.
 pub fn readyz(status: Option<&Status>) -> Verdict {
     let Some(s) = status else {
         return Verdict {
@@ -60,6 +62,7 @@ pub fn readyz(status: Option<&Status>) -> Verdict {
                 f.0 += 1;
                 f.1.push(format!("{}: {why}", p.program));
             }
+            AttachState::NotAttached(why) if why.starts_with("not needed") => {}
             AttachState::NotAttached(why) => f.2.push(format!("{}: {why}", p.program)),
         }
     }
@@ -69,8 +72,12 @@ pub fn readyz(status: Option<&Status>) -> Verdict {
         if *up == 0 {
             ok = false;
             lines.push(format!("{family}: down: {}", down.join("; ")));
-        } else if !degraded.is_empty() {
-            lines.push(format!("{family}: degraded: {}", degraded.join("; ")));
+        } else if !degraded.is_empty() || !down.is_empty() {
+            let why: Vec<&str> = degraded.iter().chain(down).map(String::as_str).collect();
+            lines.push(format!(
+                "{family}: degraded ({up} programs attached): {}",
+                why.join("; ")
+            ));
         } else {
             lines.push(format!("{family}: ok ({up} programs attached)"));
         }
@@ -134,7 +141,13 @@ mod tests {
         let v = readyz(Some(&s));
         assert!(v.ok, "{}", v.body);
         assert!(
-            v.body.contains("tls: degraded: ssl: some symbols missing"),
+            v.body
+                .contains("tls: degraded (1 programs attached): ssl: some symbols missing"),
+            "{}",
+            v.body
+        );
+        assert!(
+            v.body.contains("sys: ok (1 programs attached)"),
             "{}",
             v.body
         );
