@@ -288,6 +288,7 @@ fn health_endpoints_and_bad_requests() {
     let (code, _, body) = agent.get("/healthz");
     assert_eq!(code, 200, "{body}");
     assert!(body.starts_with("ok: run loop answered"), "{body}");
+    assert!(body.contains("ring readers running"), "{body}");
     let (code, _, body) = agent.get("/readyz");
     assert_eq!(code, 200, "{body}");
     for family in ["tcp: ok", "tls: ok", "sys: ok"] {
@@ -312,6 +313,10 @@ fn health_endpoints_and_bad_requests() {
     assert!(started.elapsed() < Duration::from_secs(2));
     // The endpoint's own account, in the status it serves.
     let (_, _, text) = agent.get("/metrics");
+    assert!(
+        text.contains("hostscope_ring_readers{state=\"ended\"} 0"),
+        "{text}"
+    );
     assert!(
         text.contains("hostscope_sink_stat{sink=\"prometheus\",key=\"not_found\"} 1"),
         "{text}"

@@ -234,6 +234,7 @@ impl Running {
             bpf_stats_enabled: status::bpf_stats_enabled(),
             probes: self.agent.report().to_vec(),
             maps: self.agent.map_fill(),
+            consumers: self.agent.consumers(),
             agent: self.stats(),
             metadata: self.agent.resolver().stats(),
             export: self.exporter.as_ref().map(|e| e.snapshot()),

@@ -198,6 +198,16 @@ fn health(out: &mut Out, s: &Status) -> std::fmt::Result {
             )
         }),
     )?;
+    out.gauge(
+        "ring_readers",
+        "Tasks reading the rings and aggregations, by state (running, ended: an ended one stopped its family's records).",
+        None,
+        [
+            ("running", s.consumers.tasks - s.consumers.ended.min(s.consumers.tasks)),
+            ("ended", s.consumers.ended),
+        ]
+        .map(|(k, v)| (labels([("state", k)]), v as f64)),
+    )?;
     kernel(out, &s.agent)?;
     out.one_gauge(
         "bpf_stats_enabled",
@@ -626,6 +636,7 @@ mod tests {
                 entries: 3,
                 max_entries: 10,
             }],
+            consumers: crate::status::Consumers { tasks: 3, ended: 0 },
             agent,
             metadata: Default::default(),
             export: Some(export),

@@ -13,18 +13,27 @@ pub struct Verdict {
 }
 
 /// Live: the run loop answered a status request within the bound (the same loop takes
-/// signals and reloads, and the status it builds reads the agent's counters).
+/// signals and reloads, and the status it builds reads the agent's counters), and every
+/// ring reader is still running (one that ended stopped its family's records for good).
 pub fn healthz(
     status: Option<&Status>,
     waited: std::time::Duration,
     bound: std::time::Duration,
 ) -> Verdict {
     match status {
+        Some(s) if s.consumers.ended > 0 => Verdict {
+            ok: false,
+            body: format!(
+                "unhealthy: {} of {} ring readers have ended (their families' records stopped; the agent's log says why)\n",
+                s.consumers.ended, s.consumers.tasks
+            ),
+        },
         Some(s) => Verdict {
             ok: true,
             body: format!(
-                "ok: run loop answered in {} ms, {} records decoded, up {:.0} s\n",
+                "ok: run loop answered in {} ms, {} ring readers running, {} records decoded, up {:.0} s\n",
                 waited.as_millis(),
+                s.consumers.tasks,
                 s.agent.records_decoded,
                 s.uptime_s
             ),
@@ -107,6 +116,7 @@ mod tests {
             bpf_stats_enabled: false,
             probes,
             maps: vec![],
+            consumers: Default::default(),
             agent: Default::default(),
             metadata: Default::default(),
             export: None,
@@ -172,5 +182,20 @@ mod tests {
         );
         assert!(!readyz(None).ok);
         assert!(!healthz(None, Default::default(), Default::default()).ok);
+    }
+
+    #[test]
+    fn an_ended_ring_reader_is_unhealthy() {
+        let mut s = status(vec![]);
+        s.consumers = crate::status::Consumers { tasks: 4, ended: 0 };
+        assert!(healthz(Some(&s), Default::default(), Default::default()).ok);
+        s.consumers.ended = 1;
+        let v = healthz(Some(&s), Default::default(), Default::default());
+        assert!(!v.ok);
+        assert!(
+            v.body.contains("1 of 4 ring readers have ended"),
+            "{}",
+            v.body
+        );
     }
 }
