@@ -446,6 +446,15 @@ impl Agent {
         self.resolver.clone()
     }
 
+    /// The tasks that read the rings and aggregations: how many there are, and how many
+    /// have ended. One ends only on a read error (or at stop): its family's records stop.
+    pub fn consumers(&self) -> crate::status::Consumers {
+        crate::status::Consumers {
+            tasks: self.consumers.len(),
+            ended: self.consumers.iter().filter(|c| c.is_finished()).count(),
+        }
+    }
+
     pub fn report(&self) -> &[ProbeStatus] {
         &self.report
     }

@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod loader;
 pub mod metadata;
 pub mod output;
+pub mod prometheus;
 pub mod ring;
 pub mod sink;
 pub mod stats;

@@ -204,6 +204,22 @@ struct RunArgs {
     metadata: MetadataFlags,
     #[command(flatten)]
     export: ExportFlags,
+    #[command(flatten)]
+    prometheus: PrometheusFlags,
+}
+
+/// The Prometheus endpoint (/metrics, /healthz, /readyz).
+#[derive(Args, Clone)]
+struct PrometheusFlags {
+    /// Serve the endpoint on ADDR:PORT, e.g. 127.0.0.1:9465 [prometheus.listen, prometheus.enabled: true].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_prometheus")]
+    prometheus_listen: Option<std::net::SocketAddr>,
+    /// Do not serve the endpoint [prometheus.enabled: false].
+    #[arg(long)]
+    no_prometheus: bool,
+    /// Also expose the TCP, TLS and syscall metrics [prometheus.records].
+    #[arg(long)]
+    prometheus_records: bool,
 }
 
 /// Syscall telemetry and security events.
@@ -379,6 +395,17 @@ impl RunArgs {
         set(&mut c.api.socket, self.api_socket.clone());
         if self.no_api {
             c.api.enabled = false;
+        }
+        let (f, p) = (&self.prometheus, &mut c.prometheus);
+        if let Some(addr) = f.prometheus_listen {
+            p.listen = addr;
+            p.enabled = true;
+        }
+        if f.no_prometheus {
+            p.enabled = false;
+        }
+        if f.prometheus_records {
+            p.records = true;
         }
 
         let (f, s) = (&self.syscalls, &mut c.syscalls);

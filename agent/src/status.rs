@@ -25,6 +25,8 @@ pub struct Status {
     pub probes: Vec<ProbeStatus>,
     /// Entries in use per hash-like map (a full map loses updates).
     pub maps: Vec<MapFill>,
+    /// The ring and aggregation readers (a dead one means a family's records stopped).
+    pub consumers: Consumers,
     /// Kernel counters per family, records decoded / lagged, per-program cost, the TLS
     /// tracker and the configuration's generation and reloads.
     pub agent: AgentStats,
@@ -34,6 +36,12 @@ pub struct Status {
     pub export: Option<ExportSnapshot>,
     /// Each sink's own account (`api`, `rca`, …), under its name.
     pub sinks: BTreeMap<&'static str, serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Consumers {
+    pub tasks: usize,
+    pub ended: usize,
 }
 
 type Request = oneshot::Sender<Status>;

@@ -11,7 +11,8 @@ use anyhow::{bail, Context as _};
 use crate::cmd::{self, output, run};
 
 /// Debian packages the tests and benchmarks use: fault injection (nft, ip), TLS peers
-/// (openssl), and the peer tools we measure against (libbpf-tools, bpftrace, bpftool).
+/// (openssl), the peer tools we measure against (libbpf-tools, bpftrace, bpftool), and
+/// the Prometheus server the endpoint's tests scrape with.
 const PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
@@ -23,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "curl",
     // The OTLP test receiver's virtualenv (see otlp_receiver).
     "python3-venv",
+    // The Prometheus tests' server and `promtool check metrics` (one package ships both).
+    "prometheus",
 ];
 
 /// The OTLP receiver the export tests run against: the OpenTelemetry project's

@@ -30,6 +30,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "api.history_bytes",
     "api.client_buffer",
     "api.max_clients",
+    // The listener is bound once, at start.
+    "prometheus",
 ];
 
 pub fn needs_restart(key: &str) -> bool {

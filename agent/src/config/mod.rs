@@ -20,7 +20,7 @@ pub use render::default_yaml;
 use crate::{
     agent::AgentSection, api::ApiSection, export::config::ExportSection,
     loader::syscalls::SyscallsSection, loader::tcp::TcpSection, loader::tls::TlsSection,
-    metadata::MetadataOptions,
+    metadata::MetadataOptions, prometheus::PrometheusSection,
 };
 
 /// The whole configuration. A later family or sink adds its section here and nowhere else.
@@ -34,6 +34,7 @@ pub struct Config {
     pub metadata: MetadataOptions,
     pub export: ExportSection,
     pub api: ApiSection,
+    pub prometheus: PrometheusSection,
 }
 
 /// Help for every key of a section, as `(key path within the section, text)`; rendered as
@@ -41,7 +42,7 @@ pub struct Config {
 pub type Docs = &'static [(&'static str, &'static str)];
 
 /// The sections' docs with their section names.
-pub fn docs() -> [(&'static str, Docs); 7] {
+pub fn docs() -> [(&'static str, Docs); 8] {
     [
         ("agent", AgentSection::DOCS),
         ("tcp", TcpSection::DOCS),
@@ -50,6 +51,7 @@ pub fn docs() -> [(&'static str, Docs); 7] {
         ("metadata", crate::metadata::METADATA_DOCS),
         ("export", ExportSection::DOCS),
         ("api", ApiSection::DOCS),
+        ("prometheus", PrometheusSection::DOCS),
     ]
 }
 
@@ -121,6 +123,7 @@ impl Config {
         crate::metadata::validate_options(&self.metadata, "metadata", &mut p);
         self.export.validate("export", &mut p);
         self.api.validate("api", &mut p);
+        self.prometheus.validate("prometheus", &mut p);
         p.into_result()
     }
 

@@ -57,6 +57,8 @@ pub enum DaemonError {
     Watch(notify::Error),
     #[error("starting the local API: {0}")]
     Api(crate::api::ServeError),
+    #[error("starting the Prometheus endpoint: {0}")]
+    Prometheus(crate::prometheus::StartError),
 }
 
 impl From<std::io::Error> for DaemonError {
@@ -136,6 +138,7 @@ pub struct Running {
     config: Config,
     export: Option<ExportConfig>,
     exporter: Option<Exporter>,
+    prometheus: Option<crate::prometheus::Prometheus>,
     printer: Option<std::thread::JoinHandle<()>>,
     api: Option<crate::api::ApiServer>,
     reloads: ReloadStats,
@@ -176,6 +179,19 @@ impl Running {
             None => None,
         };
         let api = api.map(|a| a.serve(agent.sink_context(status.clone()), config.metadata.enabled));
+        let p = &config.prometheus;
+        let prometheus = match p.enabled {
+            true => Some(
+                crate::prometheus::Prometheus::start(
+                    p,
+                    p.records
+                        .then(|| crate::prometheus::record_options(&config.export)),
+                    agent.sink_context(status.clone()),
+                )
+                .map_err(DaemonError::Prometheus)?,
+            ),
+            false => None,
+        };
         // After the sinks subscribed: once the report is out, every record reaches them.
         for status in agent.report() {
             // A probe that is not attached says why; the agent runs with what it has.
@@ -189,6 +205,7 @@ impl Running {
             config,
             export,
             exporter,
+            prometheus,
             printer,
             api,
             reloads: ReloadStats::default(),
@@ -219,6 +236,9 @@ impl Running {
         if let Some(api) = &self.api {
             sinks.insert("api", serde_json::to_value(api.stats()).unwrap_or_default());
         }
+        if let Some(p) = &self.prometheus {
+            sinks.insert("prometheus", p.stats());
+        }
         Status {
             version: env!("CARGO_PKG_VERSION"),
             kernel: status::kernel_release(),
@@ -227,6 +247,7 @@ impl Running {
             bpf_stats_enabled: status::bpf_stats_enabled(),
             probes: self.agent.report().to_vec(),
             maps: self.agent.map_fill(),
+            consumers: self.agent.consumers(),
             agent: self.stats(),
             metadata: self.agent.resolver().stats(),
             export: self.exporter.as_ref().map(|e| e.snapshot()),
@@ -248,6 +269,10 @@ impl Running {
     /// deadline; prints the final counters.
     pub async fn stop(mut self) -> Result<(), DaemonError> {
         let format = self.config.agent.output;
+        if let Some(p) = self.prometheus.take() {
+            // First: the run loop that answers its status requests is gone.
+            p.stop().await;
+        }
         let final_stats = self.stats();
         if let Some(e) = &self.exporter {
             e.set_agent_stats(final_stats);
