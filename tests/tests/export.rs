@@ -1447,7 +1447,7 @@ fn hostscope_run_exports_with_env_endpoint_and_reports_export_stats() {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostscope")
         });
     let receiver = Receiver::start("http", &[]);
-    let child = Command::new(&bin)
+    let mut child = Command::new(&bin)
         .args([
             "run",
             "--no-api",
@@ -1473,14 +1473,33 @@ fn hostscope_run_exports_with_env_endpoint_and_reports_export_stats() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // The probe report is printed once every probe is attached: connect after it, not
+    // after a guess of the start-up time (a loaded machine starts slower).
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut stdout = Vec::new();
+    while !stdout.iter().any(|l: &String| l.contains("probe_status")) {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the agent reports its probes");
+        stdout.push(line);
+    }
     let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert!(TcpStream::connect(target).is_err());
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
+    stdout.extend(lines.try_iter());
     let stats: Vec<Value> = stdout
-        .lines()
+        .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["type"] == "export_stats")
         .collect();

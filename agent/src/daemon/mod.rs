@@ -163,13 +163,6 @@ impl Running {
         };
         let agent = Agent::start(&agent_config).map_err(DaemonError::Agent)?;
         let format = config.agent.output;
-        for status in agent.report() {
-            // A probe that is not attached says why; the agent runs with what it has.
-            match format {
-                OutputFormat::Json => print_tagged("probe_status", status)?,
-                _ => eprintln!("probe {status}"),
-            }
-        }
         let printer = Some(output::spawn_printer(
             agent.sink_context(status.clone()),
             format,
@@ -183,6 +176,14 @@ impl Running {
             None => None,
         };
         let api = api.map(|a| a.serve(agent.sink_context(status.clone()), config.metadata.enabled));
+        // After the sinks subscribed: once the report is out, every record reaches them.
+        for status in agent.report() {
+            // A probe that is not attached says why; the agent runs with what it has.
+            match format {
+                OutputFormat::Json => print_tagged("probe_status", status)?,
+                _ => eprintln!("probe {status}"),
+            }
+        }
         Ok(Running {
             agent,
             config,
