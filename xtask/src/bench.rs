@@ -50,6 +50,7 @@ pub enum Section {
     Otlp,
     Config,
     Prometheus,
+    Api,
 }
 
 /// Programs `hostscope run` loads on this kernel: 5 TCP, 6 TLS (2 wire, 4 OpenSSL),
@@ -347,6 +348,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         if run_section(Section::Prometheus) {
             crate::bench_prometheus::bench_prometheus(&bin)?;
+        }
+        if run_section(Section::Api) {
+            crate::bench_api::bench_api(&bin)?;
         }
         Ok(())
     })();

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | run | test | lint | bench`.
 mod bench;
+mod bench_api;
 mod bench_config;
 mod bench_prometheus;
 mod bench_tls;

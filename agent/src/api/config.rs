@@ -27,8 +27,8 @@ impl Default for ApiSection {
             enabled: true,
             socket: PathBuf::from(DEFAULT_SOCKET),
             allowed_group: None,
-            history_records: 10_000,
-            history_bytes: 16 << 20,
+            history_records: 4_096,
+            history_bytes: 4 << 20,
             client_buffer: 4_096,
             max_clients: 64,
         }
