@@ -38,7 +38,15 @@ impl ApiAgent {
         let _ = std::fs::remove_dir_all(&dir);
         let socket = dir.join("api.sock");
         let mut child = Command::new(hostscope_bin())
-            .args(["run", "--no-pin", "--poll-ms", "20", "--output", output])
+            .args([
+                "run",
+                "--no-pin",
+                "--no-prometheus",
+                "--poll-ms",
+                "20",
+                "--output",
+                output,
+            ])
             .arg("--api-socket")
             .arg(&socket)
             .args(extra)
@@ -895,6 +903,7 @@ fn errors_are_clear_and_exit_non_zero() {
         .args([
             "run",
             "--no-pin",
+            "--no-prometheus",
             "--output",
             "none",
             "--duration",
@@ -918,6 +927,7 @@ fn errors_are_clear_and_exit_non_zero() {
         .args([
             "run",
             "--no-pin",
+            "--no-prometheus",
             "--output",
             "none",
             "--duration",

@@ -54,6 +54,7 @@ fn run_json_streams_records_and_dump_reads_pinned_maps() {
         .args([
             "run",
             "--no-api",
+            "--no-prometheus",
             "--output",
             "json",
             "--duration",
@@ -277,6 +278,7 @@ fn run_pinned(pin_dir: &PathBuf, secs: &str) -> std::process::Child {
         .args([
             "run",
             "--no-api",
+            "--no-prometheus",
             "--duration",
             secs,
             "--stats-interval",
@@ -327,7 +329,14 @@ fn one_agent_per_pin_dir_and_a_killed_one_does_not_block() {
     // The second one refuses before loading anything, naming the first.
     let started = Instant::now();
     let out = Command::new(bin())
-        .args(["run", "--no-api", "--duration", "5", "--pin-dir"])
+        .args([
+            "run",
+            "--no-api",
+            "--no-prometheus",
+            "--duration",
+            "5",
+            "--pin-dir",
+        ])
         .arg(&pin_dir)
         .output()
         .unwrap();
@@ -385,7 +394,14 @@ fn pin_dir_off_bpffs_fails_at_once() {
     let dir = std::env::temp_dir().join(format!("hostscope-not-bpffs-{}/pins", std::process::id()));
     let started = Instant::now();
     let out = Command::new(bin())
-        .args(["run", "--no-api", "--duration", "5", "--pin-dir"])
+        .args([
+            "run",
+            "--no-api",
+            "--no-prometheus",
+            "--duration",
+            "5",
+            "--pin-dir",
+        ])
         .arg(&dir)
         .output()
         .unwrap();

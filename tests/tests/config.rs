@@ -121,6 +121,7 @@ fn bad_files_are_refused_with_key_path_and_line() {
             vec![
                 "run",
                 "--no-api",
+                "--no-prometheus",
                 "--config",
                 file.to_str().unwrap(),
                 "--duration",
@@ -180,6 +181,7 @@ fn unreadable_and_foreign_writable_files_are_refused() {
     let out = hostscope(&[
         "run",
         "--no-api",
+        "--no-prometheus",
         "--config",
         file.to_str().unwrap(),
         "--duration",
@@ -477,6 +479,7 @@ impl Agent {
             .args([
                 "run",
                 "--no-api",
+                "--no-prometheus",
                 "--output",
                 "json",
                 "--no-pin",
@@ -824,6 +827,7 @@ fn sigterm_and_sigint_stop_every_mode_with_final_counters() {
         cmd.args([
             "run",
             "--no-api",
+            "--no-prometheus",
             "--output",
             "json",
             "--no-pin",

@@ -1451,6 +1451,7 @@ fn hostscope_run_exports_with_env_endpoint_and_reports_export_stats() {
         .args([
             "run",
             "--no-api",
+            "--no-prometheus",
             "--no-pin",
             "--output",
             "json",

@@ -710,6 +710,7 @@ fn run_binary_text_and_json_show_the_pod() {
             .args([
                 "run",
                 "--no-api",
+                "--no-prometheus",
                 "--no-pin",
                 "--duration",
                 "15",

@@ -53,7 +53,15 @@ impl Agent {
     fn start(extra: &[&str]) -> Agent {
         let addr = SocketAddr::new(LOOPBACK, free_port());
         let child = Command::new(hostscope_bin())
-            .args(["run", "--output", "none", "--no-pin", "--poll-ms", "20"])
+            .args([
+                "run",
+                "--output",
+                "none",
+                "--no-pin",
+                "--no-api",
+                "--poll-ms",
+                "20",
+            ])
             .args(["--stats-interval", "0", "--prometheus-listen"])
             .arg(addr.to_string())
             .args(extra)
@@ -356,7 +364,15 @@ fn a_port_in_use_is_a_clear_error_at_start() {
     let taken = TcpListener::bind((LOOPBACK, 0)).unwrap();
     let addr = taken.local_addr().unwrap();
     let out = Command::new(hostscope_bin())
-        .args(["run", "--output", "none", "--no-pin", "--duration", "5"])
+        .args([
+            "run",
+            "--output",
+            "none",
+            "--no-pin",
+            "--no-api",
+            "--duration",
+            "5",
+        ])
         .args(["--prometheus-listen", &addr.to_string()])
         .output()
         .unwrap();
