@@ -256,10 +256,7 @@ fn bundle(dir: &Path, archive: &Path, docs: &[Value], config_dir: &Path, args: &
     spec["process"]["capabilities"] = json!({
         "bounding": caps, "effective": caps, "permitted": caps,
     });
-    spec["process"]
-        .as_object_mut()
-        .unwrap()
-        .remove("rlimits");
+    spec["process"].as_object_mut().unwrap().remove("rlimits");
     spec["process"]["terminal"] = json!(false);
     spec["process"]["noNewPrivileges"] =
         json!(container["securityContext"]["allowPrivilegeEscalation"].as_bool() == Some(false));
