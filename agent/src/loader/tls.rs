@@ -142,7 +142,13 @@ pub fn attach(
         let result = match &cgroup_root {
             None => Err("no cgroup v2 mount in /proc/self/mountinfo".to_string()),
             Some(root) => attach_cgroup_skb(ebpf, program, root, kind).map_err(|e| {
-                privilege::describe(&e, &[privilege::CAP_NET_ADMIN], "cgroup_skb attach")
+                // The load needs CAP_PERFMON (the verifier refuses its kernel reads
+                // with EACCES), the attach CAP_NET_ADMIN.
+                privilege::describe(
+                    &e,
+                    &[privilege::CAP_PERFMON, privilege::CAP_NET_ADMIN],
+                    "cgroup_skb load and attach",
+                )
             }),
         };
         if result.is_ok() {
