@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | run | test | lint | bench`.
+//! Project tasks: `cargo xtask setup | run | test | lint | bench | image`.
 mod bench;
 mod bench_api;
 mod bench_config;
 mod bench_prometheus;
 mod bench_tls;
 mod cmd;
+mod image;
 mod lint;
 mod setup;
 mod test;
@@ -34,6 +35,8 @@ enum Task {
     Lint,
     /// Kernel cost per event and workload slowdown against peer tools, printed.
     Bench(bench::BenchArgs),
+    /// Build the OCI image (FROM scratch, buildah): target/image/hostscope-oci.tar.
+    Image,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +60,6 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             bench::bench(args)
         }
+        Task::Image => image::image(),
     }
 }

@@ -105,7 +105,7 @@ fn step(what: &str) {
     eprintln!("setup: checking {what}");
 }
 
-fn installed(pkg: &str) -> bool {
+pub fn installed(pkg: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
         .is_some_and(|s| s.contains("install ok installed"))
 }
@@ -113,6 +113,11 @@ fn installed(pkg: &str) -> bool {
 fn packages() -> anyhow::Result<()> {
     step("Debian packages");
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    install(&missing)
+}
+
+/// `apt-get install` of `missing` (nothing when it is empty).
+pub fn install(missing: &[&str]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -121,7 +126,7 @@ fn packages() -> anyhow::Result<()> {
         .context("apt-get update failed (is a Debian mirror reachable?)")?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
+        .args(missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .context("installing Debian packages failed")
 }

@@ -63,6 +63,10 @@ pub fn test() -> anyhow::Result<()> {
     )?;
     // tests/tests/cli.rs drives the binary as users do.
     run(cargo().args(["build", "-p", "hostscope"]))?;
+    // tests/tests/container.rs runs the image under runc: built once here (the release
+    // build, then ~5 s of buildah).
+    let image = crate::image::build()?;
+    std::env::set_var("HOSTSCOPE_IMAGE", &image.archive);
     let integration_ok = cargo_test(
         &["-p", "hostscope-tests", "--", "--test-threads=1"],
         &mut totals,

@@ -3,6 +3,7 @@
 //! not attached, with the reason, and never stops the others.
 
 pub mod pin;
+pub mod privilege;
 pub mod syscalls;
 pub mod tcp;
 pub mod tls;

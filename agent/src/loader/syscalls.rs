@@ -12,7 +12,7 @@ use aya::{
 };
 use hostscope_common::{syscalls::*, RingConfig};
 
-use super::{tcp::describe_error, AttachState, LoadError, ProbeStatus};
+use super::{privilege, AttachState, LoadError, ProbeStatus};
 use crate::kernel::{btf::KernelBtf, tracefs::Tracefs};
 
 /// Maps `hostscope dump` can read after pinning.
@@ -539,6 +539,15 @@ impl SyscallsAttached {
     }
 }
 
+/// A load or attach error, led by the missing capability (CAP_BPF, CAP_PERFMON) if any.
+fn describe_tracing_error(e: &ProgramError) -> String {
+    privilege::describe(
+        e,
+        &[privilege::CAP_BPF, privilege::CAP_PERFMON],
+        "tracing programs",
+    )
+}
+
 fn status(program: &'static str, hook: String, state: AttachState) -> ProbeStatus {
     ProbeStatus {
         family: "sys",
@@ -632,7 +641,7 @@ fn attach_aggregation(
                 SyscallHooks::TpBtf => AttachState::NotAttached("tp_btf requested".to_string()),
                 SyscallHooks::Auto | SyscallHooks::RawTp => match attach_raw(ebpf, raw_prog, tp) {
                     Ok(()) => ok_state(),
-                    Err(e) => AttachState::NotAttached(describe_error(&e)),
+                    Err(e) => AttachState::NotAttached(describe_tracing_error(&e)),
                 },
             }
         };
@@ -657,7 +666,7 @@ fn attach_btf(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), String> {
         p.attach()?;
         Ok(())
     };
-    run().map_err(|e| describe_error(&e))
+    run().map_err(|e| describe_tracing_error(&e))
 }
 
 fn attach_raw(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), ProgramError> {
@@ -692,7 +701,7 @@ fn attach_security(ebpf: &mut Ebpf, plan: &SyscallPlan, report: &mut Vec<ProbeSt
                     Ok(()) => {
                         AttachState::Degraded(format!("no parent pid: {}", plan.missing.join("; ")))
                     }
-                    Err(e) => AttachState::NotAttached(describe_error(&e)),
+                    Err(e) => AttachState::NotAttached(describe_tracing_error(&e)),
                 }
             };
         if !matches!(state, AttachState::NotAttached(_)) {
@@ -721,7 +730,7 @@ fn attach_security(ebpf: &mut Ebpf, plan: &SyscallPlan, report: &mut Vec<ProbeSt
     };
     let state = match run() {
         Ok(()) => AttachState::Attached,
-        Err(e) => AttachState::NotAttached(describe_error(&e)),
+        Err(e) => AttachState::NotAttached(describe_tracing_error(&e)),
     };
     let up = !matches!(state, AttachState::NotAttached(_));
     report.push(status(

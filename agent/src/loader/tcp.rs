@@ -210,7 +210,11 @@ pub fn attach(
                     ))
                 }
                 Ok(()) => AttachState::Attached,
-                Err(e) => AttachState::NotAttached(describe_error(&e)),
+                Err(e) => AttachState::NotAttached(super::privilege::describe(
+                    &e,
+                    &[super::privilege::CAP_BPF, super::privilege::CAP_PERFMON],
+                    "tracing programs",
+                )),
             }
         };
         let up = !matches!(state, AttachState::NotAttached(_));

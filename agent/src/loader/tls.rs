@@ -14,7 +14,7 @@ use aya::{
 };
 use hostscope_common::{tls::*, RingConfig};
 
-use super::{AttachState, LoadError, LoaderConfig, ProbeStatus};
+use super::{privilege, AttachState, LoadError, LoaderConfig, ProbeStatus};
 use crate::kernel::mounts;
 
 /// Maps `hostscope dump` can read after pinning.
@@ -141,8 +141,15 @@ pub fn attach(
         };
         let result = match &cgroup_root {
             None => Err("no cgroup v2 mount in /proc/self/mountinfo".to_string()),
-            Some(root) => attach_cgroup_skb(ebpf, program, root, kind)
-                .map_err(|e| super::tcp::describe_error(&e)),
+            Some(root) => attach_cgroup_skb(ebpf, program, root, kind).map_err(|e| {
+                // The load needs CAP_PERFMON (the verifier refuses its kernel reads
+                // with EACCES), the attach CAP_NET_ADMIN.
+                privilege::describe(
+                    &e,
+                    &[privilege::CAP_PERFMON, privilege::CAP_NET_ADMIN],
+                    "cgroup_skb load and attach",
+                )
+            }),
         };
         if result.is_ok() {
             wire_up += 1;
@@ -168,7 +175,10 @@ pub fn attach(
             .and_then(<&mut UProbe>::try_from)
             .and_then(|p| p.load());
         if let Err(e) = loaded {
-            load_errors.push((program, super::tcp::describe_error(&e)));
+            load_errors.push((
+                program,
+                privilege::describe(&e, &[privilege::CAP_BPF], "uprobe program load"),
+            ));
         }
     }
     state.uprobes_loaded = load_errors.is_empty();
@@ -191,7 +201,13 @@ pub fn attach(
             AttachState::NotAttached(why.clone())
         } else if state.libraries.is_empty() {
             AttachState::NotAttached(
-                "no libssl.so.3 on this host yet; attached when one appears".to_string(),
+                if privilege::missing(&[privilege::CAP_SYS_PTRACE]).is_empty() {
+                    "no libssl.so.3 on this host yet; attached when one appears".to_string()
+                } else {
+                    "no libssl.so.3 found: needs CAP_SYS_PTRACE to search other users' and \
+                     containers' processes (/proc/<pid>/maps and /root)"
+                        .to_string()
+                },
             )
         } else {
             let errors: Vec<&String> = attached
@@ -202,14 +218,7 @@ pub fn attach(
             if errors.is_empty() {
                 AttachState::Attached
             } else {
-                AttachState::Degraded(format!(
-                    "some symbols missing: {}",
-                    errors
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ))
+                AttachState::Degraded(uprobe_errors(&errors))
             }
         };
         report.push(ProbeStatus {
@@ -282,6 +291,32 @@ pub fn discover_libssl() -> Vec<PathBuf> {
     found
 }
 
+/// Marks an attach error that is a missing capability rather than a missing symbol.
+const UPROBE_REFUSED: &str = "refused: ";
+
+/// The degraded reason of one uprobe program from its attach errors: a missing
+/// capability once, else the symbols that could not be attached.
+fn uprobe_errors(errors: &[&String]) -> String {
+    let mut refused: Vec<&str> = errors
+        .iter()
+        .filter_map(|e| e.strip_prefix(UPROBE_REFUSED))
+        .collect();
+    refused.dedup();
+    let others: Vec<&str> = errors
+        .iter()
+        .filter(|e| !e.starts_with(UPROBE_REFUSED))
+        .map(|e| e.as_str())
+        .collect();
+    let mut parts = Vec::new();
+    if !refused.is_empty() {
+        parts.push(format!("not attached: {}", refused.join("; ")));
+    }
+    if !others.is_empty() {
+        parts.push(format!("some symbols not attached: {}", others.join("; ")));
+    }
+    parts.join("; ")
+}
+
 /// Attaches the uprobes to libraries not attached before. Returns (program, error) for
 /// symbols that could not be attached.
 pub fn refresh(ebpf: &mut Ebpf, state: &mut TlsAttachments) -> Vec<(&'static str, String)> {
@@ -311,7 +346,20 @@ pub fn refresh(ebpf: &mut Ebpf, state: &mut TlsAttachments) -> Vec<(&'static str
                     target,
                     aya::programs::uprobe::UProbeScope::AllProcesses,
                 ) {
-                    errors.push((program, format!("{symbol} in {}: {e}", target.display())));
+                    // A refusal is the same for every symbol: said once, capability first.
+                    let why = match privilege::reason(
+                        &e,
+                        &[privilege::CAP_SYS_ADMIN],
+                        &privilege::uprobe_what(),
+                    ) {
+                        Some(why) => format!("{UPROBE_REFUSED}{why}"),
+                        None => format!(
+                            "{symbol} in {}: {}",
+                            target.display(),
+                            super::tcp::describe_error(&e)
+                        ),
+                    };
+                    errors.push((program, why));
                 }
             }
         }
