@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod loader;
 pub mod metadata;
 pub mod output;
+pub mod rca;
 pub mod ring;
 pub mod stats;
 pub mod tls;

@@ -22,6 +22,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "syscalls.max_keys",
     "syscalls.security",
     "metadata.enabled",
+    // The RCA sink is started with the agent; its other keys apply live.
+    "rca.enabled",
 ];
 
 pub fn needs_restart(key: &str) -> bool {

@@ -32,6 +32,7 @@ pub struct Config {
     pub syscalls: SyscallsSection,
     pub metadata: MetadataOptions,
     pub export: ExportSection,
+    pub rca: crate::rca::RcaSection,
 }
 
 /// Help for every key of a section, as `(key path within the section, text)`; rendered as
@@ -39,7 +40,7 @@ pub struct Config {
 pub type Docs = &'static [(&'static str, &'static str)];
 
 /// The sections' docs with their section names.
-pub fn docs() -> [(&'static str, Docs); 6] {
+pub fn docs() -> [(&'static str, Docs); 7] {
     [
         ("agent", AgentSection::DOCS),
         ("tcp", TcpSection::DOCS),
@@ -47,6 +48,7 @@ pub fn docs() -> [(&'static str, Docs); 6] {
         ("syscalls", SyscallsSection::DOCS),
         ("metadata", crate::metadata::METADATA_DOCS),
         ("export", ExportSection::DOCS),
+        ("rca", crate::rca::RcaSection::DOCS),
     ]
 }
 
@@ -117,6 +119,7 @@ impl Config {
         self.syscalls.validate("syscalls", &mut p);
         crate::metadata::validate_options(&self.metadata, "metadata", &mut p);
         self.export.validate("export", &mut p);
+        self.rca.validate("rca", &mut p);
         p.into_result()
     }
 
