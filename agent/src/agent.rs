@@ -383,6 +383,11 @@ impl Agent {
         self.records.subscribe()
     }
 
+    /// A sender on the record stream, for sinks that derive records (RCA incidents).
+    pub fn publisher(&self) -> broadcast::Sender<SharedRecord> {
+        self.records.clone()
+    }
+
     /// Identity of records (process, container, pod, peer workload), shared by the sinks.
     pub fn resolver(&self) -> Arc<Resolver> {
         self.resolver.clone()

@@ -134,6 +134,8 @@ pub struct Running {
     export: Option<ExportConfig>,
     exporter: Option<Exporter>,
     printer: Option<std::thread::JoinHandle<()>>,
+    /// Incidents folded from failures (`rca.enabled`).
+    rca: Option<crate::rca::sink::RcaSink>,
     reloads: ReloadStats,
     /// The file's text the running configuration came from.
     text: Option<String>,
@@ -167,12 +169,22 @@ impl Running {
             Some(e) => Some(start_exporter(&agent, e.clone())?),
             None => None,
         };
+        let rca = config.rca.enabled.then(|| {
+            crate::rca::sink::RcaSink::start(
+                &config.rca,
+                agent.subscribe(),
+                agent.publisher(),
+                agent.resolver(),
+                agent.counters(),
+            )
+        });
         Ok(Running {
             agent,
             config,
             export,
             exporter,
             printer,
+            rca,
             reloads: ReloadStats::default(),
             text,
         })
@@ -200,6 +212,9 @@ impl Running {
         if let Some(e) = &self.exporter {
             print(format, "export_stats", &e.snapshot())?;
         }
+        if let Some(r) = &self.rca {
+            print(format, "rca_stats", &r.stats())?;
+        }
         Ok(())
     }
 
@@ -214,12 +229,21 @@ impl Running {
         let metadata = self.agent.resolver();
         let mut stats = self.agent.stop().await;
         stats.config = self.reloads.clone();
+        // The rings are drained: the RCA sink folds what is left, closes its incidents
+        // with a final record and lets go of the stream, which then closes.
+        let rca = match self.rca.take() {
+            Some(r) => Some(r.stop().await),
+            None => None,
+        };
         if let Some(printer) = self.printer.take() {
             // The agent's channel is closed now; the printer finishes what it has.
             let _ = tokio::task::spawn_blocking(move || printer.join()).await;
         }
         print(format, "agent_stats", &stats)?;
         print(format, "metadata_stats", &metadata.stats())?;
+        if let Some(r) = &rca {
+            print(format, "rca_stats", r)?;
+        }
         if let Some(e) = self.exporter.take() {
             let snapshot = e.stop(self.config.export.flush_timeout).await;
             print(format, "export_stats", &snapshot)?;

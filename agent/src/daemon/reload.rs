@@ -161,6 +161,12 @@ impl Running {
                 }
             }
         }
+        if changed("rca.") {
+            // `rca.enabled` is a restart key; the others apply from the next failure.
+            if let Some(r) = &self.rca {
+                r.set_settings(&effective.rca);
+            }
+        }
         // agent.stats_interval, tls.library_rescan_interval and export.interval are read
         // by the run loop from the running configuration.
         self.config = effective;
