@@ -90,6 +90,8 @@ pub struct Classified {
     pub conn_id: Option<u64>,
     pub comm: Option<String>,
     pub seen_unix_ns: u64,
+    /// An error burst stands for failures over its interval, which ended at `seen`.
+    pub over_ns: u64,
 }
 
 /// A success that can end incidents (see [`Recovery`]).
@@ -191,6 +193,7 @@ fn tcp(r: &TcpRecord) -> Option<Classified> {
         conn_id: Some(r.conn_id),
         comm: r.comm.clone(),
         seen_unix_ns: r.timestamp_unix_ns,
+        over_ns: 0,
     })
 }
 
@@ -296,6 +299,7 @@ fn tls(r: &TlsRecord, cert: Option<&KnownCertificate>) -> Option<Classified> {
         conn_id: r.conn_id,
         comm: r.comm.clone(),
         seen_unix_ns: r.timestamp_unix_ns,
+        over_ns: 0,
     })
 }
 
@@ -339,6 +343,12 @@ fn syscall(r: &SyscallAlert) -> Option<Classified> {
         conn_id: None,
         comm: Some(r.comm.clone()),
         seen_unix_ns: r.ts_unix_ns,
+        // count / rate is the interval the burst was measured over.
+        over_ns: if r.rate_per_s > 0.0 {
+            (r.count as f64 / r.rate_per_s * 1e9) as u64
+        } else {
+            0
+        },
     })
 }
 

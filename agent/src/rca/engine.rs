@@ -38,6 +38,8 @@ pub struct Failure {
     pub target: String,
     pub target_address: Option<SocketAddr>,
     pub seen_unix_ns: u64,
+    /// The failures happened over this long before `seen_unix_ns` (error bursts).
+    pub over_ns: u64,
     pub weight: u64,
     pub affected: Affected,
     pub cgroup_id: Option<u64>,
@@ -115,10 +117,10 @@ impl Engine {
     }
 
     /// Folds one failure; publishes the incident's open (or a due update) at once.
-    pub fn failure(&mut self, f: Failure, now: u64, out: &mut Vec<RcaRecord>) {
+    pub fn failure(&mut self, mut f: Failure, now: u64, out: &mut Vec<RcaRecord>) {
         let window = ns(self.settings.window);
         let update_interval = ns(self.settings.update_interval);
-        let key = (f.source, f.target);
+        let key = (std::mem::take(&mut f.source), std::mem::take(&mut f.target));
         let mut ended = None;
         if let Some(list) = self.open.get_mut(&key) {
             if let Some(i) = list.iter().position(|inc| inc.record.cause == f.cause.code) {
@@ -127,16 +129,10 @@ impl Engine {
                     ended = Some(close(list.swap_remove(i), Ending::Quiet, now, window));
                 } else {
                     let inc = &mut list[i];
-                    fold(
-                        inc,
-                        &f.affected,
-                        f.conn_id,
-                        f.weight,
-                        f.seen_unix_ns,
-                        f.sentence,
-                    );
+                    let weight = f.weight;
+                    fold(inc, f);
                     inc.last_failure_at = now;
-                    self.stats.failures += f.weight;
+                    self.stats.failures += weight;
                     if now.saturating_sub(inc.last_report_at) >= update_interval {
                         out.push(report(inc, IncidentState::Update, now));
                         self.stats.updated += 1;
@@ -160,7 +156,7 @@ impl Engine {
             incident_id: self.next_id,
             state: IncidentState::Open,
             timestamp_unix_ns: now,
-            first_seen_unix_ns: f.seen_unix_ns,
+            first_seen_unix_ns: f.seen_unix_ns.saturating_sub(f.over_ns),
             last_seen_unix_ns: f.seen_unix_ns,
             count: f.weight,
             cause: f.cause.code,
@@ -290,30 +286,24 @@ fn recovers(recovery: Recovery, record: &RcaRecord) -> bool {
             .any(|c| c.code == record.cause && c.recovery == recovery)
 }
 
-fn fold(
-    inc: &mut Incident,
-    who: &Affected,
-    conn_id: Option<u64>,
-    weight: u64,
-    seen: u64,
-    sentence: String,
-) {
+fn fold(inc: &mut Incident, f: Failure) {
     let r = &mut inc.record;
-    r.count += weight;
-    r.first_seen_unix_ns = r.first_seen_unix_ns.min(seen);
+    r.count += f.weight;
+    let seen = f.seen_unix_ns;
+    r.first_seen_unix_ns = r.first_seen_unix_ns.min(seen.saturating_sub(f.over_ns));
     r.last_seen_unix_ns = r.last_seen_unix_ns.max(seen);
     // The latest wording (a timed-out connect's retransmit count may change).
-    if r.sentence != sentence {
-        r.sentence = sentence;
+    if r.sentence != f.sentence {
+        r.sentence = f.sentence;
     }
-    if !r.affected.iter().any(|a| a == who) {
+    if !r.affected.contains(&f.affected) {
         if r.affected.len() < MAX_AFFECTED {
-            r.affected.push(who.clone());
+            r.affected.push(f.affected);
         } else {
-            r.affected_omitted += weight;
+            r.affected_omitted += f.weight;
         }
     }
-    if let Some(id) = conn_id {
+    if let Some(id) = f.conn_id {
         if r.sample_conn_ids.len() < MAX_SAMPLES {
             r.sample_conn_ids.push(id);
         }
@@ -371,6 +361,7 @@ mod tests {
             target: target.into(),
             target_address: target.parse().ok(),
             seen_unix_ns: at,
+            over_ns: 0,
             weight: 1,
             affected: Affected {
                 pid: Some(pid),

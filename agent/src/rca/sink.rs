@@ -109,6 +109,7 @@ impl Folder {
                 target,
                 target_address,
                 seen_unix_ns: c.seen_unix_ns,
+                over_ns: c.over_ns,
                 weight: c.weight,
                 affected: Affected {
                     pid: subject.pid,
@@ -326,4 +327,65 @@ async fn run(
     }
     folder.close_all(now_unix_ns());
     publish(&mut folder, lagged);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::tcp::{Direction, Failure as TcpFailure, TcpEventKind, TcpRecord};
+
+    fn tcp(event: TcpEventKind, errno: Option<i32>, conn_id: u64) -> Record {
+        Record::Tcp(TcpRecord {
+            event,
+            timestamp_unix_ns: 1_000 + conn_id,
+            conn_id,
+            direction: Direction::Active,
+            local: "127.0.0.1:40000".parse().unwrap(),
+            remote: "127.0.0.1:9".parse().unwrap(),
+            pid: Some(std::process::id()),
+            tid: None,
+            comm: Some("storm".into()),
+            cgroup_id: None,
+            state: "CLOSE",
+            previous_state: "SYN_SENT",
+            connect_latency_us: None,
+            handshake_rtt_us: None,
+            syn_retransmits: 0,
+            failure: errno.map(|e| TcpFailure::from_errno(e as u32)),
+            duration_us: None,
+            bytes_acked: None,
+            bytes_received: None,
+            srtt_us: None,
+            retransmits: None,
+            resets_sent: 0,
+            resets_received: 0,
+        })
+    }
+
+    #[test]
+    fn records_in_incidents_out_and_own_records_ignored() {
+        let section = RcaSection::default();
+        let mut folder = Folder::new(settings(&section), Arc::new(Resolver::node_local()));
+        for i in 0..100 {
+            folder.observe(
+                &tcp(TcpEventKind::ConnectFailed, Some(libc::ECONNREFUSED), i),
+                1_000,
+            );
+        }
+        let out: Vec<RcaRecord> = folder.take().collect();
+        assert_eq!(out.len(), 1, "one open, no update within the interval");
+        assert_eq!(out[0].target, "127.0.0.1:9");
+        assert!(out[0].source.starts_with("process "), "{}", out[0].source);
+        // Its own records are not input.
+        folder.observe(&Record::Rca(out[0].clone()), 2_000);
+        assert_eq!(folder.engine.stats().failures, 100);
+        folder.observe(&tcp(TcpEventKind::Connect, None, 101), 3_000);
+        let closed: Vec<RcaRecord> = folder.take().collect();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].count, 100);
+        assert_eq!(
+            closed[0].ended,
+            Some(super::super::record::Ending::Recovered)
+        );
+    }
 }
