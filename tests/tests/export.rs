@@ -1453,7 +1453,7 @@ fn hostscope_run_exports_with_env_endpoint_and_reports_export_stats() {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostscope")
         });
     let receiver = Receiver::start("http", &[]);
-    let child = Command::new(&bin)
+    let mut child = Command::new(&bin)
         .args([
             "run",
             "--no-pin",
@@ -1478,14 +1478,28 @@ fn hostscope_run_exports_with_env_endpoint_and_reports_export_stats() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // The probes are attached once the first counters line is out (a fixed sleep raced
+    // the debug binary's start on a loaded machine).
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "the agent ended before its first counters line");
+        let ready = line.contains("\"type\":\"agent_stats\"");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
     let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert!(TcpStream::connect(target).is_err());
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stats: Vec<Value> = stdout
-        .lines()
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    lines.extend(rest.lines().map(str::to_string));
+    assert!(child.wait().unwrap().success());
+    let stats: Vec<Value> = lines
+        .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["type"] == "export_stats")
         .collect();

@@ -138,6 +138,18 @@ mod tests {
     }
 
     #[test]
+    fn rca_tuning_is_live_and_enabling_it_waits_for_a_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.rca.enabled = false;
+        new.rca.window = std::time::Duration::from_secs(60);
+        let plan = Plan::new(&old, &new);
+        assert_eq!(plan.live, ["rca.window"]);
+        assert_eq!(plan.restart, ["rca.enabled"]);
+        assert!(plan.effective.rca.enabled);
+    }
+
+    #[test]
     fn restart_prefixes_match_whole_keys() {
         assert!(needs_restart("tcp.ring_bytes"));
         assert!(!needs_restart("tcp.ring_bytes_extra"));
