@@ -49,6 +49,7 @@ pub enum Section {
     Metadata,
     Otlp,
     Config,
+    Rca,
 }
 
 /// Programs `hostscope run` loads on this kernel: 5 TCP, 6 TLS (2 wire, 4 OpenSSL),
@@ -343,6 +344,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         if run_section(Section::Config) {
             crate::bench_config::bench_config(&bin)?;
+        }
+        if run_section(Section::Rca) {
+            crate::bench_rca::bench_rca(&bin, args.rounds)?;
         }
         Ok(())
     })();

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask setup | run | test | lint | bench`.
 mod bench;
 mod bench_config;
+mod bench_rca;
 mod bench_tls;
 mod cmd;
 mod lint;
