@@ -1,6 +1,6 @@
-//! The running agent: loaded probes, one consumer task per ring, and a broadcast channel
-//! of decoded records that every sink (the printer today; exporters and the local API
-//! later) subscribes to independently.
+//! The running agent: loaded probes, one consumer task per ring, its own timers (the
+//! OpenSSL library rescan, metadata upkeep), and a broadcast channel of decoded records
+//! that every sink ([`crate::sink`]) subscribes to independently.
 
 use std::{
     path::PathBuf,
@@ -31,7 +31,9 @@ use crate::{
     metadata::{upkeep::MetadataTasks, MetadataOptions, Resolver},
     output::OutputFormat,
     ring,
+    sink::SinkContext,
     stats::{self, AgentStats, Counters},
+    status::StatusHandle,
     tls::{
         task::{TlsInput, TlsMaps, TrackerTask},
         tracker::TrackerStats,
@@ -43,6 +45,8 @@ pub struct AgentConfig {
     pub loader: LoaderConfig,
     /// Upper bound on how long a record waits in a ring before we read it.
     pub poll_interval: Duration,
+    /// How often new OpenSSL copies (new containers, new programs) get their uprobes.
+    pub library_rescan_interval: Duration,
     /// Records buffered per subscriber before a slow one starts missing them (counted).
     pub channel_capacity: usize,
     /// Process / container / pod identity of records.
@@ -148,6 +152,47 @@ impl AgentSection {
     }
 }
 
+/// The loaded BPF object and what is attached to OpenSSL copies.
+struct Probes {
+    ebpf: Ebpf,
+    tls: loader::tls::TlsAttachments,
+}
+
+impl Probes {
+    fn refresh(&mut self) -> Vec<String> {
+        loader::tls::refresh(&mut self.ebpf, &mut self.tls)
+            .into_iter()
+            .map(|(p, e)| format!("{p}: {e}"))
+            .collect()
+    }
+}
+
+/// The agent's own timer: new OpenSSL copies get their uprobes. The scan (procfs maps
+/// of every process) runs on a blocking thread, away from the record consumers.
+async fn rescan_libraries(
+    probes: Arc<std::sync::Mutex<Probes>>,
+    mut every: watch::Receiver<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let period = *every.borrow_and_update();
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            Ok(()) = every.changed() => continue,
+            _ = crate::sink::stopping(&mut shutdown) => return,
+        }
+        let probes = probes.clone();
+        let problems = tokio::task::spawn_blocking(move || {
+            probes.lock().unwrap_or_else(|p| p.into_inner()).refresh()
+        })
+        .await
+        .unwrap_or_default();
+        for problem in problems {
+            eprintln!("tls uprobes: {problem}");
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
@@ -173,8 +218,10 @@ pub enum AgentError {
 pub type SharedRecord = Arc<Record>;
 
 pub struct Agent {
-    ebpf: Ebpf,
-    tls: loader::tls::TlsAttachments,
+    /// The loaded object and the OpenSSL attachments, shared with the rescan timer.
+    probes: Arc<std::sync::Mutex<Probes>>,
+    library_rescan: watch::Sender<Duration>,
+    rescanner: JoinHandle<()>,
     tls_stats: Arc<std::sync::Mutex<TrackerStats>>,
     tracker: Option<JoinHandle<()>>,
     report: Vec<ProbeStatus>,
@@ -359,14 +406,25 @@ impl Agent {
         let resolver = Arc::new(Resolver::new(config.metadata.clone()));
         let metadata_tasks =
             std::sync::Mutex::new(MetadataTasks::start(resolver.clone(), shutdown_rx.clone()));
+        let shared_probes = Arc::new(std::sync::Mutex::new(Probes {
+            ebpf,
+            tls: probes.tls,
+        }));
+        let (library_rescan, rescan_rx) = watch::channel(config.library_rescan_interval);
+        let rescanner = tokio::spawn(rescan_libraries(
+            shared_probes.clone(),
+            rescan_rx,
+            shutdown_rx.clone(),
+        ));
         Ok(Agent {
             watched,
             syscall_alerts,
             pin_lock: probes.pin_lock,
             resolver,
             metadata_tasks,
-            ebpf,
-            tls: probes.tls,
+            probes: shared_probes,
+            library_rescan,
+            rescanner,
             tls_stats,
             tracker,
             report: probes.report,
@@ -383,11 +441,6 @@ impl Agent {
         self.records.subscribe()
     }
 
-    /// A sender on the record stream, for sinks that derive records (RCA incidents).
-    pub fn publisher(&self) -> broadcast::Sender<SharedRecord> {
-        self.records.clone()
-    }
-
     /// Identity of records (process, container, pod, peer workload), shared by the sinks.
     pub fn resolver(&self) -> Arc<Resolver> {
         self.resolver.clone()
@@ -401,8 +454,34 @@ impl Agent {
         self.counters.clone()
     }
 
-    pub fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
+    /// What a sink gets: the record stream from now on, identities, counters, the
+    /// status (through `status`) and the agent's shutdown signal.
+    pub fn sink_context(&self, status: StatusHandle) -> SinkContext {
+        SinkContext {
+            records: self.records.subscribe(),
+            resolver: self.resolver.clone(),
+            counters: self.counters.clone(),
+            status,
+            shutdown: self.shutdown.subscribe(),
+        }
+    }
+
+    /// Puts derived records (RCA incidents) on the stream every sink reads.
+    pub fn publisher(&self) -> broadcast::Sender<SharedRecord> {
+        self.records.clone()
+    }
+
+    fn probes(&self) -> std::sync::MutexGuard<'_, Probes> {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes how often new OpenSSL copies are looked for, from the next tick.
+    pub fn set_library_rescan_interval(&self, every: Duration) {
+        self.library_rescan.send_if_modified(|d| {
+            let changed = *d != every;
+            *d = every;
+            changed
+        });
     }
 
     /// The pin directory this agent holds, if it pins its maps.
@@ -490,14 +569,16 @@ impl Agent {
     pub fn stats(&self) -> AgentStats {
         let (records_decoded, decode_errors, records_lagged) =
             stats::snapshot_counters(&self.counters);
+        let probes = self.probes();
+        let ebpf = &probes.ebpf;
         let mut kernel = std::collections::BTreeMap::new();
-        if let Some(c) = stats::read_kernel_counters(&self.ebpf, TCP_STATS_MAP) {
+        if let Some(c) = stats::read_kernel_counters(ebpf, TCP_STATS_MAP) {
             kernel.insert("tcp", c);
         }
-        if let Some(c) = stats::read_kernel_counters(&self.ebpf, TLS_STATS_MAP) {
+        if let Some(c) = stats::read_kernel_counters(ebpf, TLS_STATS_MAP) {
             kernel.insert("tls", c);
         }
-        if let Some(c) = stats::read_syscall_counters(&self.ebpf) {
+        if let Some(c) = stats::read_syscall_counters(ebpf) {
             kernel.insert("syscalls", c);
         }
         AgentStats {
@@ -505,24 +586,27 @@ impl Agent {
             records_decoded,
             decode_errors,
             records_lagged,
-            programs: stats::read_program_costs(&self.ebpf),
+            programs: stats::read_program_costs(ebpf),
             tls: self.tls_stats.lock().map(|s| s.clone()).unwrap_or_default(),
             config: Default::default(),
         }
     }
 
+    /// Entries in use of each hash-like map the probes use.
+    pub fn map_fill(&self) -> Vec<crate::kernel::map_fill::MapFill> {
+        crate::kernel::map_fill::read(&self.probes().ebpf)
+    }
+
     /// The OpenSSL libraries the uprobes are attached to.
-    pub fn tls_libraries(&self) -> &[std::path::PathBuf] {
-        &self.tls.libraries
+    pub fn tls_libraries(&self) -> Vec<std::path::PathBuf> {
+        self.probes().tls.libraries.clone()
     }
 
     /// Attaches the OpenSSL probes to libraries that appeared since the last call (new
-    /// containers, newly started programs with their own copy).
-    pub fn refresh(&mut self) -> Vec<String> {
-        loader::tls::refresh(&mut self.ebpf, &mut self.tls)
-            .into_iter()
-            .map(|(p, e)| format!("{p}: {e}"))
-            .collect()
+    /// containers, newly started programs with their own copy); the agent also does
+    /// this every `library_rescan_interval`.
+    pub fn refresh(&self) -> Vec<String> {
+        self.probes().refresh()
     }
 
     /// Drains the rings one last time, stops the consumers and detaches the probes.
@@ -534,6 +618,7 @@ impl Agent {
         if let Some(t) = self.tracker.take() {
             let _ = t.await;
         }
+        let _ = (&mut self.rescanner).await;
         self.metadata_tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())

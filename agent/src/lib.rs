@@ -12,7 +12,9 @@ pub mod metadata;
 pub mod output;
 pub mod rca;
 pub mod ring;
+pub mod sink;
 pub mod stats;
+pub mod status;
 pub mod tls;
 
 pub use agent::{Agent, AgentConfig};

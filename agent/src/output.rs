@@ -6,9 +6,9 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 
-use crate::{agent::SharedRecord, events::Record, metadata::Resolver, stats::Counters};
+use crate::{events::Record, metadata::Resolver, sink::SinkContext};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -19,25 +19,23 @@ pub enum OutputFormat {
     None,
 }
 
-/// Prints records on a dedicated thread until the channel closes or stdout goes away
-/// (e.g. `| head`). Missed records are counted, never silently skipped.
-pub fn spawn_printer(
-    rx: broadcast::Receiver<SharedRecord>,
-    format: OutputFormat,
-    counters: Arc<Counters>,
-) -> std::thread::JoinHandle<()> {
-    spawn_printer_with(rx, format, counters, None)
-}
-
-/// [`spawn_printer`] with identities: text lines start with `pod <ns>/<name> <container>`
-/// (or `container <id>`) when known; JSON records get an `"identity"` object (and a
+/// The printer sink: records on stdout, on a dedicated thread, until the channel closes
+/// or stdout goes away (e.g. `| head`). Missed records are counted, never silently
+/// skipped. With `identities`, text lines start with `pod <ns>/<name> <container>` (or
+/// `container <id>`) when known, and JSON records get an `"identity"` object (and a
 /// `"peer_identity"` one when the remote end is a known pod or service).
-pub fn spawn_printer_with(
-    mut rx: broadcast::Receiver<SharedRecord>,
+pub fn spawn_printer(
+    sink: SinkContext,
     format: OutputFormat,
-    counters: Arc<Counters>,
-    resolver: Option<Arc<Resolver>>,
+    identities: bool,
 ) -> std::thread::JoinHandle<()> {
+    let SinkContext {
+        records: mut rx,
+        counters,
+        resolver,
+        ..
+    } = sink;
+    let resolver = identities.then_some(resolver);
     std::thread::spawn(move || {
         // Not `stdout.lock()` for the thread's life: `run` prints its stats lines on
         // stdout too (JSON), and would block on the lock forever. Whole lines are

@@ -29,6 +29,8 @@ use hostscope::{
     },
     loader::{syscalls::SyscallOptions, LoaderConfig},
     metadata::Resolver,
+    sink::SinkContext,
+    status::StatusHandle,
     AgentConfig,
 };
 use hostscope_tests::{
@@ -80,13 +82,7 @@ impl Fed {
         let (tx, rx) = broadcast::channel(4096);
         let exporter = {
             let _g = rt.enter();
-            Exporter::start(
-                config,
-                rx,
-                Arc::new(Resolver::node_local()),
-                Arc::new(Default::default()),
-            )
-            .expect("exporter starts")
+            Exporter::start(config, SinkContext::standalone(rx)).expect("exporter starts")
         };
         Fed {
             rt,
@@ -206,9 +202,10 @@ fn start_exporter(h: &Harness, config: ExportConfig) -> Exporter {
     let agent = h.agent();
     Exporter::start(
         config,
-        agent.subscribe(),
-        Arc::new(Resolver::node_local()),
-        agent.counters(),
+        SinkContext {
+            resolver: Arc::new(Resolver::node_local()),
+            ..agent.sink_context(StatusHandle::unavailable())
+        },
     )
     .expect("exporter starts")
 }

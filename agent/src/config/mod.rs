@@ -144,6 +144,7 @@ impl Config {
                 syscalls,
             },
             poll_interval: self.agent.poll_interval,
+            library_rescan_interval: self.tls.library_rescan_interval,
             channel_capacity: self.agent.channel_capacity,
             metadata: self.metadata.clone(),
         })

@@ -19,6 +19,7 @@ use crate::{
         ExportConfig, Exporter,
     },
     output::{self, OutputFormat, Tagged},
+    status::{self, Status, StatusHandle},
     Agent,
 };
 
@@ -139,11 +140,15 @@ pub struct Running {
     reloads: ReloadStats,
     /// The file's text the running configuration came from.
     text: Option<String>,
+    /// Given to every sink: the run loop answers it.
+    status: StatusHandle,
+    started: std::time::Instant,
 }
 
 impl Running {
-    /// Loads the probes and starts the sinks the configuration asks for.
-    pub fn start(loaded: Loaded) -> Result<Running, DaemonError> {
+    /// Loads the probes and starts the sinks the configuration asks for; `status` is the
+    /// handle the sinks ask the run loop's status with.
+    pub fn start(loaded: Loaded, status: StatusHandle) -> Result<Running, DaemonError> {
         let Loaded {
             config,
             export,
@@ -159,23 +164,23 @@ impl Running {
                 _ => eprintln!("probe {status}"),
             }
         }
-        let printer = Some(output::spawn_printer_with(
-            agent.subscribe(),
+        let printer = Some(output::spawn_printer(
+            agent.sink_context(status.clone()),
             format,
-            agent.counters(),
-            config.metadata.enabled.then(|| agent.resolver()),
+            config.metadata.enabled,
         ));
         let exporter = match &export {
-            Some(e) => Some(start_exporter(&agent, e.clone())?),
+            Some(e) => Some(
+                Exporter::start(e.clone(), agent.sink_context(status.clone()))
+                    .map_err(DaemonError::Exporter)?,
+            ),
             None => None,
         };
         let rca = config.rca.enabled.then(|| {
             crate::rca::sink::RcaSink::start(
                 &config.rca,
-                agent.subscribe(),
+                agent.sink_context(status.clone()),
                 agent.publisher(),
-                agent.resolver(),
-                agent.counters(),
             )
         });
         Ok(Running {
@@ -187,6 +192,8 @@ impl Running {
             rca,
             reloads: ReloadStats::default(),
             text,
+            status,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -203,6 +210,31 @@ impl Running {
         let mut s = self.agent.stats();
         s.config = self.reloads.clone();
         s
+    }
+
+    /// Everything `hostscope status` shows, read now.
+    pub fn status(&self) -> Status {
+        // Sinks with an account of their own add it here.
+        let mut sinks = std::collections::BTreeMap::new();
+        if let Some(r) = &self.rca {
+            sinks.insert(
+                "rca",
+                serde_json::to_value(r.stats()).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            kernel: status::kernel_release(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            bpf_stats_enabled: status::bpf_stats_enabled(),
+            probes: self.agent.report().to_vec(),
+            maps: self.agent.map_fill(),
+            agent: self.stats(),
+            metadata: self.agent.resolver().stats(),
+            export: self.exporter.as_ref().map(|e| e.snapshot()),
+            sinks,
+        }
     }
 
     fn print_stats(&self) -> Result<(), DaemonError> {
@@ -252,16 +284,6 @@ impl Running {
     }
 }
 
-fn start_exporter(agent: &Agent, config: ExportConfig) -> Result<Exporter, DaemonError> {
-    Exporter::start(
-        config,
-        agent.subscribe(),
-        agent.resolver(),
-        agent.counters(),
-    )
-    .map_err(DaemonError::Exporter)
-}
-
 /// Runs until SIGINT or SIGTERM (or `duration`), reloading on file changes and SIGHUP.
 pub async fn run(source: Source, duration: Option<Duration>) -> Result<(), DaemonError> {
     let loaded = source.load()?;
@@ -272,15 +294,14 @@ pub async fn run(source: Source, duration: Option<Duration>) -> Result<(), Daemo
     // Signals first: a stop requested while the probes load is not lost, and a SIGINT
     // inherited as ignored (a script's background job) is ours again.
     let mut signals = Signals::new()?;
-    let mut running = Running::start(loaded)?;
+    let (status_handle, mut status_requests) = status::channel();
+    let mut running = Running::start(loaded, status_handle)?;
     let mut watcher = match &source.file {
         Some(path) => Some(watch::FileWatch::new(path).map_err(DaemonError::Watch)?),
         None => None,
     };
     let stop_at = duration.map(|d| tokio::time::Instant::now() + d);
     let mut stats_tick = interval(running.config.agent.stats_interval);
-    let mut rescan = interval(running.config.tls.library_rescan_interval);
-    let mut export_tick = interval(running.config.export.interval);
     loop {
         let stats_on = !running.config.agent.stats_interval.is_zero();
         tokio::select! {
@@ -293,28 +314,14 @@ pub async fn run(source: Source, duration: Option<Duration>) -> Result<(), Daemo
                 running.reload(&source, false).await?;
             }
             _ = stats_tick.tick(), if stats_on => running.print_stats()?,
-            // The agent's health goes out with the exporter's own metrics.
-            _ = export_tick.tick() => {
-                if let Some(e) = &running.exporter {
-                    e.set_agent_stats(running.stats());
-                }
-            }
-            // New OpenSSL copies (new containers, new programs) get their uprobes.
-            _ = rescan.tick() => {
-                for problem in running.agent.refresh() {
-                    eprintln!("tls uprobes: {problem}");
-                }
+            // A sink asked for the status (an API client, the exporter's self-metrics).
+            reply = status_requests.next() => {
+                let _ = reply.send(running.status());
             }
         }
         // Intervals the last reload changed.
         if stats_tick.period() != period(running.config.agent.stats_interval) {
             stats_tick = interval(running.config.agent.stats_interval);
-        }
-        if rescan.period() != period(running.config.tls.library_rescan_interval) {
-            rescan = interval(running.config.tls.library_rescan_interval);
-        }
-        if export_tick.period() != period(running.config.export.interval) {
-            export_tick = interval(running.config.export.interval);
         }
     }
     running.stop().await

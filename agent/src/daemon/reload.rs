@@ -167,8 +167,10 @@ impl Running {
                 r.set_settings(&effective.rca);
             }
         }
-        // agent.stats_interval, tls.library_rescan_interval and export.interval are read
-        // by the run loop from the running configuration.
+        self.agent
+            .set_library_rescan_interval(effective.tls.library_rescan_interval);
+        // agent.stats_interval is read by the run loop from the running configuration;
+        // export.interval went to the exporter with the rest of its section.
         self.config = effective;
         self.text = loaded.text;
         self.reloads.generation += 1;
@@ -262,8 +264,9 @@ impl Running {
         match (self.exporter.as_ref(), new) {
             (Some(e), Some(cfg)) => e.reconfigure(cfg).await.map_err(|e| e.to_string()),
             (None, Some(cfg)) => {
-                self.exporter =
-                    Some(super::start_exporter(&self.agent, cfg).map_err(|e| e.to_string())?);
+                let sink = self.agent.sink_context(self.status.clone());
+                let exporter = crate::export::Exporter::start(cfg, sink);
+                self.exporter = Some(exporter.map_err(|e| e.to_string())?);
                 Ok(())
             }
             (Some(_), None) => {

@@ -48,7 +48,9 @@ use tokio::{
 use crate::{
     agent::SharedRecord,
     metadata::{Identity, Resolver},
+    sink::SinkContext,
     stats::{AgentStats, Counters},
+    status::StatusHandle,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -187,6 +189,9 @@ pub struct Exporter {
     shutdown: watch::Sender<bool>,
     encoder_ctl: mpsc::Sender<EncoderUpdate>,
     sender_ctl: mpsc::Sender<sender::Update>,
+    /// Reads the agent's stats for the self-metrics, once per export interval.
+    stats_feed: JoinHandle<()>,
+    stats_every: watch::Sender<Duration>,
     /// One reconfiguration at a time (the sender's and the encoder's parts in step).
     reconfiguring: tokio::sync::Mutex<()>,
 }
@@ -207,12 +212,14 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 impl Exporter {
     /// Starts the encoder and sender tasks (inside tokio). Fails on a bad TLS file or an
     /// unusable disk queue; an unreachable backend is not an error (requests queue).
-    pub fn start(
-        config: ExportConfig,
-        records: broadcast::Receiver<SharedRecord>,
-        resolver: Arc<Resolver>,
-        agent_counters: Arc<Counters>,
-    ) -> Result<Exporter, ExportError> {
+    pub fn start(config: ExportConfig, sink: SinkContext) -> Result<Exporter, ExportError> {
+        let SinkContext {
+            records,
+            resolver,
+            counters: agent_counters,
+            status,
+            ..
+        } = sink;
         let transport = transport::Transport::new(&config)?;
         let queue = Arc::new(match &config.disk_queue {
             Some(dir) => queue::Queue::disk(dir, config.disk_queue_bytes)?,
@@ -223,6 +230,8 @@ impl Exporter {
         let (stop_sender, stop_rx) = watch::channel(None);
         let (encoder_ctl, encoder_ctl_rx) = mpsc::channel(1);
         let (sender_ctl, sender_ctl_rx) = mpsc::channel(1);
+        let (stats_every, stats_every_rx) = watch::channel(config.interval);
+        let stats_feed = tokio::spawn(feed_agent_stats(status, shared.clone(), stats_every_rx));
         let encoder = tokio::spawn(
             Encoder::new(&config, queue.clone(), shared.clone(), resolver).run(
                 records,
@@ -253,6 +262,8 @@ impl Exporter {
             shutdown,
             encoder_ctl,
             sender_ctl,
+            stats_feed,
+            stats_every,
             reconfiguring: tokio::sync::Mutex::new(()),
         })
     }
@@ -298,6 +309,7 @@ impl Exporter {
             .await
             .map_err(|_| stopped("sender"))?;
         applied.await.map_err(|_| stopped("sender"))??;
+        self.stats_every.send_replace(config.interval);
         let (done, applied) = oneshot::channel();
         self.encoder_ctl
             .send((Arc::new(config), done))
@@ -313,6 +325,7 @@ impl Exporter {
     /// the next start.
     pub async fn stop(mut self, grace: Duration) -> ExportSnapshot {
         let deadline = Instant::now() + grace;
+        self.stats_feed.abort();
         let _ = self.shutdown.send(true);
         // The encoder's last flush is CPU work (and disk writes), no network: awaited.
         let _ = (&mut self.encoder).await;
@@ -332,6 +345,26 @@ impl Exporter {
                 .count(b.signal.as_str(), "dropped", "shutdown", b.items);
         }
         snapshot(&self.shared, &self.queue)
+    }
+}
+
+/// Keeps the self-metrics' copy of the agent's stats fresh: one status read per export
+/// interval (a stopping agent's final stats come from [`Exporter::set_agent_stats`]).
+async fn feed_agent_stats(
+    status: StatusHandle,
+    shared: Arc<Shared>,
+    mut every: watch::Receiver<Duration>,
+) {
+    loop {
+        let period = *every.borrow_and_update();
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            // A new interval starts counting now.
+            Ok(()) = every.changed() => continue,
+        }
+        if let Some(s) = status.get().await {
+            *shared.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.agent);
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! What the running kernel offers: mounts, BTF, tracepoint formats.
+//! What the running kernel offers: mounts, BTF, tracepoint formats, map fill.
 pub mod btf;
+pub mod map_fill;
 pub mod mounts;
 pub mod tracefs;

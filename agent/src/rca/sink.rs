@@ -1,4 +1,4 @@
-//! The RCA sink: a task on the agent's record stream that classifies failures, folds them
+//! The RCA sink: a task on the agent's record stream (a [`SinkContext`]) that classifies failures, folds them
 //! into incidents ([`super::engine`]) and publishes the incident records on the same
 //! stream, where the printer, the exporter and the API see them like any other record.
 
@@ -24,6 +24,7 @@ use crate::{
     agent::SharedRecord,
     events::Record,
     metadata::{Identity, Resolver},
+    sink::SinkContext,
     stats::Counters,
 };
 
@@ -215,22 +216,23 @@ pub struct RcaSink {
 }
 
 impl RcaSink {
-    /// Starts the task (inside tokio). `publisher` is the agent's record channel.
+    /// Starts the task (inside tokio). `publisher` is the agent's record stream, where
+    /// incidents go. The sink holds a sender of that stream, so the stream closes only
+    /// once it is stopped: [`RcaSink::stop`] after the agent's rings are drained (the
+    /// context's `shutdown` comes too early, while records are still being read).
     pub fn start(
         section: &RcaSection,
-        records: broadcast::Receiver<SharedRecord>,
+        context: SinkContext,
         publisher: broadcast::Sender<SharedRecord>,
-        resolver: Arc<Resolver>,
-        counters: Arc<Counters>,
     ) -> RcaSink {
         let (stop, stop_rx) = watch::channel(false);
         let (settings_tx, settings_rx) = watch::channel(settings(section));
         let stats = Arc::new(Mutex::new(RcaStats::default()));
         let task = tokio::spawn(run(
-            Folder::new(settings(section), resolver),
-            records,
+            Folder::new(settings(section), context.resolver),
+            context.records,
             publisher,
-            counters,
+            context.counters,
             stop_rx,
             settings_rx,
             stats.clone(),

@@ -43,6 +43,8 @@ use hostscope::{
         ExportConfig, ExportSection, ExportSnapshot, Exporter,
     },
     metadata::Resolver,
+    sink::SinkContext,
+    status::StatusHandle,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -225,13 +227,7 @@ impl OneCore {
         let (tx, rx) = broadcast::channel(65_536);
         let exporter = {
             let _g = rt.enter();
-            Exporter::start(
-                config,
-                rx,
-                Arc::new(Resolver::node_local()),
-                Arc::new(Default::default()),
-            )
-            .expect("exporter")
+            Exporter::start(config, SinkContext::standalone(rx)).expect("exporter")
         };
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let driver = std::thread::spawn(move || {
@@ -510,9 +506,10 @@ fn latency(
         let _g = rt.enter();
         Exporter::start(
             self::config(port, Compression::Gzip, interval, |_| {}),
-            agent.subscribe(),
-            Arc::new(Resolver::node_local()),
-            agent.counters(),
+            SinkContext {
+                resolver: Arc::new(Resolver::node_local()),
+                ..agent.sink_context(StatusHandle::unavailable())
+            },
         )
         .ok()?
     };
