@@ -113,8 +113,13 @@ pub struct KnownCertificate {
 /// The failure a record reports, if any.
 pub fn classify(record: &Record, cert: Option<&KnownCertificate>) -> Option<Classified> {
     match record {
-        Record::Tcp(r) => tcp(r),
-        Record::Tls(r) if r.outcome == Outcome::Failure => tls(r, cert),
+        // What we connected to failed us. A reset from one of our clients (passive) or a
+        // client's failed handshake with us (server role) has a new ephemeral port each
+        // time: not a target that failures can be folded on.
+        Record::Tcp(r) if r.direction == Direction::Active => tcp(r),
+        Record::Tls(r) if r.outcome == Outcome::Failure && r.role != Some(Role::Server) => {
+            tls(r, cert)
+        }
         Record::SyscallAlert(r) if r.kind == AlertKind::ErrorBurst => syscall(r),
         _ => None,
     }
