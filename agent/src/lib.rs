@@ -1,6 +1,7 @@
 //! hostscope: eBPF host telemetry. The binary (`main.rs`) is a thin CLI over this library,
 //! which the integration tests in `tests/` drive directly.
 pub mod agent;
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dump;

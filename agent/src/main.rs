@@ -6,6 +6,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use hostscope::{
+    api::{self, config::DEFAULT_SOCKET, proto::EventsRequest},
     config::{self, Config},
     daemon::{self, Source},
     dump::{self, DumpFormat, DUMPABLE},
@@ -18,6 +19,9 @@ use hostscope::{
     },
 };
 use serde::de::DeserializeOwned;
+
+/// Records `hostscope events` shows without --follow or --last (as `hubble observe`).
+const DEFAULT_LAST: u32 = 20;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +44,105 @@ enum Command {
     /// The configuration file: its defaults, and checking one.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Records from the running agent, through its API: by default the latest 20 that
+    /// match, then exit (as `hubble observe`); --follow streams new ones.
+    Events(Box<EventsArgs>),
+    /// The running agent's status: probes, counters, drops, exporter, metadata, API clients.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct EventsArgs {
+    /// Keep streaming new records (Ctrl-C to stop).
+    #[arg(long, short)]
+    follow: bool,
+    /// Start with the latest N matching records from before the call (default: 20
+    /// without --follow, none with it).
+    #[arg(long, value_name = "N")]
+    last: Option<u32>,
+    /// Only this record type, repeatable: tcp, tls, tls_certificate, syscalls,
+    /// syscall_alert, syscall_slow, security, rca.
+    #[arg(long = "type", short = 't', value_name = "TYPE")]
+    types: Vec<String>,
+    /// Only failures (failed connects, resets, failed handshakes, error bursts, incidents).
+    #[arg(long)]
+    failures: bool,
+    /// Only records of pods in this Kubernetes namespace.
+    #[arg(long, short = 'n', value_name = "NS")]
+    namespace: Option<String>,
+    /// Only records of this pod: a name or a prefix of one, or NS/NAME.
+    #[arg(long, value_name = "POD")]
+    pod: Option<String>,
+    /// Only records of this container: its name, or (a prefix of) its id.
+    #[arg(long, value_name = "NAME|ID")]
+    container: Option<String>,
+    /// Only records of pods of this workload (deployment, statefulset, daemonset, job …).
+    #[arg(long, value_name = "NAME")]
+    workload: Option<String>,
+    /// Only records of processes with this name (comm).
+    #[arg(long, value_name = "NAME")]
+    comm: Option<String>,
+    /// Only records of this process (tgid).
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pid: Option<u32>,
+    /// Only records whose peer is this address or in this CIDR, repeatable.
+    #[arg(long = "peer", value_name = "ADDR|CIDR")]
+    peers: Vec<String>,
+    /// Only records with this local or remote port, repeatable.
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u32).range(1..=65535))]
+    ports: Vec<u32>,
+    /// Only failures of this reason, repeatable: refused, timed_out, reset,
+    /// certificate_expired, EMFILE, …
+    #[arg(long = "reason", value_name = "REASON")]
+    reasons: Vec<String>,
+    /// text (as `hostscope run` prints) or json (one object per line, as `run --output json`).
+    #[arg(long, value_parser = text_or_json, default_value = "text")]
+    output: hostscope::output::OutputFormat,
+    /// The agent's API socket [api.socket].
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// text or json.
+    #[arg(long, value_parser = text_or_json, default_value = "text")]
+    output: hostscope::output::OutputFormat,
+    /// The agent's API socket [api.socket].
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+fn text_or_json(s: &str) -> Result<hostscope::output::OutputFormat, String> {
+    match enum_value(s)? {
+        f @ (hostscope::output::OutputFormat::Text | hostscope::output::OutputFormat::Json) => {
+            Ok(f)
+        }
+        _ => Err("text or json".into()),
+    }
+}
+
+impl EventsArgs {
+    fn request(&self) -> EventsRequest {
+        EventsRequest {
+            types: self.types.clone(),
+            failures_only: self.failures,
+            namespace: self.namespace.clone().unwrap_or_default(),
+            pod: self.pod.clone().unwrap_or_default(),
+            container: self.container.clone().unwrap_or_default(),
+            workload: self.workload.clone().unwrap_or_default(),
+            comm: self.comm.clone().unwrap_or_default(),
+            pid: self.pid.unwrap_or(0),
+            peers: self.peers.clone(),
+            ports: self.ports.clone(),
+            reasons: self.reasons.clone(),
+            last: self
+                .last
+                .unwrap_or(if self.follow { 0 } else { DEFAULT_LAST }),
+            follow: self.follow,
+            with_text: false,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -89,6 +192,12 @@ struct RunArgs {
     /// Seconds between counter lines, 0: only at exit [agent.stats_interval].
     #[arg(long, value_name = "SECONDS")]
     stats_interval: Option<u64>,
+    /// The local API's socket [api.socket].
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// No local API [api.enabled: false].
+    #[arg(long)]
+    no_api: bool,
     #[command(flatten)]
     syscalls: SyscallFlags,
     #[command(flatten)]
@@ -269,6 +378,10 @@ impl RunArgs {
         set(&mut c.tcp.max_connections, self.max_connections);
         if self.tls_uprobe_io {
             c.tls.uprobe_io = true;
+        }
+        set(&mut c.api.socket, self.api_socket.clone());
+        if self.no_api {
+            c.api.enabled = false;
         }
 
         let (f, s) = (&self.syscalls, &mut c.syscalls);
@@ -472,6 +585,22 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Config(ConfigCommand::Check { file }) => check(&file),
+        Command::Events(args) => client_runtime().and_then(|rt| {
+            let request = args.request();
+            let mut out = std::io::stdout().lock();
+            rt.block_on(api::cli::events(
+                &args.socket,
+                request,
+                args.output,
+                &mut out,
+            ))
+            .map_err(anyhow::Error::from)
+        }),
+        Command::Status(args) => client_runtime().and_then(|rt| {
+            let mut out = std::io::stdout().lock();
+            rt.block_on(api::cli::status(&args.socket, args.output, &mut out))
+                .map_err(anyhow::Error::from)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -480,6 +609,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

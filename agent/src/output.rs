@@ -52,15 +52,11 @@ pub fn spawn_printer(
                 Err(RecvError::Closed) => break,
             };
             line.clear();
-            let formatted = match (format, &resolver) {
-                (OutputFormat::Text, Some(r)) => match text_label(r, &record) {
-                    Some(label) => writeln!(line, "[{label}] {record}"),
-                    None => writeln!(line, "{record}"),
-                },
-                (OutputFormat::Json, Some(r)) => write_json(&mut line, &with_identity(r, &record)),
-                (OutputFormat::Text, None) => writeln!(line, "{record}"),
-                (OutputFormat::Json, None) => write_json(&mut line, &*record),
-                (OutputFormat::None, _) => Ok(()),
+            let formatted = match format {
+                OutputFormat::Text => writeln!(line, "{}", text_line(resolver.as_deref(), &record)),
+                OutputFormat::Json => json_line(&mut line, resolver.as_deref(), &record)
+                    .and_then(|()| line.write_all(b"\n")),
+                OutputFormat::None => Ok(()),
             };
             let written = formatted.and_then(|_| out.write_all(&line));
             let flushed = if rx.is_empty() { out.flush() } else { Ok(()) };
@@ -70,6 +66,29 @@ pub fn spawn_printer(
         }
         let _ = out.flush();
     })
+}
+
+/// A record's text line (without newline): `[pod ns/name container] <record>` when it
+/// belongs to a known container or pod, else the record alone. The local API sends the
+/// same line (`hostscope events`).
+pub fn text_line(resolver: Option<&Resolver>, record: &Record) -> String {
+    match resolver.and_then(|r| text_label(r, record)) {
+        Some(label) => format!("[{label}] {record}"),
+        None => record.to_string(),
+    }
+}
+
+/// A record's JSON line (without newline), with its identities when a resolver is given.
+pub fn json_line(
+    out: &mut impl Write,
+    resolver: Option<&Resolver>,
+    record: &Record,
+) -> std::io::Result<()> {
+    match resolver {
+        Some(r) => serde_json::to_writer(out, &with_identity(r, record))?,
+        None => serde_json::to_writer(out, record)?,
+    }
+    Ok(())
 }
 
 pub fn write_json(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {

@@ -53,6 +53,7 @@ fn run_json_streams_records_and_dump_reads_pinned_maps() {
     let mut child = Command::new(bin())
         .args([
             "run",
+            "--no-api",
             "--output",
             "json",
             "--duration",
@@ -275,6 +276,7 @@ fn run_pinned(pin_dir: &PathBuf, secs: &str) -> std::process::Child {
     let mut child = Command::new(bin())
         .args([
             "run",
+            "--no-api",
             "--duration",
             secs,
             "--stats-interval",
@@ -325,7 +327,7 @@ fn one_agent_per_pin_dir_and_a_killed_one_does_not_block() {
     // The second one refuses before loading anything, naming the first.
     let started = Instant::now();
     let out = Command::new(bin())
-        .args(["run", "--duration", "5", "--pin-dir"])
+        .args(["run", "--no-api", "--duration", "5", "--pin-dir"])
         .arg(&pin_dir)
         .output()
         .unwrap();
@@ -383,7 +385,7 @@ fn pin_dir_off_bpffs_fails_at_once() {
     let dir = std::env::temp_dir().join(format!("hostscope-not-bpffs-{}/pins", std::process::id()));
     let started = Instant::now();
     let out = Command::new(bin())
-        .args(["run", "--duration", "5", "--pin-dir"])
+        .args(["run", "--no-api", "--duration", "5", "--pin-dir"])
         .arg(&dir)
         .output()
         .unwrap();

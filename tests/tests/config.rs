@@ -118,7 +118,14 @@ fn bad_files_are_refused_with_key_path_and_line() {
         let file = dir.join(format!("{name}.yaml"));
         std::fs::write(&file, text).unwrap();
         for args in [
-            vec!["run", "--config", file.to_str().unwrap(), "--duration", "1"],
+            vec![
+                "run",
+                "--no-api",
+                "--config",
+                file.to_str().unwrap(),
+                "--duration",
+                "1",
+            ],
             vec!["config", "check", file.to_str().unwrap()],
         ] {
             let started = Instant::now();
@@ -170,7 +177,14 @@ fn unreadable_and_foreign_writable_files_are_refused() {
     );
     // Writable by a non-root user: refused when the agent runs as root.
     std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
-    let out = hostscope(&["run", "--config", file.to_str().unwrap(), "--duration", "1"]);
+    let out = hostscope(&[
+        "run",
+        "--no-api",
+        "--config",
+        file.to_str().unwrap(),
+        "--duration",
+        "1",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("uid 65534"), "{err}");
     std::os::unix::fs::chown(&file, Some(0), None).unwrap();
@@ -463,6 +477,7 @@ impl Agent {
         let mut child = Command::new(bin())
             .args([
                 "run",
+                "--no-api",
                 "--output",
                 "json",
                 "--no-pin",
@@ -809,6 +824,7 @@ fn sigterm_and_sigint_stop_every_mode_with_final_counters() {
         let mut cmd = Command::new(bin());
         cmd.args([
             "run",
+            "--no-api",
             "--output",
             "json",
             "--no-pin",

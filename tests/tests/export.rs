@@ -1453,6 +1453,7 @@ fn hostscope_run_exports_with_env_endpoint_and_reports_export_stats() {
     let mut child = Command::new(&bin)
         .args([
             "run",
+            "--no-api",
             "--no-pin",
             "--output",
             "json",
@@ -1475,27 +1476,32 @@ fn hostscope_run_exports_with_env_endpoint_and_reports_export_stats() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // The probes are attached once the first counters line is out (a fixed sleep raced
-    // the debug binary's start on a loaded machine).
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    loop {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-        assert!(n > 0, "the agent ended before its first counters line");
-        let ready = line.contains("\"type\":\"agent_stats\"");
-        lines.push(line);
-        if ready {
-            break;
+    // The probe report is printed once every probe is attached: connect after it, not
+    // after a guess of the start-up time (a loaded machine starts slower).
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
         }
+    });
+    let mut stdout = Vec::new();
+    while !stdout.iter().any(|l: &String| l.contains("probe_status")) {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the agent reports its probes");
+        stdout.push(line);
     }
     let target = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert!(TcpStream::connect(target).is_err());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    lines.extend(rest.lines().map(str::to_string));
     assert!(child.wait().unwrap().success());
-    let stats: Vec<Value> = lines
+    reader.join().unwrap();
+    stdout.extend(lines.try_iter());
+    let stats: Vec<Value> = stdout
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["type"] == "export_stats")

@@ -709,6 +709,7 @@ fn run_binary_text_and_json_show_the_pod() {
         let mut child = std::process::Command::new(&bin)
             .args([
                 "run",
+                "--no-api",
                 "--no-pin",
                 "--duration",
                 "15",

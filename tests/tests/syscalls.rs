@@ -551,7 +551,7 @@ fn dump_decodes_the_syscall_maps_while_running() {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/hostscope-sys-{}", std::process::id()));
     let me = std::process::id().to_string();
     let mut child = std::process::Command::new(bin())
-        .args(["run", "--output", "none", "--duration", "4"])
+        .args(["run", "--no-api", "--output", "none", "--duration", "4"])
         .args(["--syscall-interval", "60", "--syscall-pid", &me])
         .args([
             "--syscall",

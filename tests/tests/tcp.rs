@@ -543,3 +543,49 @@ fn tracepoint_layouts_of_the_running_kernel_are_accepted() {
         .offset += 2;
     assert!(tcp::check_state_change_layout(&format).is_err());
 }
+
+/// `status` map fill: open connections are entries of the connection map, and they leave
+/// it when they close.
+#[test]
+fn map_fill_counts_open_connections() {
+    if !privileged("map_fill_counts_open_connections") {
+        return;
+    }
+    let h = Harness::start();
+    let conns = |h: &Harness| {
+        let fill = h.agent().map_fill();
+        fill.iter()
+            .find(|m| m.name == hostscope_common::tcp::TCP_CONNS_MAP)
+            .unwrap_or_else(|| panic!("no {} in {fill:?}", hostscope_common::tcp::TCP_CONNS_MAP))
+            .clone()
+    };
+    let before = conns(&h);
+    let max = hostscope::AgentConfig::default().loader.tcp_max_conns;
+    assert_eq!(before.max_entries, max);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let open: Vec<_> = (0..50)
+        .map(|_| {
+            let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            (c, listener.accept().unwrap().0)
+        })
+        .collect();
+    // At least the active end of each connection is tracked.
+    let during = conns(&h);
+    assert!(
+        during.entries >= before.entries + 50,
+        "{before:?} -> {during:?}"
+    );
+    drop(open);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let after = conns(&h);
+        if after.entries + 50 <= during.entries {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connections stay in the map: {during:?} -> {after:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

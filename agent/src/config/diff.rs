@@ -22,6 +22,14 @@ pub const RESTART_KEYS: &[&str] = &[
     "syscalls.max_keys",
     "syscalls.security",
     "metadata.enabled",
+    // The API's socket is bound, and its history and buffers sized, at start.
+    "api.enabled",
+    "api.socket",
+    "api.allowed_group",
+    "api.history_records",
+    "api.history_bytes",
+    "api.client_buffer",
+    "api.max_clients",
     // The RCA sink is started with the agent; its other keys apply live.
     "rca.enabled",
 ];

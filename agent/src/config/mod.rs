@@ -18,8 +18,9 @@ pub use file::{check_file_ownership, load_file, parse_str, FileError};
 pub use render::default_yaml;
 
 use crate::{
-    agent::AgentSection, export::config::ExportSection, loader::syscalls::SyscallsSection,
-    loader::tcp::TcpSection, loader::tls::TlsSection, metadata::MetadataOptions,
+    agent::AgentSection, api::ApiSection, export::config::ExportSection,
+    loader::syscalls::SyscallsSection, loader::tcp::TcpSection, loader::tls::TlsSection,
+    metadata::MetadataOptions,
 };
 
 /// The whole configuration. A later family or sink adds its section here and nowhere else.
@@ -32,6 +33,7 @@ pub struct Config {
     pub syscalls: SyscallsSection,
     pub metadata: MetadataOptions,
     pub export: ExportSection,
+    pub api: ApiSection,
     pub rca: crate::rca::RcaSection,
 }
 
@@ -40,7 +42,7 @@ pub struct Config {
 pub type Docs = &'static [(&'static str, &'static str)];
 
 /// The sections' docs with their section names.
-pub fn docs() -> [(&'static str, Docs); 7] {
+pub fn docs() -> [(&'static str, Docs); 8] {
     [
         ("agent", AgentSection::DOCS),
         ("tcp", TcpSection::DOCS),
@@ -48,6 +50,7 @@ pub fn docs() -> [(&'static str, Docs); 7] {
         ("syscalls", SyscallsSection::DOCS),
         ("metadata", crate::metadata::METADATA_DOCS),
         ("export", ExportSection::DOCS),
+        ("api", ApiSection::DOCS),
         ("rca", crate::rca::RcaSection::DOCS),
     ]
 }
@@ -119,6 +122,7 @@ impl Config {
         self.syscalls.validate("syscalls", &mut p);
         crate::metadata::validate_options(&self.metadata, "metadata", &mut p);
         self.export.validate("export", &mut p);
+        self.api.validate("api", &mut p);
         self.rca.validate("rca", &mut p);
         p.into_result()
     }

@@ -55,6 +55,8 @@ pub enum DaemonError {
     Output(std::io::Error),
     #[error("watching the configuration file: {0}")]
     Watch(notify::Error),
+    #[error("starting the local API: {0}")]
+    Api(crate::api::ServeError),
 }
 
 impl From<std::io::Error> for DaemonError {
@@ -135,6 +137,7 @@ pub struct Running {
     export: Option<ExportConfig>,
     exporter: Option<Exporter>,
     printer: Option<std::thread::JoinHandle<()>>,
+    api: Option<crate::api::ApiServer>,
     /// Incidents folded from failures (`rca.enabled`).
     rca: Option<crate::rca::sink::RcaSink>,
     reloads: ReloadStats,
@@ -155,15 +158,13 @@ impl Running {
             text,
         } = loaded;
         let agent_config = config.agent_config().map_err(DaemonError::Invalid)?;
+        // The socket first: a second agent on it fails before loading anything.
+        let api = match config.api.enabled {
+            true => Some(crate::api::ApiServer::bind(&config.api).map_err(DaemonError::Api)?),
+            false => None,
+        };
         let agent = Agent::start(&agent_config).map_err(DaemonError::Agent)?;
         let format = config.agent.output;
-        for status in agent.report() {
-            // A probe that is not attached says why; the agent runs with what it has.
-            match format {
-                OutputFormat::Json => print_tagged("probe_status", status)?,
-                _ => eprintln!("probe {status}"),
-            }
-        }
         let printer = Some(output::spawn_printer(
             agent.sink_context(status.clone()),
             format,
@@ -183,12 +184,22 @@ impl Running {
                 agent.publisher(),
             )
         });
+        let api = api.map(|a| a.serve(agent.sink_context(status.clone()), config.metadata.enabled));
+        // After the sinks subscribed: once the report is out, every record reaches them.
+        for status in agent.report() {
+            // A probe that is not attached says why; the agent runs with what it has.
+            match format {
+                OutputFormat::Json => print_tagged("probe_status", status)?,
+                _ => eprintln!("probe {status}"),
+            }
+        }
         Ok(Running {
             agent,
             config,
             export,
             exporter,
             printer,
+            api,
             rca,
             reloads: ReloadStats::default(),
             text,
@@ -214,13 +225,12 @@ impl Running {
 
     /// Everything `hostscope status` shows, read now.
     pub fn status(&self) -> Status {
-        // Sinks with an account of their own add it here.
         let mut sinks = std::collections::BTreeMap::new();
+        if let Some(api) = &self.api {
+            sinks.insert("api", serde_json::to_value(api.stats()).unwrap_or_default());
+        }
         if let Some(r) = &self.rca {
-            sinks.insert(
-                "rca",
-                serde_json::to_value(r.stats()).unwrap_or(serde_json::Value::Null),
-            );
+            sinks.insert("rca", serde_json::to_value(r.stats()).unwrap_or_default());
         }
         Status {
             version: env!("CARGO_PKG_VERSION"),
@@ -270,6 +280,10 @@ impl Running {
         if let Some(printer) = self.printer.take() {
             // The agent's channel is closed now; the printer finishes what it has.
             let _ = tokio::task::spawn_blocking(move || printer.join()).await;
+        }
+        if let Some(api) = self.api.take() {
+            // Clients get what they hold and the end notice, within a bound.
+            api.stop(crate::api::server::STOP_GRACE).await;
         }
         print(format, "agent_stats", &stats)?;
         print(format, "metadata_stats", &metadata.stats())?;
