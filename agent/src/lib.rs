@@ -12,6 +12,7 @@ pub mod loader;
 pub mod metadata;
 pub mod output;
 pub mod prometheus;
+pub mod rca;
 pub mod ring;
 pub mod sink;
 pub mod stats;

@@ -364,6 +364,9 @@ struct ExportFlags {
     /// One span per TCP connection [export.connection_spans].
     #[arg(long)]
     otlp_connection_spans: bool,
+    /// One log record per failure besides the RCA incidents [export.failure_logs].
+    #[arg(long)]
+    otlp_failure_logs: bool,
     /// Resource attribute KEY=VALUE, repeatable [export.resource].
     #[arg(long = "otlp-resource", value_name = "KEY=VALUE", value_parser = key_value)]
     otlp_resource: Vec<(String, String)>,
@@ -501,6 +504,7 @@ impl RunArgs {
         e.metric_pids |= f.otlp_metric_pids;
         e.metric_peers |= f.otlp_metric_peers;
         e.connection_spans |= f.otlp_connection_spans;
+        e.failure_logs |= f.otlp_failure_logs;
         for (k, v) in &f.otlp_resource {
             e.resource.insert(k.clone(), v.clone());
         }

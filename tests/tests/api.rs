@@ -478,7 +478,7 @@ fn last_returns_what_happened_before_the_client_connected() {
     let port = refused.port().to_string();
     let out = agent
         .cli(&[
-            "events", "--output", "json", "--last", "10", "--port", &port,
+            "events", "--output", "json", "--last", "10", "--type", "tcp", "--port", &port,
         ])
         .output()
         .unwrap();
@@ -502,7 +502,7 @@ fn last_returns_what_happened_before_the_client_connected() {
     let n = String::from_utf8_lossy(&out.stdout).lines().count();
     assert!((1..=20).contains(&n), "{n} lines");
     // --last 1 --follow: the history part first, then live records.
-    let follow = agent.events(&["--follow", "--last", "1", "--port", &port]);
+    let follow = agent.events(&["--follow", "--last", "1", "--type", "tcp", "--port", &port]);
     let first = follow
         .wait_for(Duration::from_secs(2), |_| true)
         .expect("the history record");
@@ -663,6 +663,8 @@ fn a_stuck_client_loses_records_alone_and_is_told() {
         let s = c
             .events(hostscope::api::proto::EventsRequest {
                 ports: vec![refused.port() as u32],
+                // The failures themselves, not the RCA incident they make.
+                types: vec!["tcp".into()],
                 follow: true,
                 ..Default::default()
             })
@@ -673,7 +675,9 @@ fn a_stuck_client_loses_records_alone_and_is_told() {
     // The reading client writes to a file: it never waits for the test to parse.
     let out_file = agent.dir.with_extension("reader.json");
     let mut reader = agent
-        .cli(&["events", "--follow", "--output", "json", "--port", &port])
+        .cli(&[
+            "events", "--follow", "--output", "json", "--type", "tcp", "--port", &port,
+        ])
         .stdout(std::fs::File::create(&out_file).unwrap())
         .stderr(Stdio::piped())
         .spawn()

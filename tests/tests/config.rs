@@ -364,6 +364,7 @@ fn every_documented_flag_lands_in_the_tree() {
         (&["--otlp-metric-pids"], "metric_pids: true"),
         (&["--otlp-metric-peers"], "metric_peers: true"),
         (&["--otlp-connection-spans"], "connection_spans: true"),
+        (&["--otlp-failure-logs"], "failure_logs: true"),
         (
             &["--otlp-resource", "service.version=1.2"],
             "service.version: '1.2'",

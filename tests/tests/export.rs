@@ -52,6 +52,9 @@ fn args(endpoint: &str, protocol: Protocol) -> ExportSection {
         interval: Duration::from_secs_f64(0.3),
         timeout: Some(Duration::from_millis(3000)),
         max_retry: Duration::from_secs_f64(60.0),
+        // These tests count items through the per-failure log records (the RCA
+        // incidents that replace them by default are tested in tests/tests/rca.rs).
+        failure_logs: true,
         ..Default::default()
     }
 }

@@ -51,6 +51,7 @@ pub enum Section {
     Config,
     Prometheus,
     Api,
+    Rca,
 }
 
 /// Programs `hostscope run` loads on this kernel: 5 TCP, 6 TLS (2 wire, 4 OpenSSL),
@@ -351,6 +352,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         if run_section(Section::Api) {
             crate::bench_api::bench_api(&bin)?;
+        }
+        if run_section(Section::Rca) {
+            crate::bench_rca::bench_rca(&bin, args.rounds)?;
         }
         Ok(())
     })();

@@ -3,6 +3,7 @@ mod bench;
 mod bench_api;
 mod bench_config;
 mod bench_prometheus;
+mod bench_rca;
 mod bench_tls;
 mod cmd;
 mod image;

@@ -249,6 +249,8 @@ pub struct Fields {
     remote: Option<Value>,
     /// tls_certificate records name their peer `server`.
     server: Option<Value>,
+    /// rca incidents name theirs `target_address`.
+    target_address: Option<Value>,
     /// tcp: connect, connect_failed, reset_sent, …
     event: Option<Value>,
     /// syscall_alert: error_burst or slow.
@@ -303,14 +305,21 @@ impl Fields {
     }
 
     pub fn peer(&self) -> Option<SocketAddr> {
-        addr(&self.remote).or_else(|| addr(&self.server))
+        addr(&self.remote)
+            .or_else(|| addr(&self.server))
+            .or_else(|| addr(&self.target_address))
     }
 
     pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
-        [&self.local, &self.remote, &self.server]
-            .into_iter()
-            .filter_map(addr)
-            .map(|a| a.port())
+        [
+            &self.local,
+            &self.remote,
+            &self.server,
+            &self.target_address,
+        ]
+        .into_iter()
+        .filter_map(addr)
+        .map(|a| a.port())
     }
 
     pub fn reasons(&self) -> impl Iterator<Item = &str> + '_ {
@@ -436,6 +445,10 @@ mod tests {
         assert!(filter(|r| r.ports = vec![8080]).matches(&rec(REFUSED)));
         assert!(filter(|r| r.ports = vec![40000]).matches(&rec(REFUSED)));
         assert!(!filter(|r| r.ports = vec![443]).matches(&rec(REFUSED)));
+        // An incident's peer is its target.
+        let incident = r#"{"type":"rca","cause":"refused","target_address":"10.1.2.3:8080"}"#;
+        assert!(cidr.matches(&rec(incident)));
+        assert!(filter(|r| r.ports = vec![8080]).matches(&rec(incident)));
         assert!(filter(|r| r.reasons = vec!["refused".into()]).matches(&rec(REFUSED)));
         assert!(filter(|r| r.reasons = vec!["emfile".into()]).matches(&rec(
             r#"{"type":"syscall_alert","kind":"error_burst","errno_name":"EMFILE"}"#

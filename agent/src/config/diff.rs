@@ -32,6 +32,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "api.max_clients",
     // The listener is bound once, at start.
     "prometheus",
+    // The RCA sink is started with the agent; its other keys apply live.
+    "rca.enabled",
 ];
 
 pub fn needs_restart(key: &str) -> bool {
@@ -143,6 +145,18 @@ mod tests {
             new.syscalls.watch_paths
         );
         assert!(Plan::new(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn rca_tuning_is_live_and_enabling_it_waits_for_a_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.rca.enabled = false;
+        new.rca.window = std::time::Duration::from_secs(60);
+        let plan = Plan::new(&old, &new);
+        assert_eq!(plan.live, ["rca.window"]);
+        assert_eq!(plan.restart, ["rca.enabled"]);
+        assert!(plan.effective.rca.enabled);
     }
 
     #[test]

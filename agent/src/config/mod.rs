@@ -35,6 +35,7 @@ pub struct Config {
     pub export: ExportSection,
     pub api: ApiSection,
     pub prometheus: PrometheusSection,
+    pub rca: crate::rca::RcaSection,
 }
 
 /// Help for every key of a section, as `(key path within the section, text)`; rendered as
@@ -42,8 +43,8 @@ pub struct Config {
 pub type Docs = &'static [(&'static str, &'static str)];
 
 /// The sections' docs with their section names.
-pub fn docs() -> [(&'static str, Docs); 8] {
-    [
+pub fn docs() -> &'static [(&'static str, Docs)] {
+    &[
         ("agent", AgentSection::DOCS),
         ("tcp", TcpSection::DOCS),
         ("tls", TlsSection::DOCS),
@@ -52,6 +53,7 @@ pub fn docs() -> [(&'static str, Docs); 8] {
         ("export", ExportSection::DOCS),
         ("api", ApiSection::DOCS),
         ("prometheus", PrometheusSection::DOCS),
+        ("rca", crate::rca::RcaSection::DOCS),
     ]
 }
 
@@ -124,6 +126,7 @@ impl Config {
         self.export.validate("export", &mut p);
         self.api.validate("api", &mut p);
         self.prometheus.validate("prometheus", &mut p);
+        self.rca.validate("rca", &mut p);
         p.into_result()
     }
 

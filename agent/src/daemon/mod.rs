@@ -89,7 +89,11 @@ impl Source {
         };
         (self.flags)(&mut config);
         config.validate().map_err(DaemonError::Invalid)?;
-        let export = config.export.resolve(&self.export_flags, &*self.env)?;
+        let mut export = config.export.resolve(&self.export_flags, &*self.env)?;
+        // Without incidents, the per-failure log records are the only failure logs.
+        if let Some(e) = &mut export {
+            e.failure_logs |= !config.rca.enabled;
+        }
         Ok(Loaded {
             config,
             export,
@@ -141,6 +145,8 @@ pub struct Running {
     prometheus: Option<crate::prometheus::Prometheus>,
     printer: Option<std::thread::JoinHandle<()>>,
     api: Option<crate::api::ApiServer>,
+    /// Incidents folded from failures (`rca.enabled`).
+    rca: Option<crate::rca::sink::RcaSink>,
     reloads: ReloadStats,
     /// The file's text the running configuration came from.
     text: Option<String>,
@@ -178,6 +184,13 @@ impl Running {
             ),
             None => None,
         };
+        let rca = config.rca.enabled.then(|| {
+            crate::rca::sink::RcaSink::start(
+                &config.rca,
+                agent.sink_context(status.clone()),
+                agent.publisher(),
+            )
+        });
         let api = api.map(|a| a.serve(agent.sink_context(status.clone()), config.metadata.enabled));
         let p = &config.prometheus;
         let prometheus = match p.enabled {
@@ -208,6 +221,7 @@ impl Running {
             prometheus,
             printer,
             api,
+            rca,
             reloads: ReloadStats::default(),
             text,
             status,
@@ -239,6 +253,9 @@ impl Running {
         if let Some(p) = &self.prometheus {
             sinks.insert("prometheus", p.stats());
         }
+        if let Some(r) = &self.rca {
+            sinks.insert("rca", serde_json::to_value(r.stats()).unwrap_or_default());
+        }
         Status {
             version: env!("CARGO_PKG_VERSION"),
             kernel: status::kernel_release(),
@@ -262,6 +279,9 @@ impl Running {
         if let Some(e) = &self.exporter {
             print(format, "export_stats", &e.snapshot())?;
         }
+        if let Some(r) = &self.rca {
+            print(format, "rca_stats", &r.stats())?;
+        }
         Ok(())
     }
 
@@ -280,6 +300,12 @@ impl Running {
         let metadata = self.agent.resolver();
         let mut stats = self.agent.stop().await;
         stats.config = self.reloads.clone();
+        // The rings are drained: the RCA sink folds what is left, closes its incidents
+        // with a final record and lets go of the stream, which then closes.
+        let rca = match self.rca.take() {
+            Some(r) => Some(r.stop().await),
+            None => None,
+        };
         if let Some(printer) = self.printer.take() {
             // The agent's channel is closed now; the printer finishes what it has.
             let _ = tokio::task::spawn_blocking(move || printer.join()).await;
@@ -290,6 +316,9 @@ impl Running {
         }
         print(format, "agent_stats", &stats)?;
         print(format, "metadata_stats", &metadata.stats())?;
+        if let Some(r) = &rca {
+            print(format, "rca_stats", r)?;
+        }
         if let Some(e) = self.exporter.take() {
             let snapshot = e.stop(self.config.export.flush_timeout).await;
             print(format, "export_stats", &snapshot)?;

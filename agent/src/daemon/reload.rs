@@ -161,6 +161,12 @@ impl Running {
                 }
             }
         }
+        if changed("rca.") {
+            // `rca.enabled` is a restart key; the others apply from the next failure.
+            if let Some(r) = &self.rca {
+                r.set_settings(&effective.rca);
+            }
+        }
         self.agent
             .set_library_rescan_interval(effective.tls.library_rescan_interval);
         // agent.stats_interval is read by the run loop from the running configuration;

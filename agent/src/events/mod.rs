@@ -21,6 +21,8 @@ pub enum Record {
     SyscallSlow(syscalls::SlowSyscallRecord),
     /// Access to a watched path (`"type":"security"`).
     Security(syscalls::SecurityRecord),
+    /// An incident: failures of one cause folded by the RCA sink (`"type":"rca"`).
+    Rca(crate::rca::RcaRecord),
 }
 
 impl Record {
@@ -45,6 +47,11 @@ impl Record {
                 cgroup_id: Some(r.cgroup_id),
             },
             Record::SyscallAlert(r) => syscalls::row_subject(r.key_by, r.id),
+            // The first failing process of the incident.
+            Record::Rca(r) => Subject {
+                pid: r.pid,
+                cgroup_id: r.cgroup_id,
+            },
             // Interval aggregates name many processes; each row is resolved on its own
             // (`syscalls::row_subject`).
             Record::TlsCertificate(_) | Record::Syscalls(_) => Subject::default(),
@@ -57,6 +64,7 @@ impl Record {
             Record::Tcp(r) => Some(r.remote),
             Record::Tls(r) => r.remote,
             Record::TlsCertificate(r) => Some(r.server),
+            Record::Rca(r) => r.target_address,
             _ => None,
         }
     }
@@ -72,6 +80,7 @@ impl std::fmt::Display for Record {
             Record::SyscallAlert(r) => r.fmt(f),
             Record::SyscallSlow(r) => r.fmt(f),
             Record::Security(r) => r.fmt(f),
+            Record::Rca(r) => r.fmt(f),
         }
     }
 }

@@ -76,6 +76,7 @@ pub struct ExportSection {
     pub metric_pids: bool,
     pub metric_peers: bool,
     pub connection_spans: bool,
+    pub failure_logs: bool,
     pub resource: BTreeMap<String, String>,
 }
 
@@ -104,6 +105,7 @@ impl Default for ExportSection {
             metric_pids: false,
             metric_peers: false,
             connection_spans: false,
+            failure_logs: false,
             resource: BTreeMap::new(),
         }
     }
@@ -221,6 +223,12 @@ impl ExportSection {
             "connection_spans",
             "Also export one span per TCP connection, connect to close, with resets as\n\
              span events.",
+        ),
+        (
+            "failure_logs",
+            "Also export one log record per failure (connect failed, handshake failed,\n\
+             syscall error burst); off: the RCA incidents summarise them as logs, and\n\
+             metrics count every failure either way. Always on with rca.enabled: false.",
         ),
         (
             "resource",
@@ -379,6 +387,7 @@ pub struct ExportConfig {
     pub metric_pids: bool,
     pub metric_peers: bool,
     pub connection_spans: bool,
+    pub failure_logs: bool,
     /// Static resource attributes (config and OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME).
     pub resource: Vec<(String, String)>,
 }
@@ -696,6 +705,7 @@ impl ExportSection {
             metric_pids: self.metric_pids,
             metric_peers: self.metric_peers,
             connection_spans: self.connection_spans,
+            failure_logs: self.failure_logs,
             resource,
         }))
     }

@@ -1,7 +1,8 @@
-//! Records -> OTLP log records: security events (watched-path access), network root-cause
-//! events (refused / timed-out / unreachable connects, failed TLS handshakes) and syscall
-//! alerts, with a severity and structured attributes. Only metadata is exported: never TLS
-//! application data nor file contents (the probes capture neither).
+//! Records -> OTLP log records: security events (watched-path access), RCA incidents
+//! (`hostscope.rca.incident`), slow syscalls and, with `export.failure_logs`, one log record
+//! per failure (refused / timed-out / unreachable connects, failed TLS handshakes, syscall
+//! error bursts), with a severity and structured attributes. Only metadata is exported:
+//! never TLS application data nor file contents (the probes capture neither).
 
 use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue},
@@ -14,11 +15,72 @@ use crate::events::{
     tcp::{FailureReason, TcpEventKind},
     tls::Outcome,
     Record,
+    Record::Rca,
 };
 
-pub fn log(record: &Record, observed_ns: u64) -> Option<LogRecord> {
+/// Whether a record is one of the failures that RCA incidents summarise: exported one by
+/// one only with `export.failure_logs`.
+pub fn is_failure(record: &Record) -> bool {
+    match record {
+        Record::Tcp(r) => r.event == TcpEventKind::ConnectFailed,
+        Record::Tls(r) => r.outcome == Outcome::Failure,
+        Record::SyscallAlert(r) => r.kind == AlertKind::ErrorBurst,
+        _ => false,
+    }
+}
+
+pub fn log(record: &Record, observed_ns: u64, failure_logs: bool) -> Option<LogRecord> {
+    if !failure_logs && is_failure(record) {
+        return None;
+    }
     let (time, severity, event, body, attrs): (u64, SeverityNumber, &str, String, Vec<KeyValue>) =
         match record {
+            Rca(r) => {
+                use crate::rca::record::IncidentState;
+                let mut a = vec![
+                    kv("error.type", str_value(r.cause)),
+                    kv("hostscope.rca.incident_id", int_value(r.incident_id as i64)),
+                    kv("hostscope.rca.state", str_value(r.state.as_str())),
+                    kv("hostscope.rca.count", int_value(r.count as i64)),
+                    kv("hostscope.rca.family", str_value(r.family)),
+                    kv("hostscope.rca.source", str_value(&r.source)),
+                    kv("hostscope.rca.target", str_value(&r.target)),
+                    kv(
+                        "hostscope.rca.first_seen_unix_ns",
+                        int_value(r.first_seen_unix_ns as i64),
+                    ),
+                    kv(
+                        "hostscope.rca.last_seen_unix_ns",
+                        int_value(r.last_seen_unix_ns as i64),
+                    ),
+                ];
+                if let Some(t) = r.target_address {
+                    a.push(kv("network.peer.address", str_value(t.ip().to_string())));
+                    a.push(kv("network.peer.port", int_value(t.port() as i64)));
+                } else if r.family == "syscalls" {
+                    a.push(kv("syscall.name", str_value(&r.target)));
+                }
+                if let Some(pid) = r.pid {
+                    a.push(kv("process.pid", int_value(pid as i64)));
+                }
+                if let Some(comm) = r.affected.first().and_then(|p| p.comm.as_deref()) {
+                    a.push(kv("process.executable.name", str_value(comm)));
+                }
+                if let Some(s) = &r.summary {
+                    a.push(kv("hostscope.rca.summary", str_value(s)));
+                }
+                let severity = match r.state {
+                    IncidentState::Closed => SeverityNumber::Info,
+                    _ => SeverityNumber::Warn,
+                };
+                (
+                    r.timestamp_unix_ns,
+                    severity,
+                    "hostscope.rca.incident",
+                    r.sentence.clone(),
+                    a,
+                )
+            }
             Record::Security(r) => {
                 let access = match r.access {
                     Access::Open => "open",

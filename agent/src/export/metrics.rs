@@ -471,6 +471,8 @@ impl MetricsState {
             Record::Syscalls(r) => self.observe_syscalls(r, now_ns),
             // Alerts, slow calls and security events are exported as logs.
             Record::SyscallAlert(_) | Record::SyscallSlow(_) | Record::Security(_) => {}
+            // Incidents are logs; each of their failures is counted from its own record.
+            Record::Rca(_) => {}
         }
     }
 

@@ -439,6 +439,8 @@ pub struct Encoder {
     resolver: Arc<Resolver>,
     /// The agent's own pid: its records are not exported (see [`Encoder::handle`]).
     own_pid: u32,
+    /// One log record per failure, besides the RCA incidents.
+    failure_logs: bool,
 }
 
 impl Encoder {
@@ -463,6 +465,7 @@ impl Encoder {
             shared,
             resolver,
             own_pid: std::process::id(),
+            failure_logs: config.failure_logs,
         }
     }
 
@@ -531,6 +534,7 @@ impl Encoder {
         }
         self.interval = config.interval;
         self.max_batch = config.max_batch;
+        self.failure_logs = config.failure_logs;
         if self.spans.len >= self.max_batch {
             self.flush_spans();
         }
@@ -583,7 +587,7 @@ impl Encoder {
                 self.flush_spans();
             }
         }
-        if let Some(mut log) = logs::log(record, now) {
+        if let Some(mut log) = logs::log(record, now, self.failure_logs) {
             log.attributes.extend(peer);
             self.logs.push(&identity, log);
             if self.logs.len >= self.max_batch {

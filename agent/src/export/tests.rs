@@ -263,7 +263,9 @@ fn failed_connect_span_and_log() {
         attr(&span.attributes, "error.type"),
         Some(&AV::StringValue("refused".into()))
     );
-    let log = super::logs::log(&r, 5).unwrap();
+    // Per-failure logs are an option (`export.failure_logs`); incidents summarise them.
+    assert!(super::logs::log(&r, 5, false).is_none());
+    let log = super::logs::log(&r, 5, true).unwrap();
     assert_eq!(log.event_name, "hostscope.tcp.connect_failed");
     assert_eq!(log.severity_number, 13);
     assert_eq!(
@@ -272,7 +274,57 @@ fn failed_connect_span_and_log() {
     );
     // A successful connect is neither.
     assert!(super::spans::span(&tcp(TcpEventKind::Connect, 0, 9)).is_none());
-    assert!(super::logs::log(&tcp(TcpEventKind::Connect, 0, 9), 5).is_none());
+    assert!(super::logs::log(&tcp(TcpEventKind::Connect, 0, 9), 5, true).is_none());
+}
+
+#[test]
+fn incident_is_a_log_with_its_cause_target_and_count() {
+    use crate::rca::record::{Affected, Ending, IncidentState, RcaRecord};
+    let r = Record::Rca(RcaRecord {
+        incident_id: 3,
+        state: IncidentState::Closed,
+        timestamp_unix_ns: 50,
+        first_seen_unix_ns: 10,
+        last_seen_unix_ns: 40,
+        count: 5000,
+        cause: "refused",
+        family: "tcp",
+        sentence: "connect refused — the peer answered with a RST: nothing listens on that port"
+            .into(),
+        source: "process curl".into(),
+        target: "10.0.3.7:443".into(),
+        target_address: Some("10.0.3.7:443".parse().unwrap()),
+        affected: vec![Affected {
+            pid: Some(42),
+            comm: Some("curl".into()),
+            workload: None,
+        }],
+        affected_omitted: 0,
+        sample_conn_ids: vec![1],
+        ended: Some(Ending::Recovered),
+        summary: Some("recovered after 5,000 failures over 12 s".into()),
+        pid: Some(42),
+        cgroup_id: None,
+    });
+    let log = super::logs::log(&r, 60, false).unwrap();
+    assert_eq!(log.event_name, "hostscope.rca.incident");
+    assert_eq!(log.time_unix_nano, 50);
+    assert_eq!(log.severity_text, "INFO", "a closed incident");
+    assert!(matches!(
+        log.body.as_ref().and_then(|b| b.value.as_ref()),
+        Some(AV::StringValue(s)) if s.contains("nothing listens")
+    ));
+    for (key, value) in [
+        ("error.type", AV::StringValue("refused".into())),
+        ("network.peer.address", AV::StringValue("10.0.3.7".into())),
+        ("network.peer.port", AV::IntValue(443)),
+        ("hostscope.rca.count", AV::IntValue(5000)),
+        ("hostscope.rca.state", AV::StringValue("closed".into())),
+        ("hostscope.rca.first_seen_unix_ns", AV::IntValue(10)),
+        ("hostscope.rca.last_seen_unix_ns", AV::IntValue(40)),
+    ] {
+        assert_eq!(attr(&log.attributes, key), Some(&value), "{key}");
+    }
 }
 
 #[test]
@@ -294,7 +346,7 @@ fn security_event_is_a_warning_log_with_the_path() {
         result: 3,
         errno_name: None,
     });
-    let log = super::logs::log(&r, 2).unwrap();
+    let log = super::logs::log(&r, 2, false).unwrap();
     assert_eq!(log.severity_text, "WARN");
     assert_eq!(
         attr(&log.attributes, "file.path"),

@@ -160,6 +160,8 @@ fn config(
         interval: Duration::from_secs_f64(interval),
         max_batch: 512,
         series_limit: 100_000,
+        // The figures are per failed connect with its span, log record and metrics.
+        failure_logs: true,
         ..Default::default()
     };
     f(&mut a);
