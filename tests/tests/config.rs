@@ -9,12 +9,12 @@ use std::{
     net::{IpAddr, Ipv4Addr, TcpStream},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use hostscope_tests::{closed_port, privileged};
+use hostscope_tests::{closed_port, json_agent::JsonAgent, privileged};
 use serde_json::Value;
 
 fn bin() -> PathBuf {
@@ -365,6 +365,14 @@ fn every_documented_flag_lands_in_the_tree() {
         (&["--otlp-metric-peers"], "metric_peers: true"),
         (&["--otlp-connection-spans"], "connection_spans: true"),
         (&["--otlp-failure-logs"], "failure_logs: true"),
+        (&["--api-socket", "/run/x/a.sock"], "socket: /run/x/a.sock"),
+        (&["--no-api"], "api:\n  enabled: false"),
+        (
+            &["--prometheus-listen", "127.0.0.1:9999"],
+            "listen: 127.0.0.1:9999",
+        ),
+        (&["--no-prometheus"], "prometheus:\n  enabled: false"),
+        (&["--prometheus-records"], "records: true"),
         (
             &["--otlp-resource", "service.version=1.2"],
             "service.version: '1.2'",
@@ -466,85 +474,46 @@ fn readme_flag_is_run_flag(flag: &str) -> bool {
         || String::from_utf8_lossy(&help.stdout).contains(&format!("{flag}\n"))
 }
 
-/// A running `hostscope run --output json` and every line it printed.
-struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+/// A running `hostscope run --output json` with this suite's flags.
+struct Agent(JsonAgent);
+
+impl std::ops::Deref for Agent {
+    type Target = JsonAgent;
+    fn deref(&self) -> &JsonAgent {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut JsonAgent {
+        &mut self.0
+    }
 }
 
 impl Agent {
     fn start(config: &Path, extra: &[&str]) -> Agent {
-        let mut child = Command::new(bin())
-            .args([
-                "run",
-                "--no-api",
-                "--no-prometheus",
-                "--output",
-                "json",
-                "--no-pin",
-                "--poll-ms",
-                "20",
-                "--stats-interval",
-                "1",
-            ])
-            .arg("--config")
-            .arg(config)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let err_sink = stderr.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                err_sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let mut a = Agent {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-            stderr,
-        };
-        // Ready once the first counters line is out (probes attached, loop turning).
-        a.wait(Duration::from_secs(15), |v| v["type"] == "agent_stats");
-        a
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "run",
+            "--no-api",
+            "--no-prometheus",
+            "--output",
+            "json",
+            "--no-pin",
+            "--poll-ms",
+            "20",
+            "--stats-interval",
+            "1",
+        ])
+        .arg("--config")
+        .arg(config)
+        .args(extra);
+        Agent(JsonAgent::spawn(cmd, Duration::from_secs(15)))
     }
 
     /// Waits for a line matching `pred` (among those not yet returned) and returns it.
     fn wait(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Err(_) => panic!(
-                    "no matching line within {timeout:?}; stderr:\n{}",
-                    self.stderr.lock().unwrap()
-                ),
-            }
-        }
+        self.0.wait(timeout, "a matching line", pred)
     }
 
     fn reload(&mut self, timeout: Duration) -> Value {
@@ -558,24 +527,8 @@ impl Agent {
         })
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// SIGTERM, then every line up to the exit.
-    fn stop(mut self) -> Vec<Value> {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "agent exited with {status}");
-        while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(v);
-        }
-        self.seen
+    fn stop(self) -> Vec<Value> {
+        self.0.stop()
     }
 }
 

@@ -5,16 +5,15 @@
 //! record; and as OTLP log records, with the per-failure logs off by default.
 
 use std::{
-    io::{BufRead, BufReader},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use hostscope_tests::{
     closed_port, connect_with_syncnt, hostscope_bin,
+    json_agent::JsonAgent,
     otlp::{self, attr, Receiver},
     privileged,
     tls::{pki, s_client, Server},
@@ -23,12 +22,7 @@ use hostscope_tests::{
 use serde_json::Value;
 
 /// `hostscope run --output json` with a configuration file, its lines collected.
-struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-    stderr: Arc<Mutex<String>>,
-}
+struct Agent(JsonAgent);
 
 fn config_file(tag: &str, yaml: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("hostscope-rca-{tag}-{}", std::process::id()));
@@ -41,78 +35,22 @@ fn config_file(tag: &str, yaml: &str) -> PathBuf {
 impl Agent {
     fn start(tag: &str, yaml: &str, extra: &[&str]) -> Agent {
         let config = config_file(tag, yaml);
-        let mut child = Command::new(hostscope_bin())
-            .args(["run", "--output", "json", "--no-pin", "--poll-ms", "20"])
+        let mut cmd = Command::new(hostscope_bin());
+        cmd.args(["run", "--output", "json", "--no-pin", "--poll-ms", "20"])
             .args(["--stats-interval", "1", "--config"])
             .arg(&config)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("hostscope run");
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let mut a = Agent {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-            stderr,
-        };
-        // Ready once the first counters line is out (probes attached, loop turning).
-        a.wait(Duration::from_secs(20), "agent_stats", |v| {
-            v["type"] == "agent_stats"
-        });
-        a
+            .args(extra);
+        Agent(JsonAgent::spawn(cmd, Duration::from_secs(20)))
     }
 
     /// Waits for a line matching `pred` (among those not yet returned) and returns it.
     fn wait(&mut self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Err(_) => panic!(
-                    "{what}: no matching line within {timeout:?}; incidents so far: {:#?}\nstderr:\n{}",
-                    incidents(&self.seen, |_| true),
-                    self.stderr.lock().unwrap()
-                ),
-            }
-        }
+        self.0.wait(timeout, what, pred)
     }
 
     /// SIGTERM, then every line up to the exit.
-    fn stop(mut self) -> Vec<Value> {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "agent exited with {status}");
-        while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(v);
-        }
-        self.seen
+    fn stop(self) -> Vec<Value> {
+        self.0.stop()
     }
 }
 
