@@ -140,6 +140,10 @@ pub struct KubeletLogs {
     root: std::sync::RwLock<PathBuf>,
     min_rescan: Duration,
     inner: Mutex<Inner>,
+    /// One rescan at a time: a caller that misses while another scans waits for that
+    /// scan instead of taking the snapshot it is about to replace (several sinks
+    /// resolve the same new pod at once).
+    scanning: Mutex<()>,
 }
 
 impl KubeletLogs {
@@ -152,6 +156,7 @@ impl KubeletLogs {
                 last_scan: None,
                 scans: 0,
             }),
+            scanning: Mutex::new(()),
         }
     }
 
@@ -166,8 +171,13 @@ impl KubeletLogs {
         if !missing(&snap) {
             return snap;
         }
+        let _one_scan = self.scanning.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut inner = self.lock();
+            // The scan this caller waited for may have found it.
+            if !missing(&inner.snap) {
+                return inner.snap.clone();
+            }
             if inner
                 .last_scan
                 .is_some_and(|t| t.elapsed() < self.min_rescan)
