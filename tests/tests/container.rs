@@ -700,14 +700,22 @@ fn image_runs_under_runc_with_the_manifest_capabilities() {
 /// One run of the host's agent under `setpriv` with exactly `caps` (CAP_… names) as root:
 /// bounding, inheritable and ambient sets reduced to them, so the agent's effective set
 /// after exec is the list (ENGINEERING.md §6: this machine lacks CAP_SYS_RESOURCE anyway).
+/// `no_new_privs`: the manifest's `allowPrivilegeEscalation: false`.
 /// Returns (exit status, JSON lines of stdout, stderr).
-fn run_with_caps(caps: &[String]) -> (std::process::ExitStatus, Vec<Json>, String) {
+fn run_with_caps(
+    caps: &[String],
+    no_new_privs: bool,
+) -> (std::process::ExitStatus, Vec<Json>, String) {
     let list: Vec<String> = caps
         .iter()
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
         .collect();
     let set = format!("-all,{}", list.join(","));
-    let out = Command::new("setpriv")
+    let mut setpriv = Command::new("setpriv");
+    if no_new_privs {
+        setpriv.arg("--no-new-privs");
+    }
+    let out = setpriv
         .arg(format!("--bounding-set={set}"))
         .arg(format!("--inh-caps={set}"))
         .arg(format!("--ambient-caps={set}"))
@@ -785,6 +793,8 @@ fn manifest_capabilities_attach_and_each_one_missing_is_named() {
     let docs = manifest();
     let (_, container) = pod_and_container(&docs);
     let caps = manifest_capabilities(container);
+    let no_new_privs =
+        container["securityContext"]["allowPrivilegeEscalation"].as_bool() == Some(false);
     // The full list, then each one removed in turn, all at once (3 s runs).
     let mut sets = vec![(None, caps.clone())];
     for c in &caps {
@@ -794,7 +804,12 @@ fn manifest_capabilities_attach_and_each_one_missing_is_named() {
     let started = Instant::now();
     let runs: Vec<(Option<String>, _)> = sets
         .into_iter()
-        .map(|(removed, set)| (removed, std::thread::spawn(move || run_with_caps(&set))))
+        .map(|(removed, set)| {
+            (
+                removed,
+                std::thread::spawn(move || run_with_caps(&set, no_new_privs)),
+            )
+        })
         .collect::<Vec<_>>()
         .into_iter()
         .map(|(removed, h)| (removed, h.join().expect("run thread")))

@@ -26,8 +26,9 @@ pub enum LoadError {
     #[error("the eBPF object could not be loaded: {needs}: {source}")]
     Object {
         needs: String,
+        /// Boxed: the error is large and every attach result carries this type.
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error("tracefs is not available: {0}")]
     Tracefs(#[source] mounts::MountError),
@@ -176,7 +177,7 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
                 "bpf(): maps, programs and ring buffers",
             )
             .unwrap_or_else(|| "are we root, with CAP_BPF and CAP_PERFMON?".to_string()),
-            source,
+            source: Box::new(source),
         })?;
 
     let mut report = Vec::new();
