@@ -4,7 +4,11 @@
 //! capabilities, namespaces and host mounts the manifest names (read from the manifest
 //! here, so the two cannot drift), attaches the TCP, TLS-wire and syscall programs, sees a
 //! refused connect made on the host, and says why the OpenSSL uprobes do not attach
-//! without CAP_SYS_ADMIN.
+//! without CAP_SYS_ADMIN; the refused connect is also asked for with `hostscope events`
+//! inside the container, `/readyz` answers on the probes' port, and SIGTERM ends it within
+//! the grace period after the final flush. The host binary under `setpriv` with exactly
+//! the manifest's capabilities, then with each one removed, reports what each gates by
+//! name; a read-only disk-queue directory is an error at start.
 //!
 //! The image: `$HOSTSCOPE_IMAGE` (an OCI archive; `cargo xtask test` builds it once),
 //! else `cargo xtask image` is run here.
@@ -231,8 +235,17 @@ fn image_archive() -> PathBuf {
 /// The runc bundle: the image unpacked, its config.json made from the manifest's pod:
 /// capabilities (exactly the `add` list), namespaces (hostPID, hostNetwork), the
 /// read-only root, and every volume mount (hostPath bind-mounted like the kubelet does,
-/// the ConfigMap from `config_dir`). rlimits are dropped (ENGINEERING.md §6).
-fn bundle(dir: &Path, archive: &Path, docs: &[Value], config_dir: &Path, args: &[String]) {
+/// the ConfigMap from `config_dir`; `host_dirs` gives a volume another host directory, so
+/// the test's socket and queue do not meet a real agent's). rlimits are dropped
+/// (ENGINEERING.md §6).
+fn bundle(
+    dir: &Path,
+    archive: &Path,
+    docs: &[Value],
+    config_dir: &Path,
+    host_dirs: &[(&str, &Path)],
+    args: &[String],
+) {
     let layout = dir.join("oci");
     let bundle = dir.join("bundle");
     run_ok(
@@ -283,8 +296,12 @@ fn bundle(dir: &Path, archive: &Path, docs: &[Value], config_dir: &Path, args: &
     let volumes = pod["volumes"].as_sequence().unwrap();
     for m in container["volumeMounts"].as_sequence().unwrap() {
         let v = volumes.iter().find(|v| v["name"] == m["name"]).unwrap();
+        let name = str_of(&m["name"]);
         let source = if v["configMap"].is_mapping() {
             config_dir.to_path_buf()
+        } else if let Some((_, p)) = host_dirs.iter().find(|(n, _)| *n == name) {
+            std::fs::create_dir_all(p).unwrap();
+            p.to_path_buf()
         } else {
             let p = PathBuf::from(str_of(&v["hostPath"]["path"]));
             // DirectoryOrCreate, and the log directories a non-Kubernetes host lacks.
@@ -311,6 +328,71 @@ fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// The ConfigMap's configuration tree.
+fn configmap_config(docs: &[Value]) -> Value {
+    serde_yaml_ng::from_str(str_of(&kind(docs, "ConfigMap")["data"]["config.yaml"]))
+        .expect("the ConfigMap's config.yaml is YAML")
+}
+
+/// The port the ConfigMap's `prometheus.listen` binds, checked against the container's
+/// `metrics` port that the startup, liveness and readiness probes name.
+fn probe_port(docs: &[Value]) -> u16 {
+    let (_, container) = pod_and_container(docs);
+    let listen: SocketAddr = str_of(&configmap_config(docs)["prometheus"]["listen"])
+        .parse()
+        .expect("prometheus.listen is ADDR:PORT");
+    let named = container["ports"]
+        .as_sequence()
+        .expect("container ports")
+        .iter()
+        .find(|p| p["containerPort"].as_u64() == Some(u64::from(listen.port())))
+        .unwrap_or_else(|| panic!("no container port {}", listen.port()));
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{probe}: {get:?}");
+        assert!(
+            get["port"] == named["name"] || get["port"] == named["containerPort"],
+            "{probe} names port {:?}, prometheus.listen is {listen}",
+            get["port"]
+        );
+    }
+    listen.port()
+}
+
+/// One HTTP/1.1 GET: (status code, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer}"));
+    (code, body.to_string())
+}
+
+/// JSON lines of a command's stdout.
+fn json_lines(out: &[u8]) -> Vec<Json> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 #[test]
 fn image_runs_under_runc_with_the_manifest_capabilities() {
     if !privileged("image_runs_under_runc_with_the_manifest_capabilities") {
@@ -320,10 +402,31 @@ fn image_runs_under_runc_with_the_manifest_capabilities() {
         return;
     }
     let docs = manifest();
-    let (_, container) = pod_and_container(&docs);
+    let (pod, container) = pod_and_container(&docs);
     let with_sys_admin = manifest_capabilities(container)
         .iter()
         .any(|c| c == "CAP_SYS_ADMIN");
+    let grace = Duration::from_secs(
+        pod["terminationGracePeriodSeconds"]
+            .as_u64()
+            .expect("terminationGracePeriodSeconds"),
+    );
+    let port = probe_port(&docs);
+    // The API socket: the ConfigMap's path, inside the `run` volume's mount.
+    let config = configmap_config(&docs);
+    let socket = PathBuf::from(str_of(&config["api"]["socket"]));
+    let run_mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "run")
+        .map(|m| PathBuf::from(str_of(&m["mountPath"])))
+        .expect("a `run` volume mount");
+    let socket_name = socket
+        .strip_prefix(&run_mount)
+        .unwrap_or_else(|_| panic!("api.socket {socket:?} is not in {run_mount:?}"))
+        .to_path_buf();
+
     let archive = image_archive();
     let dir = scratch("runc");
     let config_dir = dir.join("configmap");
@@ -338,11 +441,19 @@ fn image_runs_under_runc_with_the_manifest_capabilities() {
             "--pin-dir",
             "/sys/fs/bpf/hostscope-container-test",
             "--duration",
-            "30",
+            "60",
         ]
         .map(String::from),
     );
-    bundle(&dir, &archive, &docs, &config_dir, &args);
+    let (host_run, host_queue) = (dir.join("run"), dir.join("queue"));
+    bundle(
+        &dir,
+        &archive,
+        &docs,
+        &config_dir,
+        &[("run", &host_run), ("queue", &host_queue)],
+        &args,
+    );
 
     // A process mapping libssl.so.3, for the uprobes to find through /proc/<pid>/root.
     let mut ssl_user = Command::new("/usr/bin/python3")
@@ -352,6 +463,7 @@ fn image_runs_under_runc_with_the_manifest_capabilities() {
     std::thread::sleep(Duration::from_millis(300));
 
     let id = format!("hostscope-test-{}", std::process::id());
+    let started = Instant::now();
     let mut agent = Command::new("runc")
         .arg("run")
         .arg("-b")
@@ -372,17 +484,28 @@ fn image_runs_under_runc_with_the_manifest_capabilities() {
             }
         }
     });
+    // Removes the container whatever happens below.
+    struct Container(String);
+    impl Drop for Container {
+        fn drop(&mut self) {
+            let _ = Command::new("runc")
+                .args(["delete", "-f", &self.0])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _container = Container(id.clone());
 
     let mut statuses: Vec<Json> = Vec::new();
     let mut refused = None;
-    let port = closed_port();
+    let target = closed_port();
     let deadline = Instant::now() + Duration::from_secs(25);
     let mut next_connect = Instant::now();
     while Instant::now() < deadline && refused.is_none() {
         // Refused connects from the host, once the probes have reported.
         if !statuses.is_empty() && Instant::now() >= next_connect {
             let _ = TcpStream::connect_timeout(
-                &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                &SocketAddr::from((Ipv4Addr::LOCALHOST, target)),
                 Duration::from_secs(1),
             );
             next_connect = Instant::now() + Duration::from_millis(500);
@@ -392,7 +515,7 @@ fn image_runs_under_runc_with_the_manifest_capabilities() {
             Ok(v)
                 if v["type"] == "tcp"
                     && v["event"] == "connect_failed"
-                    && v["remote"] == format!("127.0.0.1:{port}") =>
+                    && v["remote"] == format!("127.0.0.1:{target}") =>
             {
                 refused = Some(v)
             }
@@ -401,16 +524,73 @@ fn image_runs_under_runc_with_the_manifest_capabilities() {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    let up_after = started.elapsed();
+
+    // While it runs: /readyz on the manifest's port (host network), and the refused
+    // connect asked for with `hostscope events` inside the container, on the socket the
+    // manifest's volume gives it (which the node sees too).
+    let ready = refused
+        .is_some()
+        .then(|| http_get(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), "/readyz"));
+    let mut inside = None;
+    let mut exec_out = String::new();
+    let exec_deadline = Instant::now() + Duration::from_secs(10);
+    while refused.is_some() && inside.is_none() && Instant::now() < exec_deadline {
+        let out = Command::new("runc")
+            .args(["exec", &id, "/usr/local/bin/hostscope", "events"])
+            .args(["--failures", "--type", "tcp", "--last", "50"])
+            .args(["--output", "json", "--socket"])
+            .arg(&socket)
+            .output()
+            .expect("runc exec");
+        exec_out = format!(
+            "{}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        inside = json_lines(&out.stdout).into_iter().find(|v| {
+            v["event"] == "connect_failed" && v["remote"] == format!("127.0.0.1:{target}")
+        });
+        if inside.is_none() {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let socket_on_node = std::fs::metadata(host_run.join(&socket_name))
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+
+    // SIGTERM, as the kubelet sends it; the grace period is the bound.
+    let before_term: Vec<Json> = rx.try_iter().collect();
     let _ = Command::new("runc").args(["kill", &id, "TERM"]).status();
-    let stopped = Instant::now();
-    let status = agent.wait().unwrap();
-    let _ = Command::new("runc").args(["delete", "-f", &id]).status();
+    let stopping = Instant::now();
+    let exit = loop {
+        if let Some(s) = agent.try_wait().unwrap() {
+            break Some(s);
+        }
+        if stopping.elapsed() > grace {
+            let _ = Command::new("runc").args(["kill", &id, "KILL"]).status();
+            let _ = agent.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stopped_in = stopping.elapsed();
     let _ = ssl_user.kill();
     let _ = ssl_user.wait();
     let mut stderr = String::new();
     if let Some(mut e) = agent.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
     }
+    // Everything printed after SIGTERM (the reader ends with the agent's stdout).
+    let mut after_term = Vec::new();
+    while let Ok(v) = rx.recv_timeout(Duration::from_secs(5)) {
+        after_term.push(v);
+    }
+    eprintln!(
+        "runc: records flowing after {up_after:?}, stopped {stopped_in:?} after SIGTERM; \
+         {} lines before it",
+        before_term.len()
+    );
 
     let state = |program: &str| {
         statuses
@@ -446,17 +626,322 @@ fn image_runs_under_runc_with_the_manifest_capabilities() {
         );
     }
     let refused = refused.unwrap_or_else(|| {
-        panic!("no connect_failed record for 127.0.0.1:{port} within 25 s\nagent stderr: {stderr}")
+        panic!(
+            "no connect_failed record for 127.0.0.1:{target} within 25 s\nagent stderr: {stderr}"
+        )
     });
     assert_eq!(refused["failure"]["reason"], "refused", "{refused:#}");
-    // SIGTERM ends it well within the manifest's grace period.
-    let grace = pod_and_container(&docs).0["terminationGracePeriodSeconds"]
-        .as_u64()
-        .unwrap_or(30);
+
+    let (code, body) = ready.expect("asked when records flowed");
+    assert_eq!(code, 200, "/readyz on :{port}: {body}");
+    assert!(body.starts_with("ready"), "/readyz: {body}");
+    if !with_sys_admin {
+        assert!(
+            body.contains("tls: degraded") && body.contains("CAP_SYS_ADMIN"),
+            "/readyz names the degraded family and why: {body}"
+        );
+    }
+    let inside = inside.unwrap_or_else(|| {
+        panic!(
+            "`hostscope events` inside the container did not show the refused connect to \
+             127.0.0.1:{target}: {exec_out}"
+        )
+    });
+    assert_eq!(inside["failure"]["reason"], "refused", "{inside:#}");
     assert!(
-        stopped.elapsed() < Duration::from_secs(grace),
-        "the agent took {:?} to stop",
-        stopped.elapsed()
+        socket_on_node,
+        "the API socket is not at {} on the node",
+        host_run.join(&socket_name).display()
     );
-    assert!(status.success(), "the agent exited with {status}: {stderr}");
+
+    // Within the grace period, exit 0, the final counters printed after the flush.
+    let exit = exit.unwrap_or_else(|| {
+        panic!("SIGTERM did not end the agent within the grace period {grace:?}: {stderr}")
+    });
+    assert!(exit.success(), "the agent exited with {exit}: {stderr}");
+    let final_lines: Vec<&Json> = after_term
+        .iter()
+        .filter(|v| v["type"].as_str().is_some_and(|t| t.ends_with("_stats")))
+        .collect();
+    for kind in ["agent_stats", "metadata_stats", "export_stats"] {
+        assert!(
+            final_lines.iter().any(|v| v["type"] == kind),
+            "no final {kind} line after SIGTERM (export_stats comes after the exporter's \
+             flush): {final_lines:#?}\nagent stderr: {stderr}"
+        );
+    }
+    // Records the probes saw went to the ConfigMap's disk queue (its collector does not
+    // exist here): the flush kept them, on the node's queue directory.
+    let export = final_lines
+        .iter()
+        .find(|v| v["type"] == "export_stats")
+        .unwrap();
+    assert!(
+        export["queue_len"].as_u64().is_some_and(|n| n > 0),
+        "nothing left in the disk queue for the next run: {export:#}"
+    );
+    let queued = std::fs::read_dir(&host_queue)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pb"))
+        .count();
+    assert_eq!(
+        Some(queued as u64),
+        export["queue_len"].as_u64(),
+        "request files in {} vs the final export_stats",
+        host_queue.display()
+    );
+}
+
+/// One run of the host's agent under `setpriv` with exactly `caps` (CAP_… names) as root:
+/// bounding, inheritable and ambient sets reduced to them, so the agent's effective set
+/// after exec is the list (ENGINEERING.md §6: this machine lacks CAP_SYS_RESOURCE anyway).
+/// `no_new_privs`: the manifest's `allowPrivilegeEscalation: false`.
+/// Returns (exit status, JSON lines of stdout, stderr).
+fn run_with_caps(
+    caps: &[String],
+    no_new_privs: bool,
+) -> (std::process::ExitStatus, Vec<Json>, String) {
+    let list: Vec<String> = caps
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let set = format!("-all,{}", list.join(","));
+    let mut setpriv = Command::new("setpriv");
+    if no_new_privs {
+        setpriv.arg("--no-new-privs");
+    }
+    let out = setpriv
+        .arg(format!("--bounding-set={set}"))
+        .arg(format!("--inh-caps={set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg("--")
+        .arg(hostscope_bin())
+        .args(["run", "--duration", "3", "--output", "json"])
+        .args([
+            "--no-pin",
+            "--no-api",
+            "--no-prometheus",
+            "--stats-interval",
+            "0",
+        ])
+        .output()
+        .expect("setpriv (util-linux)");
+    (
+        out.status,
+        json_lines(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What a run reported: program -> (state, reason), and the metadata limits.
+struct Report {
+    probes: std::collections::BTreeMap<String, (String, String)>,
+    limits: Vec<String>,
+}
+
+fn report(lines: &[Json]) -> Report {
+    let probes = lines
+        .iter()
+        .filter(|v| v["type"] == "probe_status")
+        .map(|v| {
+            (
+                v["program"].as_str().unwrap_or_default().to_string(),
+                (
+                    v["state"].as_str().unwrap_or_default().to_string(),
+                    v["reason"].as_str().unwrap_or_default().to_string(),
+                ),
+            )
+        })
+        .collect();
+    let limits = lines
+        .iter()
+        .find(|v| v["type"] == "metadata_stats")
+        .and_then(|v| v["limits"].as_array())
+        .expect("a final metadata_stats line with its limits")
+        .iter()
+        .map(|l| l.as_str().unwrap_or_default().to_string())
+        .collect();
+    Report { probes, limits }
+}
+
+/// The programs of the families the manifest promises (TCP, TLS wire, syscalls).
+const PROMISED: [&str; 5] = [
+    "tcp_state_change",
+    "tls_wire_egress",
+    "tls_wire_ingress",
+    "syscall_enter",
+    "syscall_exit",
+];
+const UPROBES: [&str; 4] = [
+    "tls_ssl_call",
+    "tls_ssl_call_return",
+    "tls_ssl_free",
+    "tls_verify_error_return",
+];
+
+#[test]
+fn manifest_capabilities_attach_and_each_one_missing_is_named() {
+    if !privileged("manifest_capabilities_attach_and_each_one_missing_is_named") || !have("setpriv")
+    {
+        return;
+    }
+    let docs = manifest();
+    let (_, container) = pod_and_container(&docs);
+    let caps = manifest_capabilities(container);
+    let no_new_privs =
+        container["securityContext"]["allowPrivilegeEscalation"].as_bool() == Some(false);
+    // The full list, then each one removed in turn, all at once (3 s runs).
+    let mut sets = vec![(None, caps.clone())];
+    for c in &caps {
+        let rest: Vec<String> = caps.iter().filter(|x| *x != c).cloned().collect();
+        sets.push((Some(c.clone()), rest));
+    }
+    let started = Instant::now();
+    let runs: Vec<(Option<String>, _)> = sets
+        .into_iter()
+        .map(|(removed, set)| {
+            (
+                removed,
+                std::thread::spawn(move || run_with_caps(&set, no_new_privs)),
+            )
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|(removed, h)| (removed, h.join().expect("run thread")))
+        .collect();
+    eprintln!("{} capability sets in {:?}", runs.len(), started.elapsed());
+
+    let with_sys_admin = caps.iter().any(|c| c == "CAP_SYS_ADMIN");
+    for (removed, (status, lines, stderr)) in runs {
+        let what = match &removed {
+            None => format!("the manifest's capabilities {caps:?}"),
+            Some(c) => format!("the manifest's capabilities without {c}"),
+        };
+        assert!(!stderr.contains("panicked"), "{what}: a panic: {stderr}");
+        let exits = matches!(removed.as_deref(), Some("CAP_BPF" | "CAP_PERFMON"));
+        if exits {
+            // Nothing can load: a clear error naming the capability, exit 1.
+            let cap = removed.as_deref().unwrap();
+            assert!(
+                !status.success() && stderr.contains(&format!("needs {cap}")),
+                "{what}: expected the agent to stop with a reason naming {cap} ({status}): {stderr}"
+            );
+            continue;
+        }
+        assert!(status.success(), "{what}: exited with {status}: {stderr}");
+        let r = report(&lines);
+        let state = |p: &str| {
+            r.probes
+                .get(p)
+                .cloned()
+                .unwrap_or_else(|| panic!("{what}: no status for {p}: {:#?}", r.probes))
+        };
+        // What the removed capability gates, and the programs that stay attached.
+        let gated: &[&str] = match removed.as_deref() {
+            None => &[],
+            Some("CAP_NET_ADMIN") => &["tls_wire_egress", "tls_wire_ingress"],
+            Some("CAP_SYS_ADMIN") => &UPROBES,
+            // Identities (the attach report is unchanged): said in metadata_stats.limits.
+            Some("CAP_SYS_PTRACE" | "CAP_DAC_READ_SEARCH") => &[],
+            Some(other) => panic!(
+                "{other} is in the manifest but this test does not know what it gates: \
+                 add it here and to docs/deploy.md"
+            ),
+        };
+        for p in PROMISED.iter().filter(|p| !gated.contains(p)) {
+            assert_eq!(state(p).0, "attached", "{what}: {p}: {:?}", state(p));
+        }
+        for p in gated.iter().filter(|p| PROMISED.contains(p)) {
+            let (st, why) = state(p);
+            let cap = removed.as_deref().unwrap();
+            assert!(
+                st == "not_attached" && why.contains(&format!("needs {cap}")),
+                "{what}: {p} must be reported not attached because of {cap}: {st}: {why}"
+            );
+        }
+        // The OpenSSL uprobes: attached only with CAP_SYS_ADMIN, else degraded saying so.
+        let uprobes_up = with_sys_admin && removed.as_deref() != Some("CAP_SYS_ADMIN");
+        for p in UPROBES {
+            let (st, why) = state(p);
+            if uprobes_up {
+                assert_eq!(st, "attached", "{what}: {p}: {why}");
+            } else {
+                assert!(
+                    st != "attached" && why.contains("needs CAP_SYS_ADMIN"),
+                    "{what}: {p} must say it needs CAP_SYS_ADMIN: {st}: {why}"
+                );
+            }
+        }
+        // Identity lookups a capability gates: named when it is missing, else nothing.
+        for cap in ["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"] {
+            let named = r.limits.iter().any(|l| l.contains(&format!("needs {cap}")));
+            let absent = !caps.contains(&cap.to_string()) || removed.as_deref() == Some(cap);
+            assert_eq!(
+                named, absent,
+                "{what}: metadata_stats.limits {:?} (naming {cap} expected: {absent})",
+                r.limits
+            );
+        }
+    }
+}
+
+/// A read-only filesystem under the manifest's disk-queue directory: the agent stops at
+/// start with an error naming the directory, whether the queue directory exists there
+/// or would have to be created, instead of dropping every request later.
+#[test]
+fn read_only_disk_queue_is_an_error_at_start() {
+    if !privileged("read_only_disk_queue_is_an_error_at_start") {
+        return;
+    }
+    let dir = scratch("ro-queue");
+    // A tmpfs with a queue directory in it, then remounted read-only (root ignores mode
+    // bits, not a read-only mount).
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "hostscope-ro"])
+            .arg(&dir),
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    std::fs::create_dir(dir.join("queue")).unwrap();
+    run_ok(Command::new("mount").args(["-o", "remount,ro"]).arg(&dir));
+
+    let collector = SocketAddr::from((Ipv4Addr::LOCALHOST, closed_port()));
+    for queue in [dir.join("queue"), dir.join("new")] {
+        let started = Instant::now();
+        let out = Command::new(hostscope_bin())
+            .args(["run", "--duration", "20", "--output", "none"])
+            .args(["--no-pin", "--no-api", "--no-prometheus"])
+            .arg("--otlp-endpoint")
+            .arg(format!("http://{collector}"))
+            .arg("--otlp-disk-queue")
+            .arg(&queue)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains(&format!("disk queue {}", queue.display()))
+                && err.contains("Read-only file system")
+                && !err.contains("panicked"),
+            "{}: expected a start-up error naming the read-only queue ({}): {err}",
+            queue.display(),
+            out.status
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the error came after {:?}, not at start",
+            started.elapsed()
+        );
+    }
 }

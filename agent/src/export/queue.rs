@@ -176,6 +176,16 @@ pub struct Queue {
     pub notify: tokio::sync::Notify,
 }
 
+/// A directory the agent can read but not write (a read-only mount, one root cannot
+/// write either) would drop every request later: refused at start instead, by writing
+/// and removing a file (mode bits alone do not tell, root bypasses them).
+fn check_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".write-check.{}.tmp", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| std::io::Error::new(e.kind(), format!("not writable: {e}")))?;
+    std::fs::remove_file(&probe)
+}
+
 fn file_name(seq: u64, signal: Signal, items: u64) -> String {
     format!("{seq:016x}.{}.{items}.pb", signal.as_str())
 }
@@ -208,6 +218,7 @@ impl Queue {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
+        check_writable(dir).map_err(io)?;
         let mut files = Vec::new();
         let mut bytes = 0;
         for entry in std::fs::read_dir(dir).map_err(io)? {

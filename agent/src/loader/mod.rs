@@ -22,10 +22,14 @@ static PROBES_OBJECT: &[u8] =
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error(
-        "the eBPF object could not be loaded (are we root, with CAP_BPF and CAP_PERFMON?): {0}"
-    )]
-    Object(#[source] aya::EbpfError),
+    /// `needs`: the missing capability when the kernel refused (see [`privilege`]).
+    #[error("the eBPF object could not be loaded: {needs}: {source}")]
+    Object {
+        needs: String,
+        /// Boxed: the error is large and every attach result carries this type.
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
     #[error("tracefs is not available: {0}")]
     Tracefs(#[source] mounts::MountError),
     #[error("map {name} missing from the eBPF object")]
@@ -164,7 +168,17 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
             .map_max_entries(sc::SYSCALL_EVENTS_MAP, config.syscalls.ring_bytes)
             .map_max_entries(sc::SYSCALL_AGG_MAP, syscalls::max_keys(&config.syscalls));
     }
-    let mut ebpf = loader.load(PROBES_OBJECT).map_err(LoadError::Object)?;
+    let mut ebpf = loader
+        .load(PROBES_OBJECT)
+        .map_err(|source| LoadError::Object {
+            needs: privilege::refusal(
+                &source,
+                &[privilege::CAP_BPF],
+                "bpf(): maps, programs and ring buffers",
+            )
+            .unwrap_or_else(|| "are we root, with CAP_BPF and CAP_PERFMON?".to_string()),
+            source: Box::new(source),
+        })?;
 
     let mut report = Vec::new();
     let tcp_attached = tcp::attach(&mut ebpf, &tcp_plan, config, &mut report)?;

@@ -9,6 +9,7 @@ use aya::programs::ProgramError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cap(pub u32, pub &'static str);
 
+pub const CAP_DAC_READ_SEARCH: Cap = Cap(2, "CAP_DAC_READ_SEARCH");
 pub const CAP_NET_ADMIN: Cap = Cap(12, "CAP_NET_ADMIN");
 pub const CAP_SYS_PTRACE: Cap = Cap(19, "CAP_SYS_PTRACE");
 pub const CAP_SYS_ADMIN: Cap = Cap(21, "CAP_SYS_ADMIN");
@@ -57,6 +58,15 @@ pub fn is_permission_error(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// "needs CAP_X (what)" when `e` is a refusal and one of `needed` is absent; else None.
 pub fn reason(e: &ProgramError, needed: &[Cap], what: &str) -> Option<String> {
+    refusal(e, needed, what)
+}
+
+/// [`reason`] for any error (the object load's, a map's).
+pub fn refusal(
+    e: &(dyn std::error::Error + 'static),
+    needed: &[Cap],
+    what: &str,
+) -> Option<String> {
     if !is_permission_error(e) {
         return None;
     }

@@ -269,6 +269,29 @@ pub struct MetadataStats {
     pub processes: process::ProcessStats,
     pub kubelet_scans: u64,
     pub kube: KubeStats,
+    /// What the agent's capabilities keep from identities, each naming the missing
+    /// capability (empty with the DaemonSet's list or as full root).
+    pub limits: Vec<String>,
+}
+
+/// The identity lookups a missing capability degrades, said where the counters are read.
+/// The kernel refuses these per process, without an error worth a line per record.
+pub fn capability_limits() -> Vec<String> {
+    use crate::loader::privilege::{missing, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE};
+    let mut limits = Vec::new();
+    for cap in missing(&[CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]) {
+        limits.push(if cap == CAP_SYS_PTRACE {
+            "needs CAP_SYS_PTRACE: processes of other users, and root processes holding \
+             capabilities the agent lacks, are named by pid only (/proc/<pid>/exe, cmdline, \
+             maps and root refused), and their OpenSSL copies get no uprobes"
+                .to_string()
+        } else {
+            "needs CAP_DAC_READ_SEARCH: a cgroup id is resolved by walking the cgroup tree \
+             (open_by_handle_at refused), slower"
+                .to_string()
+        });
+    }
+    limits
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -740,6 +763,7 @@ impl Resolver {
             processes: self.processes.stats(),
             kubelet_scans: self.kubelet.scans(),
             kube,
+            limits: capability_limits(),
         }
     }
 }
@@ -748,7 +772,7 @@ impl std::fmt::Display for MetadataStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "metadata: {} identities ({} hits, {} builds, {} resets), cgroups {} cached / {} misses / {} unresolved / {} pruned, processes {} cached / {} gone / {} exited / {} reused, kubelet scans {}, kube api {} events {} errors{}",
+            "metadata: {} identities ({} hits, {} builds, {} resets), cgroups {} cached / {} misses / {} unresolved / {} pruned, processes {} cached / {} gone / {} exited / {} reused, kubelet scans {}, kube api {} events {} errors{}{}",
             self.identities_cached,
             self.hits,
             self.builds,
@@ -768,7 +792,11 @@ impl std::fmt::Display for MetadataStats {
                 .last_error
                 .as_ref()
                 .map(|e| format!(" (last: {e})"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            self.limits
+                .iter()
+                .map(|l| format!("; {l}"))
+                .collect::<String>()
         )
     }
 }
