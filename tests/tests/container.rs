@@ -363,28 +363,6 @@ fn probe_port(docs: &[Value]) -> u16 {
     listen.port()
 }
 
-/// One HTTP/1.1 GET: (status code, body).
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {answer}"));
-    (code, body.to_string())
-}
-
 /// JSON lines of a command's stdout.
 fn json_lines(out: &[u8]) -> Vec<Json> {
     String::from_utf8_lossy(out)
@@ -529,9 +507,15 @@ fn image_runs_under_runc_with_the_manifest_capabilities() {
     // While it runs: /readyz on the manifest's port (host network), and the refused
     // connect asked for with `hostscope events` inside the container, on the socket the
     // manifest's volume gives it (which the node sees too).
-    let ready = refused
-        .is_some()
-        .then(|| http_get(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), "/readyz"));
+    let ready = refused.is_some().then(|| {
+        let (code, _, body) = hostscope_tests::http(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            "GET",
+            "/readyz",
+            None,
+        );
+        (code, body)
+    });
     let mut inside = None;
     let mut exec_out = String::new();
     let exec_deadline = Instant::now() + Duration::from_secs(10);

@@ -6,42 +6,20 @@
 //! an agent running with the defaults.
 
 use std::{
-    io::{Read, Write},
+    io::Read,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use hostscope_tests::{closed_port, hostscope_bin, privileged};
+use hostscope_tests::{closed_port, hostscope_bin, http, privileged};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn free_port() -> u16 {
     let l = TcpListener::bind((LOOPBACK, 0)).expect("bind");
     l.local_addr().unwrap().port()
-}
-
-/// One HTTP/1.0 request: (status code, headers, body).
-fn http(addr: SocketAddr, method: &str, path: &str, accept: Option<&str>) -> (u16, String, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
-    if let Some(a) = accept {
-        req.push_str(&format!("Accept: {a}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {answer}"));
-    (code, head.to_lowercase(), body.to_string())
 }
 
 struct Agent {
