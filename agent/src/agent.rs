@@ -398,6 +398,7 @@ impl Agent {
                 alerts_rx,
                 clock,
                 records.clone(),
+                counters.clone(),
                 shutdown_rx.clone(),
             )));
             syscalls = Some(maps);
@@ -576,7 +577,7 @@ impl Agent {
     }
 
     pub fn stats(&self) -> AgentStats {
-        let (records_decoded, decode_errors, records_lagged) =
+        let (records_decoded, decode_errors, records_lagged, records_aggregated) =
             stats::snapshot_counters(&self.counters);
         let probes = self.probes();
         let ebpf = &probes.ebpf;
@@ -595,6 +596,7 @@ impl Agent {
             records_decoded,
             decode_errors,
             records_lagged,
+            records_aggregated,
             programs: stats::read_program_costs(ebpf),
             tls: self.tls_stats.lock().map(|s| s.clone()).unwrap_or_default(),
             config: Default::default(),

@@ -18,6 +18,9 @@ pub struct Counters {
     pub decode_errors: AtomicU64,
     /// Records a slow consumer (printer, exporter) missed from the broadcast channel.
     pub records_lagged: AtomicU64,
+    /// Interval records made from the kernel's syscall aggregation maps (not ring records,
+    /// so not in `records_decoded`, which is compared with the probes' `events_emitted`).
+    pub records_aggregated: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -34,6 +37,7 @@ pub struct AgentStats {
     pub records_decoded: u64,
     pub decode_errors: u64,
     pub records_lagged: u64,
+    pub records_aggregated: u64,
     /// Empty unless bpf_stats are enabled.
     pub programs: Vec<ProgramCost>,
     pub tls: crate::tls::tracker::TrackerStats,
@@ -140,10 +144,12 @@ pub fn read_program_costs(ebpf: &Ebpf) -> Vec<ProgramCost> {
         .collect()
 }
 
-pub fn snapshot_counters(c: &Counters) -> (u64, u64, u64) {
+/// (decoded, decode errors, lagged, aggregated).
+pub fn snapshot_counters(c: &Counters) -> (u64, u64, u64, u64) {
     (
         c.records_decoded.load(Ordering::Relaxed),
         c.decode_errors.load(Ordering::Relaxed),
         c.records_lagged.load(Ordering::Relaxed),
+        c.records_aggregated.load(Ordering::Relaxed),
     )
 }

@@ -8,7 +8,9 @@
 //! inside the container, `/readyz` answers on the probes' port, and SIGTERM ends it within
 //! the grace period after the final flush. The host binary under `setpriv` with exactly
 //! the manifest's capabilities, then with each one removed, reports what each gates by
-//! name; a read-only disk-queue directory is an error at start.
+//! name; with the manifest's opt-in CAP_SYS_ADMIN the OpenSSL uprobes attach and see a
+//! real handshake. A private containerd imports the archive and runs it. A read-only
+//! disk-queue directory is an error at start.
 //!
 //! The image: `$HOSTSCOPE_IMAGE` (an OCI archive; `cargo xtask test` builds it once),
 //! else `cargo xtask image` is run here.
@@ -320,6 +322,145 @@ fn bundle(
         }));
     }
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+}
+
+/// A private containerd (its own root, state and socket; the CRI plugin off), stopped on
+/// drop: what `ctr images import` on a node talks to.
+struct Containerd {
+    child: std::process::Child,
+    socket: PathBuf,
+    state: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Containerd {
+        // A socket path must fit sun_path: under the temporary directory, not the checkout.
+        let state = std::env::temp_dir().join(format!("hostscope-ctrd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(&state).unwrap();
+        let socket = state.join("containerd.sock");
+        let config = dir.join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = {:?}\nstate = {:?}\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = {:?}\n",
+                dir.join("root"),
+                state.join("state"),
+                socket
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd");
+        let c = Containerd {
+            child,
+            socket,
+            state,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer within 30 s: {}",
+                std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", "hostscope-test"])
+            .args(args)
+            .output()
+            .expect("ctr")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+/// The archive is what a node's runtime takes: containerd imports it (`ctr images
+/// import`, the command the README gives), names it by its ref annotation, and runs it:
+/// the binary answers `--version`, and the image's own entrypoint is the agent, which
+/// without the manifest's capabilities and mounts stops with a clear error, not a panic.
+#[test]
+fn image_imports_into_containerd_and_runs() {
+    if !privileged("image_imports_into_containerd_and_runs") {
+        return;
+    }
+    if !["containerd", "ctr"].into_iter().all(have) {
+        return;
+    }
+    let archive = image_archive();
+    let dir = scratch("containerd");
+    let ctrd = Containerd::start(&dir);
+    let archive_arg = archive.display().to_string();
+    let out = ctrd.ctr(&["images", "import", "--snapshotter", "native", &archive_arg]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "ctr images import: {said}");
+    let out = ctrd.ctr(&["images", "ls", "-q"]);
+    let refs = String::from_utf8_lossy(&out.stdout).into_owned();
+    let image = refs
+        .lines()
+        .find(|r| r.starts_with("hostscope:"))
+        .unwrap_or_else(|| panic!("no hostscope:<tag> among the imported images: {refs}"))
+        .to_string();
+    let version = format!("hostscope {}", env!("CARGO_PKG_VERSION"));
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "native",
+        &image,
+        "hostscope-version",
+        "/usr/local/bin/hostscope",
+        "--version",
+    ]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.trim() == version,
+        "the image's binary under containerd: {printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The entrypoint alone: `hostscope run` with nothing granted.
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "native",
+        &image,
+        "hostscope-entrypoint",
+    ]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && said.contains("hostscope: starting the agent:"),
+        "the entrypoint is the agent, which stops saying why: {said}"
+    );
+    assert!(!said.contains("panicked"), "{said}");
 }
 
 /// A port nobody listens on (bound, then closed).
@@ -681,15 +822,12 @@ fn image_runs_under_runc_with_the_manifest_capabilities() {
     );
 }
 
-/// One run of the host's agent under `setpriv` with exactly `caps` (CAP_… names) as root:
+/// `setpriv` running the host's agent as root with exactly `caps` (CAP_… names):
 /// bounding, inheritable and ambient sets reduced to them, so the agent's effective set
 /// after exec is the list (ENGINEERING.md §6: this machine lacks CAP_SYS_RESOURCE anyway).
-/// `no_new_privs`: the manifest's `allowPrivilegeEscalation: false`.
-/// Returns (exit status, JSON lines of stdout, stderr).
-fn run_with_caps(
-    caps: &[String],
-    no_new_privs: bool,
-) -> (std::process::ExitStatus, Vec<Json>, String) {
+/// `no_new_privs`: the manifest's `allowPrivilegeEscalation: false`. The agent's `run`
+/// arguments follow.
+fn agent_with_caps(caps: &[String], no_new_privs: bool) -> Command {
     let list: Vec<String> = caps
         .iter()
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
@@ -699,20 +837,31 @@ fn run_with_caps(
     if no_new_privs {
         setpriv.arg("--no-new-privs");
     }
-    let out = setpriv
+    setpriv
         .arg(format!("--bounding-set={set}"))
         .arg(format!("--inh-caps={set}"))
         .arg(format!("--ambient-caps={set}"))
         .arg("--")
         .arg(hostscope_bin())
-        .args(["run", "--duration", "3", "--output", "json"])
         .args([
+            "run",
+            "--output",
+            "json",
             "--no-pin",
             "--no-api",
             "--no-prometheus",
-            "--stats-interval",
-            "0",
-        ])
+        ]);
+    setpriv
+}
+
+/// One 3-second run of the agent with exactly `caps`.
+/// Returns (exit status, JSON lines of stdout, stderr).
+fn run_with_caps(
+    caps: &[String],
+    no_new_privs: bool,
+) -> (std::process::ExitStatus, Vec<Json>, String) {
+    let out = agent_with_caps(caps, no_new_privs)
+        .args(["--duration", "3", "--stats-interval", "0"])
         .output()
         .expect("setpriv (util-linux)");
     (
@@ -848,7 +997,7 @@ fn manifest_capabilities_attach_and_each_one_missing_is_named() {
                 "{what}: {p} must be reported not attached because of {cap}: {st}: {why}"
             );
         }
-        // The OpenSSL uprobes: attached only with CAP_SYS_ADMIN, else degraded saying so.
+        // The OpenSSL uprobes: attached only with CAP_SYS_ADMIN, else not attached saying so.
         let uprobes_up = with_sys_admin && removed.as_deref() != Some("CAP_SYS_ADMIN");
         for p in UPROBES {
             let (st, why) = state(p);
@@ -872,6 +1021,71 @@ fn manifest_capabilities_attach_and_each_one_missing_is_named() {
             );
         }
     }
+}
+
+/// The capabilities the manifest names as opt-in: commented `# - NAME` entries of the
+/// capability list (CAP_SYS_ADMIN for the OpenSSL uprobes, CAP_SYS_RESOURCE for old kernels).
+fn manifest_opt_in_capabilities() -> Vec<String> {
+    let text = std::fs::read_to_string(workspace().join("deploy/kubernetes/hostscope.yaml"))
+        .expect("reading the manifest");
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("# - "))
+        .filter(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_'))
+        .map(|c| format!("CAP_{c}"))
+        .collect()
+}
+
+/// The manifest's opt-in line for the OpenSSL uprobes, taken: with its capabilities plus
+/// CAP_SYS_ADMIN the uprobes attach and a real handshake is seen through them (a TLS 1.3
+/// expired certificate, whose reason only OpenSSL's verify result gives: the certificate
+/// travels encrypted).
+#[test]
+fn opt_in_sys_admin_sees_a_handshake_through_the_uprobes() {
+    use hostscope_tests::{
+        json_agent::JsonAgent,
+        tls::{pki, s_client, Server},
+    };
+    if !privileged("opt_in_sys_admin_sees_a_handshake_through_the_uprobes") || !have("setpriv") {
+        return;
+    }
+    let docs = manifest();
+    let (_, container) = pod_and_container(&docs);
+    let opt_in = manifest_opt_in_capabilities();
+    assert!(
+        opt_in.iter().any(|c| c == "CAP_SYS_ADMIN"),
+        "the manifest names SYS_ADMIN as the uprobes' opt-in: {opt_in:?}"
+    );
+    let mut caps = manifest_capabilities(container);
+    caps.push("CAP_SYS_ADMIN".to_string());
+    let no_new_privs =
+        container["securityContext"]["allowPrivilegeEscalation"].as_bool() == Some(false);
+    let mut cmd = agent_with_caps(&caps, no_new_privs);
+    cmd.args(["--stats-interval", "1"]);
+    let mut agent = JsonAgent::spawn(cmd, Duration::from_secs(60));
+    for p in UPROBES {
+        let st = agent
+            .seen
+            .iter()
+            .find(|v| v["type"] == "probe_status" && v["program"] == p)
+            .unwrap_or_else(|| panic!("no probe_status for {p}: {:#?}", agent.seen));
+        assert_eq!(st["state"], "attached", "{p} with {caps:?}: {st}");
+    }
+    let server = Server::start(&pki().expired(), &["-tls1_3"]);
+    let (pid, ok) = s_client(server.addr, &["-tls1_3"]);
+    assert!(!ok, "s_client must reject an expired certificate");
+    let rec = agent.wait(Duration::from_secs(20), "the client's TLS record", |v| {
+        v["type"] == "tls" && v["pid"] == pid
+    });
+    assert!(
+        rec["sources"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x == "openssl")),
+        "the uprobes contributed: {rec}"
+    );
+    assert_eq!(rec["failure"]["reason"], "certificate_expired", "{rec}");
+    assert_eq!(rec["failure"]["source"], "x509_verify", "{rec}");
+    assert_eq!(rec["failure"]["verify_error"], 10, "{rec}");
+    agent.stop();
 }
 
 /// A read-only filesystem under the manifest's disk-queue directory: the agent stops at

@@ -29,8 +29,22 @@ struct Agent {
 
 impl Agent {
     fn start(extra: &[&str]) -> Agent {
+        Agent::start_under(&[], extra)
+    }
+
+    /// The agent run by `wrapper` (a command and its arguments, e.g. `setpriv …`), when
+    /// not empty.
+    fn start_under(wrapper: &[&str], extra: &[&str]) -> Agent {
         let addr = SocketAddr::new(LOOPBACK, free_port());
-        let child = Command::new(hostscope_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(hostscope_bin());
+                c
+            }
+            None => Command::new(hostscope_bin()),
+        };
+        let child = cmd
             .args([
                 "run",
                 "--output",
@@ -70,6 +84,19 @@ impl Agent {
 
     fn get(&self, path: &str) -> (u16, String, String) {
         http(self.addr, "GET", path, None)
+    }
+
+    /// Polls /readyz until it answers 200 (10 s); returns its body.
+    fn wait_ready(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, _, body) = self.get("/readyz");
+            if code == 200 {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "/readyz still {code}: {body}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -275,8 +302,9 @@ fn health_endpoints_and_bad_requests() {
     assert_eq!(code, 200, "{body}");
     assert!(body.starts_with("ok: run loop answered"), "{body}");
     assert!(body.contains("ring readers running"), "{body}");
-    let (code, _, body) = agent.get("/readyz");
-    assert_eq!(code, 200, "{body}");
+    // Ready once records flow: the syscall aggregation's first interval at the latest.
+    let body = agent.wait_ready();
+    assert!(body.starts_with("ready: "), "{body}");
     for family in ["tcp: ok", "tls: ok", "sys: ok"] {
         assert!(body.contains(family), "{family}: {body}");
     }
@@ -315,10 +343,11 @@ fn readyz_names_a_degraded_family_and_why() {
         return;
     }
     // The syscall hooks off: the family's security programs still attach, its
-    // enter/exit programs do not.
+    // enter/exit programs (and the aggregation whose interval records would flow on
+    // their own) do not. Ready once a record flows: a refused connect.
     let agent = Agent::start(&["--syscall-hooks", "off"]);
-    let (code, _, body) = agent.get("/readyz");
-    assert_eq!(code, 200, "{body}");
+    let _ = TcpStream::connect(closed_port(LOOPBACK));
+    let body = agent.wait_ready();
     let sys = body
         .lines()
         .find(|l| l.starts_with("sys: "))
@@ -332,6 +361,53 @@ fn readyz_names_a_degraded_family_and_why() {
         text.contains("family=\"sys\"") && text.contains("state=\"not_attached\""),
         "probe_state shows it:\n{text}"
     );
+}
+
+/// A family with no program attached makes the agent unready, for as long as it lasts:
+/// the TLS family with neither its wire programs (CAP_NET_ADMIN) nor its uprobes
+/// (CAP_SYS_ADMIN), as a DaemonSet missing both would run. The body names the family and
+/// the capability; liveness is unaffected.
+#[test]
+fn readyz_is_unavailable_while_a_family_has_nothing_attached() {
+    if !privileged("readyz_is_unavailable_while_a_family_has_nothing_attached") {
+        return;
+    }
+    let agent = Agent::start_under(
+        &["setpriv", "--bounding-set=-net_admin,-sys_admin", "--"],
+        &[],
+    );
+    let _ = TcpStream::connect(closed_port(LOOPBACK));
+    // Records flow (the TCP and syscall families work) and it stays unready.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut last = (0, String::new());
+    while Instant::now() < deadline {
+        let (_, _, text) = agent.get("/metrics");
+        let (code, _, body) = agent.get("/readyz");
+        last = (code, body);
+        let flowing = text.lines().any(|l| {
+            l.starts_with("hostscope_records_total{result=\"decoded\"}") && !l.ends_with(" 0")
+        });
+        if flowing {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, body) = last;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("not ready: a probe family has no program attached"),
+        "{body}"
+    );
+    let tls = body
+        .lines()
+        .find(|l| l.starts_with("tls: "))
+        .unwrap_or_else(|| panic!("no tls line: {body}"));
+    assert!(
+        tls.starts_with("tls: down") && tls.contains("needs CAP_NET_ADMIN"),
+        "{body}"
+    );
+    assert!(body.contains("tcp: ok"), "{body}");
+    assert_eq!(agent.get("/healthz").0, 200, "liveness is not readiness");
 }
 
 #[test]

@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "python3-venv",
     // The Prometheus tests' server and `promtool check metrics` (one package ships both).
     "prometheus",
+    // `ctr images import` of the image, with a private containerd the container test starts.
+    "containerd",
 ];
 
 /// The OTLP receiver the export tests run against: the OpenTelemetry project's

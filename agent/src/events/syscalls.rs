@@ -497,6 +497,7 @@ pub async fn run_aggregator(
     mut settings: watch::Receiver<AlertSettings>,
     clock: Clock,
     records: broadcast::Sender<Arc<Record>>,
+    counters: Arc<crate::stats::Counters>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let every = |start: Instant, period: Duration| {
@@ -567,6 +568,9 @@ pub async fn run_aggregator(
         // Not ring records: `records_decoded` keeps counting what the rings delivered
         // (compared against the probes' `events_emitted`).
         let send = |r: Record| {
+            counters
+                .records_aggregated
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = records.send(Arc::new(r));
         };
         send(Record::Syscalls(record));

@@ -215,8 +215,18 @@ pub fn attach(
                 .filter(|(p, _)| *p == program)
                 .map(|(_, e)| e)
                 .collect();
+            // Every symbol of every library refused: nothing of this program is attached
+            // (a capability missing, typically), which readiness must see as such.
+            let attempts = state.libraries.len() * symbols.len();
             if errors.is_empty() {
                 AttachState::Attached
+            } else if errors.len() >= attempts {
+                let why = uprobe_errors(&errors);
+                AttachState::NotAttached(
+                    why.strip_prefix("not attached: ")
+                        .unwrap_or(&why)
+                        .to_string(),
+                )
             } else {
                 AttachState::Degraded(uprobe_errors(&errors))
             }

@@ -260,9 +260,10 @@ fn health(out: &mut Out, s: &Status) -> std::fmt::Result {
     let a = &s.agent;
     out.counter(
         "records",
-        "Records decoded from the rings (result=decoded), undecodable (decode_error), missed by a slow sink (lagged).",
+        "Records decoded from the rings (result=decoded), undecodable (decode_error), missed by a slow sink (lagged), made from the syscall aggregation maps (aggregated).",
         [
             (labels([("result", "decoded")]), a.records_decoded),
+            (labels([("result", "aggregated")]), a.records_aggregated),
             (labels([("result", "decode_error")]), a.decode_errors),
             (labels([("result", "lagged")]), a.records_lagged),
         ],

@@ -48,8 +48,10 @@ pub fn healthz(
     }
 }
 
-/// Ready: the run loop answers and every probe family has at least one program attached.
-/// A family with no program attached makes the agent unready. A family with a degraded
+/// Ready: the run loop answers, every probe family has at least one program attached, and
+/// records flow: at least one was decoded from a ring or made from the syscall
+/// aggregation maps (a node always makes syscalls, so this proves the kernel → agent path
+/// within one interval; until then the body says it is waiting). A family with no program attached makes the agent unready. A family with a degraded
 /// program, or a program not attached for another reason than an alternative hook having
 /// attached instead ("not needed: …"), is degraded: named with each reason, but ready (a
 /// node whose kernel lacks one hook still gives the rest; an unready pod would only block
@@ -91,8 +93,17 @@ pub fn readyz(status: Option<&Status>) -> Verdict {
             lines.push(format!("{family}: ok ({up} programs attached)"));
         }
     }
+    let made = s.agent.records_decoded + s.agent.records_aggregated;
+    let flowing = made > 0;
     let head = match (ok, families.is_empty()) {
-        (true, _) => format!("ready: {} records decoded", s.agent.records_decoded),
+        (true, _) if !flowing => {
+            ok = false;
+            format!(
+                "not ready: probes attached, no record made yet (up {:.0} s)",
+                s.uptime_s
+            )
+        }
+        (true, _) => format!("ready: {made} records made"),
         (false, true) => "not ready: no probe loaded".to_string(),
         (false, false) => "not ready: a probe family has no program attached".to_string(),
     };
@@ -135,7 +146,7 @@ mod tests {
 
     #[test]
     fn a_family_with_one_hook_of_two_attached_is_ready() {
-        let s = status(vec![
+        let mut s = status(vec![
             probe("sys", "sys_exit_btf", AttachState::Attached),
             probe(
                 "sys",
@@ -148,6 +159,16 @@ mod tests {
                 AttachState::Degraded("some symbols missing".into()),
             ),
         ]);
+        // Attached, but nothing decoded yet: waiting for records to flow.
+        let v = readyz(Some(&s));
+        assert!(!v.ok, "{}", v.body);
+        assert!(
+            v.body
+                .starts_with("not ready: probes attached, no record made yet"),
+            "{}",
+            v.body
+        );
+        s.agent.records_decoded = 1;
         let v = readyz(Some(&s));
         assert!(v.ok, "{}", v.body);
         assert!(
