@@ -2,7 +2,7 @@
 //! relocations, so the agent resolves the few offsets the probes need at start-up and
 //! hands them over as load-time constants (ENGINEERING.md §4).
 
-use btf_rs::{Btf, Struct, Type};
+use btf_rs::{Backend, Btf, Struct, Type};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -43,12 +43,17 @@ impl KernelBtf {
         Self::from_file(VMLINUX_BTF)
     }
 
+    /// Mapped, not parsed: the agent needs a handful of members, and a full parse of a
+    /// 6 MB vmlinux BTF builds ~40 MB of tables (the agent's start-up peak). Kernels that
+    /// cannot map the sysfs file (mmap of /sys/kernel/btf/vmlinux arrived in 6.16) get
+    /// the full parse.
     pub fn from_file(path: &str) -> Result<Self, BtfError> {
-        Btf::from_file(path)
+        Btf::from_file_with_backend(path, Backend::Mmap)
+            .or_else(|_| Btf::from_file_with_backend(path, Backend::Cache))
             .map(|btf| KernelBtf { btf })
             .map_err(|source| BtfError::Open {
                 path: path.to_string(),
-                source,
+                source: source.into(),
             })
     }
 

@@ -150,8 +150,14 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
         )
     };
 
+    // One parse of the kernel BTF for aya's relocations and every tp_btf attach (each
+    // copy is ~10 MB). The loader parses its own in `new()`; it is dropped before ours
+    // is made, so two never coexist.
     let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    let kernel_btf = aya::Btf::from_sys_fs().ok();
     loader
+        .btf(kernel_btf.as_ref())
         .override_global(
             hostscope_common::tcp::TCP_OFFSETS_GLOBAL,
             &tcp_plan.offsets,
@@ -180,6 +186,8 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
             source: Box::new(source),
         })?;
 
+    drop(loader);
+
     let mut report = Vec::new();
     let tcp_attached = tcp::attach(&mut ebpf, &tcp_plan, config, &mut report)?;
     let tls = tls::attach(&mut ebpf, config, &mut report)?;
@@ -188,8 +196,10 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
         &sys_plan,
         &config.syscalls,
         config.wakeup_bytes,
+        kernel_btf.as_ref(),
         &mut report,
     )?;
+    drop(kernel_btf);
 
     if let Some(dir) = &config.pin_dir {
         pin_maps(&mut ebpf, dir, tcp::PINNED_MAPS)?;

@@ -563,6 +563,7 @@ pub fn attach(
     plan: &SyscallPlan,
     options: &SyscallOptions,
     wakeup_bytes: u64,
+    kernel_btf: Option<&Btf>,
     report: &mut Vec<ProbeStatus>,
 ) -> Result<SyscallsAttached, LoadError> {
     let mut up = SyscallsAttached::default();
@@ -574,7 +575,7 @@ pub fn attach(
     // Config first, so the programs never run with an unset (all-zero) one.
     set_config(ebpf, config)?;
 
-    up.aggregation = attach_aggregation(ebpf, plan, options.hooks, report);
+    up.aggregation = attach_aggregation(ebpf, plan, options.hooks, kernel_btf, report);
 
     if options.security {
         for p in &options.watch_paths {
@@ -604,6 +605,7 @@ fn attach_aggregation(
     ebpf: &mut Ebpf,
     plan: &SyscallPlan,
     hooks: SyscallHooks,
+    kernel_btf: Option<&Btf>,
     report: &mut Vec<ProbeStatus>,
 ) -> bool {
     let degraded = (plan.offsets.regs_nr == OFFSET_ABSENT).then(|| {
@@ -626,10 +628,12 @@ fn attach_aggregation(
         let btf_state = match hooks {
             SyscallHooks::Off => AttachState::NotAttached("syscall hooks off".to_string()),
             SyscallHooks::RawTp => AttachState::NotAttached("raw_tp requested".to_string()),
-            SyscallHooks::Auto | SyscallHooks::TpBtf => match attach_btf(ebpf, btf_prog, tp) {
-                Ok(()) => ok_state(),
-                Err(e) => AttachState::NotAttached(e),
-            },
+            SyscallHooks::Auto | SyscallHooks::TpBtf => {
+                match attach_btf(ebpf, btf_prog, tp, kernel_btf) {
+                    Ok(()) => ok_state(),
+                    Err(e) => AttachState::NotAttached(e),
+                }
+            }
         };
         let btf_up = !matches!(btf_state, AttachState::NotAttached(_));
         report.push(status(btf_prog, format!("tp_btf/{tp}"), btf_state));
@@ -655,14 +659,14 @@ fn attach_aggregation(
     attached > 0
 }
 
-fn attach_btf(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+fn attach_btf(ebpf: &mut Ebpf, program: &str, tp: &str, btf: Option<&Btf>) -> Result<(), String> {
+    let btf = btf.ok_or_else(|| format!("no kernel BTF at {}", crate::kernel::btf::VMLINUX_BTF))?;
     let mut run = || -> Result<(), ProgramError> {
         let p: &mut BtfTracePoint = ebpf
             .program_mut(program)
             .ok_or(ProgramError::UnexpectedProgramType)?
             .try_into()?;
-        p.load(tp, &btf)?;
+        p.load(tp, btf)?;
         p.attach()?;
         Ok(())
     };
