@@ -72,12 +72,15 @@ tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->oldstate == 2/
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
     None,
+    /// Empty programs on the syscall hook pair (bench_floor).
+    Floor,
     Hostscope,
     Peer,
 }
 
 struct Tracer {
     children: Vec<Child>,
+    floor: Option<crate::bench_floor::Floor>,
     programs: Vec<u32>,
     stderr_file: Option<PathBuf>,
 }
@@ -137,8 +140,10 @@ fn start_tracer(mode: Mode, bin: &Path, peer: &PeerPlan) -> anyhow::Result<Trace
     let before: Vec<u32> = prog_stats().keys().copied().collect();
     let mut children = Vec::new();
     let mut stderr_file = None;
+    let mut floor = None;
     match mode {
         Mode::None => {}
+        Mode::Floor => floor = Some(crate::bench_floor::Floor::attach()?),
         Mode::Hostscope => {
             let path = std::env::temp_dir().join("hostscope-bench.stderr");
             let f = std::fs::File::create(&path)?;
@@ -175,6 +180,7 @@ fn start_tracer(mode: Mode, bin: &Path, peer: &PeerPlan) -> anyhow::Result<Trace
     // Wait until every tracer has its programs loaded (or give up after 20 s).
     let expected = match mode {
         Mode::None => 0,
+        Mode::Floor => crate::bench_floor::PROGRAMS.len(),
         Mode::Hostscope => HOSTSCOPE_PROGRAMS,
         Mode::Peer => peer.min_programs,
     };
@@ -199,6 +205,7 @@ fn start_tracer(mode: Mode, bin: &Path, peer: &PeerPlan) -> anyhow::Result<Trace
     std::thread::sleep(Duration::from_millis(500));
     Ok(Tracer {
         children,
+        floor,
         programs,
         stderr_file,
     })
@@ -251,6 +258,7 @@ pub(crate) fn stop_children(children: Vec<Child>) {
 }
 
 fn stop(tracer: Tracer) -> Option<String> {
+    drop(tracer.floor);
     stop_children(tracer.children);
     tracer
         .stderr_file
@@ -427,6 +435,20 @@ fn getppid_storm(n: u64) -> Duration {
     start.elapsed()
 }
 
+/// Median and range of a sample.
+pub(crate) fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    let m = median(&mut s);
+    (
+        m,
+        s.first().copied().unwrap_or(0.0),
+        s.last().copied().unwrap_or(0.0),
+    )
+}
+
+/// Each tracer's storm is paired with a no-tracer storm right next to it (before it in
+/// even rounds, after it in odd ones, so drift cancels) and the slowdown is taken pair
+/// by pair: a machine that slows down over the run moves both halves of a pair.
 fn bench_syscalls(args: &BenchArgs, bin: &Path) -> anyhow::Result<()> {
     let syscount = "/usr/sbin/syscount";
     if !Path::new(syscount).exists() {
@@ -439,23 +461,33 @@ fn bench_syscalls(args: &BenchArgs, bin: &Path) -> anyhow::Result<()> {
     };
     let n = args.calls;
     println!(
-        "== syscall storm: {n} getppid calls, {} interleaved rounds, median",
+        "== syscall storm: {n} getppid calls; each tracer paired with a no-tracer storm, {} rounds, median [range]",
         args.rounds
     );
+    crate::bench_machine::print();
     getppid_storm(n / 10); // warm-up
-    let mut times: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let modes = [Mode::Floor, Mode::Hostscope, Mode::Peer];
+    // (no tracer, traced) seconds per round.
+    let mut pairs: BTreeMap<Mode, Vec<(f64, f64)>> = BTreeMap::new();
     let mut prog_cost: BTreeMap<(Mode, String), (u64, u64)> = BTreeMap::new();
     let mut last_stats = String::new();
     for round in 0..args.rounds {
-        for mode in [Mode::None, Mode::Hostscope, Mode::Peer] {
+        for mode in modes {
+            let none_first = round % 2 == 0;
+            let mut none = if none_first {
+                getppid_storm(n).as_secs_f64()
+            } else {
+                0.0
+            };
             let tracer = start_tracer(mode, bin, &peer)?;
             let before = prog_stats_of(&tracer.programs);
-            let elapsed = getppid_storm(n);
+            let traced = getppid_storm(n).as_secs_f64();
             let after = prog_stats_of(&tracer.programs);
             // Only the storm's runs: the delta over it, per program of this tracer (by
             // name too: programs other tools load meanwhile also get new ids).
             let ours = |name: &str| match mode {
                 Mode::Peer => name.starts_with("sys_"),
+                Mode::Floor => name.starts_with("floor_"),
                 _ => ["syscall_", "security_", "tcp_", "tls_"]
                     .iter()
                     .any(|p| name.starts_with(p)),
@@ -476,46 +508,56 @@ fn bench_syscalls(args: &BenchArgs, bin: &Path) -> anyhow::Result<()> {
                     last_stats = line.to_string();
                 }
             }
-            times.entry(mode).or_default().push(elapsed.as_secs_f64());
-            eprintln!("round {round} {mode:?}: {:.3} s", elapsed.as_secs_f64());
+            if !none_first {
+                none = getppid_storm(n).as_secs_f64();
+            }
+            pairs.entry(mode).or_default().push((none, traced));
+            eprintln!(
+                "round {round} {mode:?}: {traced:.3} s, no tracer {none:.3} s: {:.2}x",
+                traced / none
+            );
         }
     }
-    let base = median(
-        times
-            .get_mut(&Mode::None)
-            .map(|v| v.as_mut_slice())
-            .unwrap_or(&mut []),
-    );
     let label = |m: Mode| match m {
         Mode::None => "no tracer".to_string(),
+        Mode::Floor => "floor (empty programs)".to_string(),
         Mode::Hostscope => "hostscope".to_string(),
         Mode::Peer => peer.name.clone(),
     };
-    println!(
-        "{:<16} {:>10} {:>12} {:>10} {:>18}",
-        "mode", "time", "per call", "slowdown", "BPF ns per call"
-    );
-    let mut slowdowns = BTreeMap::new();
-    for (mode, v) in times.iter_mut() {
-        let t = median(v);
-        let costs = prog_cost.iter().filter(|((m, _), _)| m == mode);
-        let bpf_ns: u64 = costs.clone().map(|(_, (ns, _))| ns).sum();
-        // Per syscall: the busiest program runs once per call (plus background calls).
+    // BPF ns per syscall: every program of the tracer per run of its busiest one (once
+    // per call, plus the machine's background calls).
+    let bpf_per_call = |mode: Mode, prefix: &str| {
+        let costs = prog_cost
+            .iter()
+            .filter(|((m, name), _)| *m == mode && name.starts_with(prefix));
+        let ns: u64 = costs.clone().map(|(_, (ns, _))| ns).sum();
         let runs = costs.map(|(_, (_, cnt))| *cnt).max().unwrap_or(0);
-        slowdowns.insert(*mode, t / base);
+        ns as f64 / runs.max(1) as f64
+    };
+    println!(
+        "{:<24} {:>24} {:>18} {:>16}",
+        "mode", "slowdown [range]", "added ns per call", "BPF ns per call"
+    );
+    let mut added = BTreeMap::new();
+    let mut slowdowns = BTreeMap::new();
+    for (mode, v) in &pairs {
+        let ratios: Vec<f64> = v.iter().map(|(none, t)| t / none).collect();
+        let adds: Vec<f64> = v
+            .iter()
+            .map(|(none, t)| (t - none) / n as f64 * 1e9)
+            .collect();
+        let (m, lo, hi) = spread(&ratios);
+        let (a, _, _) = spread(&adds);
+        added.insert(*mode, a);
+        slowdowns.insert(*mode, ratios);
         println!(
-            "{:<16} {:>8.3} s {:>9.1} ns {:>9.2}x {:>18.0}",
+            "{:<24} {:>9.2}x [{:.2}–{:.2}] {:>18.0} {:>16.0}",
             label(*mode),
-            t,
-            t / n as f64 * 1e9,
-            t / base,
-            bpf_ns as f64 / runs.max(1) as f64
-        );
-    }
-    if let (Some(h), Some(p)) = (slowdowns.get(&Mode::Hostscope), slowdowns.get(&Mode::Peer)) {
-        println!(
-            "hostscope slowdown / syscount -L slowdown: {:.2} (target ≤ 1.00; ratios within ~0.1 are noise on this VM)",
-            h / p
+            m,
+            lo,
+            hi,
+            a,
+            bpf_per_call(*mode, "")
         );
     }
     println!("per program over the storms (bpf_stats, all rounds):");
@@ -523,24 +565,46 @@ fn bench_syscalls(args: &BenchArgs, bin: &Path) -> anyhow::Result<()> {
         "{:<12} {:<18} {:>12} {:>10}",
         "tracer", "program", "runs", "ns/run"
     );
-    let mut enter_exit = 0.0;
     for ((mode, name), (ns, cnt)) in &prog_cost {
         if *cnt == 0 {
             continue;
-        }
-        let per = *ns as f64 / *cnt as f64;
-        if *mode == Mode::Hostscope && name.starts_with("syscall_") {
-            enter_exit += per;
         }
         println!(
             "{:<12} {:<18} {:>12} {:>10.0}",
             format!("{mode:?}"),
             name,
             cnt,
-            per
+            *ns as f64 / *cnt as f64
         );
     }
-    println!("hostscope enter + exit: {enter_exit:.0} ns per syscall (target ≤ 150)");
+    let hs = bpf_per_call(Mode::Hostscope, "syscall_");
+    let peer_bpf = bpf_per_call(Mode::Peer, "sys_");
+    let floor = bpf_per_call(Mode::Floor, "floor_");
+    println!(
+        "hostscope enter + exit {hs:.0} ns, {} {peer_bpf:.0} ns: ratio {:.2} (target ≤ 0.50)",
+        peer.name,
+        hs / peer_bpf.max(1.0)
+    );
+    println!(
+        "hostscope's BPF time over the floor: {:.0} ns, the floor's own {floor:.0} ns: ratio {:.2} (target ≤ 1.50)",
+        hs - floor,
+        (hs - floor) / floor.max(1.0)
+    );
+    if let (Some(h), Some(f)) = (added.get(&Mode::Hostscope), added.get(&Mode::Floor)) {
+        println!(
+            "wall clock: hostscope adds {h:.0} ns per call, the floor {f:.0} ns: over the floor {:.0} ns = {:.2}x the floor's own",
+            h - f,
+            (h - f) / f.max(1.0)
+        );
+    }
+    if let (Some(h), Some(p)) = (slowdowns.get(&Mode::Hostscope), slowdowns.get(&Mode::Peer)) {
+        let cheaper = h.iter().zip(p).filter(|(h, p)| h < p).count();
+        println!(
+            "verdict: hostscope slowed the storm less than {} in {cheaper} of {} rounds",
+            peer.name,
+            h.len()
+        );
+    }
     if !last_stats.is_empty() {
         println!("hostscope's own counters, last round: {last_stats}");
     }
@@ -593,6 +657,7 @@ fn bench_tcp(args: &BenchArgs, bin: &Path, peer: &PeerPlan) -> anyhow::Result<()
     );
     let label = |m: Mode| match m {
         Mode::None => "no tracer".to_string(),
+        Mode::Floor => "floor".to_string(),
         Mode::Hostscope => "hostscope".to_string(),
         Mode::Peer => peer.name.clone(),
     };

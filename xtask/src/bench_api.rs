@@ -186,23 +186,6 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let spectre = std::fs::read_to_string("/sys/devices/system/cpu/vulnerabilities/spectre_v2")
-        .unwrap_or_default();
-    format!(
-        "{cpu}, {cores} cores, kernel {}, spectre_v2: {}",
-        kernel.trim(),
-        spectre.trim()
-    )
-}
 
 struct Round {
     secs: f64,
@@ -250,7 +233,7 @@ fn storm_with_clients(bin: &Path, agent: &Agent, clients: usize) -> anyhow::Resu
 
 pub fn bench_api(bin: &Path) -> anyhow::Result<()> {
     println!("== local API ==");
-    println!("machine: {}", machine());
+    crate::bench_machine::print();
     // Agent CPU for the storm with no client, without and with the history (which
     // renders every record's JSON line).
     for history in [false, true] {

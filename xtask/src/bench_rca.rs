@@ -25,27 +25,6 @@ use crate::{
 
 const STORM: usize = 10_000;
 
-/// CPU model, kernel and Spectre v2 mitigation: figures move between machines (§7 of the
-/// engineering notes), so they are printed with them.
-pub fn print_machine() {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let spectre = std::fs::read_to_string("/sys/devices/system/cpu/vulnerabilities/spectre_v2")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("machine: {cpu}, {cores} cores, kernel {kernel}, spectre_v2: {spectre}");
-}
 
 /// utime + stime of a process, in ns.
 fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
@@ -154,7 +133,7 @@ fn storm_round(bin: &Path, rca: bool) -> anyhow::Result<Round> {
 
 pub fn bench_rca(bin: &Path, rounds: usize) -> anyhow::Result<()> {
     println!("== rca ==");
-    print_machine();
+    crate::bench_machine::print();
     run(cargo().args([
         "run",
         "--release",

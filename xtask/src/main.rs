@@ -2,6 +2,8 @@
 mod bench;
 mod bench_api;
 mod bench_config;
+mod bench_floor;
+mod bench_machine;
 mod bench_prometheus;
 mod bench_rca;
 mod bench_tls;
