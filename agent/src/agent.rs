@@ -622,6 +622,18 @@ impl Agent {
 
     /// Drains the rings one last time, stops the consumers and detaches the probes.
     pub async fn stop(mut self) -> AgentStats {
+        // The hooks first, so the rings' final drain sees every event they made; the
+        // programs' costs are read while they are still loaded.
+        let probes = self.probes.clone();
+        let programs = tokio::task::spawn_blocking(move || {
+            let mut p = probes.lock().unwrap_or_else(|p| p.into_inner());
+            let costs = stats::read_program_costs(&p.ebpf);
+            let links = p.tls.take_links();
+            loader::detach_all(&mut p.ebpf, links);
+            costs
+        })
+        .await
+        .unwrap_or_default();
         let _ = self.shutdown.send(true);
         for task in self.consumers.drain(..) {
             let _ = task.await;
@@ -634,6 +646,9 @@ impl Agent {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .stop();
-        self.stats()
+        AgentStats {
+            programs,
+            ..self.stats()
+        }
     }
 }

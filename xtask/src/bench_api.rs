@@ -186,7 +186,6 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-
 struct Round {
     secs: f64,
     agent_cpu_s: f64,

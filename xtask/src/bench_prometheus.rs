@@ -66,7 +66,6 @@ fn series(addr: SocketAddr) -> anyhow::Result<Figures> {
     })
 }
 
-
 pub fn bench_prometheus(bin: &Path) -> anyhow::Result<()> {
     println!("== prometheus scrape ==");
     crate::bench_machine::print();

@@ -25,7 +25,6 @@ use crate::{
 
 const STORM: usize = 10_000;
 
-
 /// utime + stime of a process, in ns.
 fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

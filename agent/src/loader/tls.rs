@@ -110,6 +110,16 @@ pub struct TlsAttachments {
     pub uprobes_loaded: bool,
     seen: HashSet<(u64, u64)>,
     pub libraries: Vec<PathBuf>,
+    /// The uprobe attachments, owned here so that the agent's stop can detach them all at
+    /// once (see `super::detach_all`).
+    links: Vec<aya::programs::uprobe::UProbeLink>,
+}
+
+impl TlsAttachments {
+    /// Every uprobe attachment, for detaching (dropping) them.
+    pub fn take_links(&mut self) -> Vec<aya::programs::uprobe::UProbeLink> {
+        std::mem::take(&mut self.links)
+    }
 }
 
 pub fn attach(
@@ -351,25 +361,34 @@ pub fn refresh(ebpf: &mut Ebpf, state: &mut TlsAttachments) -> Vec<(&'static str
                 continue;
             };
             for symbol in symbols {
-                if let Err(e) = prog.attach(
+                match prog.attach(
                     symbol,
                     target,
                     aya::programs::uprobe::UProbeScope::AllProcesses,
                 ) {
-                    // A refusal is the same for every symbol: said once, capability first.
-                    let why = match privilege::reason(
-                        &e,
-                        &[privilege::CAP_SYS_ADMIN],
-                        &privilege::uprobe_what(),
-                    ) {
-                        Some(why) => format!("{UPROBE_REFUSED}{why}"),
-                        None => format!(
-                            "{symbol} in {}: {}",
-                            target.display(),
-                            super::tcp::describe_error(&e)
-                        ),
-                    };
-                    errors.push((program, why));
+                    Ok(id) => {
+                        // A link that cannot be taken stays with the program, which
+                        // detaches it when unloaded.
+                        if let Ok(link) = prog.take_link(id) {
+                            state.links.push(link);
+                        }
+                    }
+                    Err(e) => {
+                        // A refusal is the same for every symbol: said once, capability first.
+                        let why = match privilege::reason(
+                            &e,
+                            &[privilege::CAP_SYS_ADMIN],
+                            &privilege::uprobe_what(),
+                        ) {
+                            Some(why) => format!("{UPROBE_REFUSED}{why}"),
+                            None => format!(
+                                "{symbol} in {}: {}",
+                                target.display(),
+                                super::tcp::describe_error(&e)
+                            ),
+                        };
+                        errors.push((program, why));
+                    }
                 }
             }
         }
