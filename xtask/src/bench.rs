@@ -52,6 +52,7 @@ pub enum Section {
     Prometheus,
     Api,
     Rca,
+    Lifecycle,
 }
 
 /// Programs `hostscope run` loads on this kernel: 5 TCP, 6 TLS (2 wire, 4 OpenSSL),
@@ -363,6 +364,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         if run_section(Section::Rca) {
             crate::bench_rca::bench_rca(&bin, args.rounds)?;
+        }
+        if run_section(Section::Lifecycle) {
+            crate::bench_lifecycle::bench_lifecycle(&bin, args.rounds)?;
         }
         Ok(())
     })();

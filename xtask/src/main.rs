@@ -3,6 +3,7 @@ mod bench;
 mod bench_api;
 mod bench_config;
 mod bench_floor;
+mod bench_lifecycle;
 mod bench_machine;
 mod bench_prometheus;
 mod bench_rca;
