@@ -40,6 +40,23 @@ pub fn hostscope_bin() -> std::path::PathBuf {
     path
 }
 
+/// The release build, for a test whose subject is throughput (a debug agent decodes
+/// several times slower than the one users run): `cargo xtask test` builds it (it is the
+/// image's binary); `HOSTSCOPE_RELEASE_BIN` points elsewhere.
+pub fn hostscope_release_bin() -> std::path::PathBuf {
+    let path = std::env::var_os("HOSTSCOPE_RELEASE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/hostscope")
+        });
+    assert!(
+        path.exists(),
+        "{} missing: build it with `cargo build --release -p hostscope`",
+        path.display()
+    );
+    path
+}
+
 /// True when the test may load probes. Without root: under `CI=true` the test fails
 /// loudly; elsewhere it says why and is skipped.
 pub fn privileged(test: &str) -> bool {
