@@ -67,30 +67,42 @@ fn read_kernel<T>(base: u64, offset: u32) -> Option<T> {
     }
 }
 
+/// Loads a field straight from a tracepoint's context. The verifier bounds every context
+/// load itself; it accepts only a constant offset added by the load instruction to the
+/// context pointer, so `offset` must fold to a constant (every caller is inlined).
+#[inline(always)]
+fn ctx_load<T>(ctx: &TracePointContext, offset: usize) -> T {
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+/// A field of the `sock:inet_sock_set_state` record, at the offset the loader checked
+/// against this kernel's format file (`INET_SOCK_SET_STATE_FIELDS`).
+macro_rules! arg {
+    ($ctx:expr, $field:ident: $t:ty) => {
+        ctx_load::<$t>($ctx, core::mem::offset_of!(InetSockSetStateArgs, $field))
+    };
+}
+
+/// Runs ~10 times per connection (5 transitions on each end), so the transitions nothing
+/// is done for leave after three context loads: no helper call, map lookup or copy.
 #[tracepoint]
 pub fn tcp_state_change(ctx: TracePointContext) -> u32 {
-    // One copy of the record: the compiler would otherwise address context fields
-    // through derived pointers, which the verifier rejects for tracepoint contexts.
-    let Ok(args) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const InetSockSetStateArgs) })
-    else {
-        bump(&TCP_STATS, Stat::ReadFailed);
-        return 0;
-    };
-    let args = &args;
-    if args.protocol != IPPROTO_TCP {
+    let ctx = &ctx;
+    if arg!(ctx, protocol: u16) != IPPROTO_TCP {
         return 0;
     }
-    let sk = args.skaddr;
-    let old = args.oldstate as u32;
-    let new = args.newstate as u32;
+    let old = arg!(ctx, oldstate: i32) as u32;
+    let new = arg!(ctx, newstate: i32) as u32;
     match new {
-        TCP_SYN_SENT => open(args, DIR_ACTIVE),
-        TCP_SYN_RECV if old == TCP_LISTEN => open(args, DIR_PASSIVE),
-        TCP_ESTABLISHED => established(args, old),
-        TCP_CLOSE => closed(args, old),
-        TCP_FIN_WAIT1 | TCP_LAST_ACK => closing_by_owner(sk, new),
+        TCP_SYN_SENT => open(ctx, DIR_ACTIVE),
+        TCP_SYN_RECV if old == TCP_LISTEN => open(ctx, DIR_PASSIVE),
+        TCP_ESTABLISHED => established(ctx, old),
+        TCP_CLOSE => closed(ctx, old),
+        TCP_FIN_WAIT1 | TCP_LAST_ACK => closing_by_owner(arg!(ctx, skaddr: u64), new),
+        // A listening or request socket is never tracked.
+        TCP_LISTEN | TCP_NEW_SYN_RECV => {}
         _ => {
-            if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
+            if let Some(conn) = TCP_CONNS.get_ptr_mut(arg!(ctx, skaddr: u64)) {
                 unsafe { (*conn).state = new };
             }
         }
@@ -102,18 +114,21 @@ pub fn tcp_state_change(ctx: TracePointContext) -> u32 {
 /// softirq context, where the current task is unrelated, so their owner stays unknown
 /// until the application acts on the socket (see `closing_by_owner`).
 #[inline(always)]
-fn open(args: &InetSockSetStateArgs, direction: u16) {
+fn open(ctx: &TracePointContext, direction: u16) {
     let mut conn = TcpConn::ZERO;
     conn.conn_id = next_conn_id();
     conn.start_ns = unsafe { bpf_ktime_get_ns() };
-    conn.family = args.family;
     conn.direction = direction;
-    conn.state = args.newstate as u32;
-    set_endpoints(&mut conn, args);
+    conn.state = if direction == DIR_ACTIVE {
+        TCP_SYN_SENT
+    } else {
+        TCP_SYN_RECV
+    };
+    set_endpoints(&mut conn, ctx);
     if direction == DIR_ACTIVE {
         set_owner(&mut conn);
     }
-    if TCP_CONNS.insert(args.skaddr, conn, 0).is_err() {
+    if TCP_CONNS.insert(arg!(ctx, skaddr: u64), conn, 0).is_err() {
         bump(&TCP_STATS, Stat::ConnMapFull);
     }
 }
@@ -121,15 +136,21 @@ fn open(args: &InetSockSetStateArgs, direction: u16) {
 /// The local port (and, unbound, address) of an active open is chosen after SYN_SENT is
 /// entered, so the endpoints are refreshed at every reported transition.
 #[inline(always)]
-fn set_endpoints(conn: &mut TcpConn, args: &InetSockSetStateArgs) {
-    conn.sport = args.sport;
-    conn.dport = args.dport;
-    if args.family == AF_INET6 {
-        conn.saddr = args.saddr_v6;
-        conn.daddr = args.daddr_v6;
+fn set_endpoints(conn: &mut TcpConn, ctx: &TracePointContext) {
+    conn.sport = arg!(ctx, sport: u16);
+    conn.dport = arg!(ctx, dport: u16);
+    conn.family = arg!(ctx, family: u16);
+    if conn.family == AF_INET6 {
+        // Two aligned 8-byte loads each: a context load may be at most 8 bytes wide.
+        let s = core::mem::offset_of!(InetSockSetStateArgs, saddr_v6);
+        let d = core::mem::offset_of!(InetSockSetStateArgs, daddr_v6);
+        conn.saddr[..8].copy_from_slice(&ctx_load::<u64>(ctx, s).to_ne_bytes());
+        conn.saddr[8..].copy_from_slice(&ctx_load::<u64>(ctx, s + 8).to_ne_bytes());
+        conn.daddr[..8].copy_from_slice(&ctx_load::<u64>(ctx, d).to_ne_bytes());
+        conn.daddr[8..].copy_from_slice(&ctx_load::<u64>(ctx, d + 8).to_ne_bytes());
     } else {
-        conn.saddr[..4].copy_from_slice(&args.saddr);
-        conn.daddr[..4].copy_from_slice(&args.daddr);
+        conn.saddr[..4].copy_from_slice(&arg!(ctx, saddr: u32).to_ne_bytes());
+        conn.daddr[..4].copy_from_slice(&arg!(ctx, daddr: u32).to_ne_bytes());
     }
 }
 
@@ -156,8 +177,8 @@ fn next_conn_id() -> u64 {
 }
 
 #[inline(always)]
-fn established(args: &InetSockSetStateArgs, old: u32) {
-    let sk = args.skaddr;
+fn established(ctx: &TracePointContext, old: u32) {
+    let sk = arg!(ctx, skaddr: u64);
     let Some(conn) = TCP_CONNS.get_ptr_mut(sk) else {
         if old == TCP_SYN_SENT || old == TCP_SYN_RECV {
             bump(&TCP_STATS, Stat::Untracked);
@@ -165,11 +186,22 @@ fn established(args: &InetSockSetStateArgs, old: u32) {
         return;
     };
     let conn = unsafe { &mut *conn };
-    conn.established_ns = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_ns() };
+    conn.established_ns = now;
     conn.state = TCP_ESTABLISHED;
-    set_endpoints(conn, args);
+    set_endpoints(conn, ctx);
     let srtt = read_kernel::<u32>(sk, offset!(srtt_us)).unwrap_or(0) >> 3;
-    emit(TCP_EVENT_CONNECT, conn, old, TCP_ESTABLISHED, 0, srtt, None);
+    let config = TCP_CONFIG.get(0);
+    let event = Event {
+        kind: TCP_EVENT_CONNECT,
+        ts_ns: now,
+        old,
+        new: TCP_ESTABLISHED,
+        sk_err: 0,
+        srtt_us: srtt,
+        totals: None,
+    };
+    emit(&event, conn, config);
 }
 
 /// `close()` / `shutdown()` drive these transitions from the owning process, the first
@@ -187,8 +219,8 @@ fn closing_by_owner(sk: u64, new: u32) {
 }
 
 #[inline(always)]
-fn closed(args: &InetSockSetStateArgs, old: u32) {
-    let sk = args.skaddr;
+fn closed(ctx: &TracePointContext, old: u32) {
+    let sk = arg!(ctx, skaddr: u64);
     let Some(conn) = TCP_CONNS.get_ptr_mut(sk) else {
         if old != TCP_LISTEN && old != TCP_CLOSE {
             bump(&TCP_STATS, Stat::Untracked);
@@ -196,11 +228,12 @@ fn closed(args: &InetSockSetStateArgs, old: u32) {
         return;
     };
     let conn = unsafe { &mut *conn };
-    conn.closed_ns = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_ns() };
+    conn.closed_ns = now;
     conn.state = TCP_CLOSE;
     // A connect that failed before a port was bound still reports its destination.
-    if args.sport != 0 {
-        set_endpoints(conn, args);
+    if arg!(ctx, sport: u16) != 0 {
+        set_endpoints(conn, ctx);
     }
     let sk_err = read_kernel::<i32>(sk, offset!(sk_err)).unwrap_or(0) as u32;
     let srtt = read_kernel::<u32>(sk, offset!(srtt_us)).unwrap_or(0) >> 3;
@@ -214,12 +247,18 @@ fn closed(args: &InetSockSetStateArgs, old: u32) {
     } else {
         TCP_EVENT_CLOSE
     };
-    emit(kind, conn, old, TCP_CLOSE, sk_err, srtt, Some(totals));
-    let keep = TCP_CONFIG
-        .get(0)
-        .map(|c| c.keep_until_destroy != 0)
-        .unwrap_or(false);
-    if !keep {
+    let config = TCP_CONFIG.get(0);
+    let event = Event {
+        kind,
+        ts_ns: now,
+        old,
+        new: TCP_CLOSE,
+        sk_err,
+        srtt_us: srtt,
+        totals: Some(totals),
+    };
+    emit(&event, conn, config);
+    if !config.is_some_and(|c| c.keep_until_destroy != 0) {
         let _ = TCP_CONNS.remove(sk);
     }
 }
@@ -230,42 +269,40 @@ struct CloseTotals {
     bytes_received: u64,
 }
 
-#[inline(always)]
-fn emit(
+/// What a record adds to the connection's snapshot.
+struct Event {
     kind: u32,
-    conn: &TcpConn,
+    ts_ns: u64,
     old: u32,
     new: u32,
     sk_err: u32,
     srtt_us: u32,
     totals: Option<CloseTotals>,
-) {
+}
+
+#[inline(always)]
+fn emit(event: &Event, conn: &TcpConn, config: Option<&TcpConfig>) {
     let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
         bump(&TCP_STATS, Stat::RingFull);
         return;
     };
-    let (retrans, acked, received) = match totals {
+    let (retrans, acked, received) = match &event.totals {
         Some(t) => (t.retrans, t.bytes_acked, t.bytes_received),
         None => (0, 0, 0),
     };
     entry.write(TcpEvent {
-        kind,
-        sk_err,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        srtt_us,
+        kind: event.kind,
+        sk_err: event.sk_err,
+        ts_ns: event.ts_ns,
+        srtt_us: event.srtt_us,
         total_retrans: retrans,
         bytes_acked: acked,
         bytes_received: received,
-        old_state: old,
-        new_state: new,
+        old_state: event.old,
+        new_state: event.new,
         conn: *conn,
     });
-    submit(
-        &TCP_EVENTS,
-        entry,
-        TCP_CONFIG.get(0).map(|c| &c.ring),
-        &TCP_STATS,
-    );
+    submit(&TCP_EVENTS, entry, config.map(|c| &c.ring), &TCP_STATS);
 }
 
 /// Reads a tracepoint field at an offset found in the running kernel's format file.
@@ -277,9 +314,20 @@ fn tp_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
 
+/// The `skaddr` of a `tcp:` tracepoint. It sits at offset 8 or 16 on every kernel we
+/// know; those become constant context loads, any other offset is copied by a helper.
+#[inline(always)]
+fn tp_skaddr(ctx: &TracePointContext, offset: u32) -> Option<u64> {
+    match offset {
+        8 => Some(ctx_load::<u64>(ctx, 8)),
+        16 => Some(ctx_load::<u64>(ctx, 16)),
+        _ => tp_field::<u64>(ctx, offset),
+    }
+}
+
 #[tracepoint]
 pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
-    let Some(sk) = tp_field::<u64>(&ctx, offset!(retransmit_skaddr)) else {
+    let Some(sk) = tp_skaddr(&ctx, offset!(retransmit_skaddr)) else {
         return 0;
     };
     // Newer kernels also trace failed attempts; only count what went on the wire.
@@ -301,28 +349,23 @@ pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_reset_sent(ctx: TracePointContext) -> u32 {
     // A reset for a packet that matched no socket (a closed port) has no skaddr.
-    let Some(sk) = tp_field::<u64>(&ctx, offset!(send_reset_skaddr)) else {
+    let Some(sk) = tp_skaddr(&ctx, offset!(send_reset_skaddr)) else {
         return 0;
     };
+    if sk == 0 {
+        return 0;
+    }
     if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
         let conn = unsafe { &mut *conn };
         conn.rst_sent += 1;
-        emit(
-            TCP_EVENT_RESET_SENT,
-            conn,
-            conn.state,
-            conn.state,
-            0,
-            0,
-            None,
-        );
+        emit_reset(TCP_EVENT_RESET_SENT, conn);
     }
     0
 }
 
 #[tracepoint]
 pub fn tcp_reset_received(ctx: TracePointContext) -> u32 {
-    let Some(sk) = tp_field::<u64>(&ctx, offset!(receive_reset_skaddr)) else {
+    let Some(sk) = tp_skaddr(&ctx, offset!(receive_reset_skaddr)) else {
         return 0;
     };
     if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
@@ -330,23 +373,30 @@ pub fn tcp_reset_received(ctx: TracePointContext) -> u32 {
         conn.rst_recv += 1;
         // A reset answering our SYN is reported by the connect-failed record itself.
         if conn.state != TCP_SYN_SENT {
-            emit(
-                TCP_EVENT_RESET_RECEIVED,
-                conn,
-                conn.state,
-                conn.state,
-                0,
-                0,
-                None,
-            );
+            emit_reset(TCP_EVENT_RESET_RECEIVED, conn);
         }
     }
     0
 }
 
+#[inline(always)]
+fn emit_reset(kind: u32, conn: &TcpConn) {
+    let event = Event {
+        kind,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        old: conn.state,
+        new: conn.state,
+        sk_err: 0,
+        srtt_us: 0,
+        totals: None,
+    };
+    emit(&event, conn, TCP_CONFIG.get(0));
+}
+
+/// Runs once per socket: one context load and the entry's removal.
 #[tracepoint]
 pub fn tcp_destroy(ctx: TracePointContext) -> u32 {
-    if let Some(sk) = tp_field::<u64>(&ctx, offset!(destroy_skaddr)) {
+    if let Some(sk) = tp_skaddr(&ctx, offset!(destroy_skaddr)) {
         let _ = TCP_CONNS.remove(sk);
     }
     0
