@@ -5,8 +5,8 @@
 //! 4-tuple, since 4.16) and `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`,
 //! `tcp:tcp_receive_reset`, `tcp:tcp_destroy_sock` exist on every kernel we target.
 //! Fields of `struct sock` / `struct tcp_sock` that no tracepoint carries (`sk_err`,
-//! `srtt_us`, `bytes_acked`, `bytes_received`, `total_retrans`) are read with offsets the
-//! agent resolved from the running kernel's BTF (`TCP_OFFSETS`).
+//! `skc_state`, `srtt_us`, `bytes_acked`, `bytes_received`, `total_retrans`) are read with
+//! offsets the agent resolved from the running kernel's BTF (`TCP_OFFSETS`).
 //!
 //! One record per establishment, failure, close and reset; per-connection state lives in
 //! `TCP_CONNS` so nothing is emitted for the other state changes.
@@ -85,6 +85,8 @@ macro_rules! arg {
 
 /// Runs ~10 times per connection (5 transitions on each end), so the transitions nothing
 /// is done for leave after three context loads: no helper call, map lookup or copy.
+/// What is done: an entry at the open, a record at ESTABLISHED and at CLOSE, the owner
+/// of a passive connection at its FIN_WAIT1 / LAST_ACK (the owner's close).
 #[tracepoint]
 pub fn tcp_state_change(ctx: TracePointContext) -> u32 {
     let ctx = &ctx;
@@ -99,13 +101,10 @@ pub fn tcp_state_change(ctx: TracePointContext) -> u32 {
         TCP_ESTABLISHED => established(ctx, old),
         TCP_CLOSE => closed(ctx, old),
         TCP_FIN_WAIT1 | TCP_LAST_ACK => closing_by_owner(arg!(ctx, skaddr: u64), new),
-        // A listening or request socket is never tracked.
-        TCP_LISTEN | TCP_NEW_SYN_RECV => {}
-        _ => {
-            if let Some(conn) = TCP_CONNS.get_ptr_mut(arg!(ctx, skaddr: u64)) {
-                unsafe { (*conn).state = new };
-            }
-        }
+        // FIN_WAIT2, CLOSE_WAIT, CLOSING, TIME_WAIT, a simultaneous open's SYN_RECV, and
+        // listening or request sockets: no record, no owner to learn. A reset reads the
+        // socket's state itself (`reset_state`).
+        _ => {}
     }
     0
 }
@@ -358,7 +357,7 @@ pub fn tcp_reset_sent(ctx: TracePointContext) -> u32 {
     if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
         let conn = unsafe { &mut *conn };
         conn.rst_sent += 1;
-        emit_reset(TCP_EVENT_RESET_SENT, conn);
+        emit_reset(TCP_EVENT_RESET_SENT, conn, reset_state(sk, conn));
     }
     0
 }
@@ -372,20 +371,28 @@ pub fn tcp_reset_received(ctx: TracePointContext) -> u32 {
         let conn = unsafe { &mut *conn };
         conn.rst_recv += 1;
         // A reset answering our SYN is reported by the connect-failed record itself.
-        if conn.state != TCP_SYN_SENT {
-            emit_reset(TCP_EVENT_RESET_RECEIVED, conn);
+        let state = reset_state(sk, conn);
+        if state != TCP_SYN_SENT {
+            emit_reset(TCP_EVENT_RESET_RECEIVED, conn, state);
         }
     }
     0
 }
 
+/// The socket's state when a reset is sent or received; where the kernel's BTF lacks
+/// `skc_state`, the last state the probe recorded.
 #[inline(always)]
-fn emit_reset(kind: u32, conn: &TcpConn) {
+fn reset_state(sk: u64, conn: &TcpConn) -> u32 {
+    read_kernel::<u8>(sk, offset!(skc_state)).map_or(conn.state, u32::from)
+}
+
+#[inline(always)]
+fn emit_reset(kind: u32, conn: &TcpConn, state: u32) {
     let event = Event {
         kind,
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        old: conn.state,
-        new: conn.state,
+        old: state,
+        new: state,
         sk_err: 0,
         srtt_us: 0,
         totals: None,
