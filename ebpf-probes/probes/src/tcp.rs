@@ -11,10 +11,12 @@
 //! One record per establishment, failure, close and reset; per-connection state lives in
 //! `TCP_CONNS` so nothing is emitted for the other state changes.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -24,6 +26,7 @@ use aya_ebpf::{
 use hostscope_common::{
     stats::{Stat, STAT_COUNT},
     tcp::*,
+    TASK_COMM_LEN,
 };
 
 use crate::ring::{bump, submit};
@@ -114,7 +117,8 @@ pub fn tcp_state_change(ctx: TracePointContext) -> u32 {
 /// until the application acts on the socket (see `closing_by_owner`).
 #[inline(always)]
 fn open(ctx: &TracePointContext, direction: u16) {
-    let mut conn = TcpConn::ZERO;
+    let mut slot = MaybeUninit::<TcpConn>::uninit();
+    let conn = zeroed(&mut slot);
     conn.conn_id = next_conn_id();
     conn.start_ns = unsafe { bpf_ktime_get_ns() };
     conn.direction = direction;
@@ -123,13 +127,27 @@ fn open(ctx: &TracePointContext, direction: u16) {
     } else {
         TCP_SYN_RECV
     };
-    set_endpoints(&mut conn, ctx);
+    set_endpoints(conn, ctx);
     if direction == DIR_ACTIVE {
-        set_owner(&mut conn);
+        set_owner(conn);
     }
     if TCP_CONNS.insert(arg!(ctx, skaddr: u64), conn, 0).is_err() {
         bump(&TCP_STATS, Stat::ConnMapFull);
     }
+}
+
+/// Zeroes `slot` with 8-byte stores: LLVM turns a zeroed struct (`TcpConn::ZERO`) into a
+/// call to a byte-loop `memset`, ~5 instructions per byte.
+#[inline(always)]
+fn zeroed(slot: &mut MaybeUninit<TcpConn>) -> &mut TcpConn {
+    const WORDS: usize = core::mem::size_of::<TcpConn>() / 8;
+    let words = slot.as_mut_ptr().cast::<u64>();
+    for i in 0..WORDS {
+        // Volatile, or LLVM recognises the loop as a memset again.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    // SAFETY: every field of TcpConn is an integer or an array of them; all zero is valid.
+    unsafe { slot.assume_init_mut() }
 }
 
 /// The local port (and, unbound, address) of an active open is chosen after SYN_SENT is
@@ -158,7 +176,9 @@ fn set_owner(conn: &mut TcpConn) {
     let pid_tgid = bpf_get_current_pid_tgid();
     conn.pid = (pid_tgid >> 32) as u32;
     conn.tid = pid_tgid as u32;
-    conn.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Straight into the entry (the kernel zeroes the buffer if it fails): through a
+    // returned array, LLVM zeroes temporaries with calls to a byte-loop `memset`.
+    unsafe { generated::bpf_get_current_comm(conn.comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32) };
     conn.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
 
@@ -289,18 +309,21 @@ fn emit(event: &Event, conn: &TcpConn, config: Option<&TcpConfig>) {
         Some(t) => (t.retrans, t.bytes_acked, t.bytes_received),
         None => (0, 0, 0),
     };
-    entry.write(TcpEvent {
-        kind: event.kind,
-        sk_err: event.sk_err,
-        ts_ns: event.ts_ns,
-        srtt_us: event.srtt_us,
-        total_retrans: retrans,
-        bytes_acked: acked,
-        bytes_received: received,
-        old_state: event.old,
-        new_state: event.new,
-        conn: *conn,
-    });
+    // Field by field, volatile: LLVM would merge the constant zeros of a record without
+    // totals into calls to a byte-loop `memset`.
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (&raw mut (*ev).kind).write_volatile(event.kind);
+        (&raw mut (*ev).sk_err).write_volatile(event.sk_err);
+        (&raw mut (*ev).ts_ns).write_volatile(event.ts_ns);
+        (&raw mut (*ev).srtt_us).write_volatile(event.srtt_us);
+        (&raw mut (*ev).total_retrans).write_volatile(retrans);
+        (&raw mut (*ev).bytes_acked).write_volatile(acked);
+        (&raw mut (*ev).bytes_received).write_volatile(received);
+        (&raw mut (*ev).old_state).write_volatile(event.old);
+        (&raw mut (*ev).new_state).write_volatile(event.new);
+        (&raw mut (*ev).conn).write(*conn);
+    }
     submit(&TCP_EVENTS, entry, config.map(|c| &c.ring), &TCP_STATS);
 }
 
