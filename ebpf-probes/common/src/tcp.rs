@@ -201,8 +201,9 @@ pub struct TcpConn {
     pub dport: u16,
     pub family: u16,
     pub direction: u16,
-    /// The last state the probe recorded: the open (SYN_SENT / SYN_RECV), ESTABLISHED,
-    /// the owner's FIN_WAIT1 or LAST_ACK, CLOSE. The transitions in between are not
+    /// The last state the probe recorded: the open (SYN_SENT / SYN_RECV, also a
+    /// simultaneous open's SYN_RECV), ESTABLISHED, the owner's FIN_WAIT1 or LAST_ACK,
+    /// CLOSE. The transitions in between are not
     /// followed (each would cost a map lookup on every connection); a reset record reads
     /// the socket's own state instead.
     pub state: u32,

@@ -104,9 +104,16 @@ pub fn tcp_state_change(ctx: TracePointContext) -> u32 {
         TCP_ESTABLISHED => established(ctx, old),
         TCP_CLOSE => closed(ctx, old),
         TCP_FIN_WAIT1 | TCP_LAST_ACK => closing_by_owner(arg!(ctx, skaddr: u64), new),
-        // FIN_WAIT2, CLOSE_WAIT, CLOSING, TIME_WAIT, a simultaneous open's SYN_RECV, and
-        // listening or request sockets: no record, no owner to learn. A reset reads the
-        // socket's state itself (`reset_state`).
+        // A simultaneous open (rare): followed so that an entry saying SYN_SENT is exact,
+        // which spares `tcp_reset_received` a kernel read on every refused connect.
+        TCP_SYN_RECV => {
+            if let Some(conn) = TCP_CONNS.get_ptr_mut(arg!(ctx, skaddr: u64)) {
+                unsafe { (*conn).state = new };
+            }
+        }
+        // FIN_WAIT2, CLOSE_WAIT, CLOSING, TIME_WAIT, listening and request sockets: no
+        // record, no owner to learn. A reset reads the socket's state itself
+        // (`reset_state`).
         _ => {}
     }
     0
@@ -393,10 +400,10 @@ pub fn tcp_reset_received(ctx: TracePointContext) -> u32 {
     if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
         let conn = unsafe { &mut *conn };
         conn.rst_recv += 1;
-        // A reset answering our SYN is reported by the connect-failed record itself.
-        let state = reset_state(sk, conn);
-        if state != TCP_SYN_SENT {
-            emit_reset(TCP_EVENT_RESET_RECEIVED, conn, state);
+        // A reset answering our SYN is reported by the connect-failed record itself. An
+        // entry leaves SYN_SENT only through transitions the probe records.
+        if conn.state != TCP_SYN_SENT {
+            emit_reset(TCP_EVENT_RESET_RECEIVED, conn, reset_state(sk, conn));
         }
     }
     0
