@@ -330,6 +330,8 @@ fn reset_mid_connection_is_seen_by_both_sides() {
         .clone();
     assert_eq!(sent.direction, Direction::Passive);
     assert_eq!(sent.resets_sent, 1);
+    // An abortive close enters CLOSE before the reset goes out.
+    assert_eq!(sent.state, "CLOSE");
     let received = h.wait_tcp(
         1,
         WAIT,
@@ -343,6 +345,7 @@ fn reset_mid_connection_is_seen_by_both_sides() {
     .clone();
     assert_eq!(received.resets_received, 1);
     assert_eq!(received.pid, Some(std::process::id()));
+    assert_eq!(received.state, "ESTABLISHED");
     let close = h.wait_tcp(
         1,
         WAIT,
@@ -353,6 +356,63 @@ fn reset_mid_connection_is_seen_by_both_sides() {
     assert_eq!(close.resets_received, 1);
     assert_eq!(close.conn_id, received.conn_id);
     assert!(close.to_string().contains("ended by ECONNRESET"), "{close}");
+}
+
+/// The probe does not follow FIN_WAIT2 / CLOSE_WAIT (no record is due there): a reset
+/// record takes the state from the socket itself.
+#[test]
+fn reset_in_fin_wait2_reports_the_sockets_state() {
+    if !privileged("reset_in_fin_wait2_reports_the_sockets_state") {
+        return;
+    }
+    let h = Harness::start();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let mut client = TcpStream::connect(server).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let client_addr = client.local_addr().unwrap();
+    // Client FIN, acknowledged: client in FIN_WAIT2, server in CLOSE_WAIT.
+    client.shutdown(Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    set_linger_zero(&accepted);
+    drop(accepted);
+    let mut buf = [0u8; 16];
+    let err = client.read(&mut buf).expect_err("connection was reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+
+    let received = h.wait_tcp(
+        1,
+        WAIT,
+        is(
+            TcpEventKind::ResetReceived,
+            Direction::Active,
+            client_addr,
+            server,
+        ),
+    )[0]
+    .clone();
+    assert_eq!(received.state, "FIN_WAIT2");
+    assert_eq!(received.previous_state, "FIN_WAIT2");
+    let close = h.wait_tcp(
+        1,
+        WAIT,
+        is(TcpEventKind::Close, Direction::Active, client_addr, server),
+    )[0]
+    .clone();
+    assert_eq!(close.previous_state, "FIN_WAIT2");
+    assert_eq!(close.conn_id, received.conn_id);
+    let sent = h.wait_tcp(1, WAIT, |r| {
+        r.event == TcpEventKind::ResetSent && r.local == server && r.remote == client_addr
+    })[0]
+        .clone();
+    assert_eq!(sent.state, "CLOSE");
+    let server_close = h.wait_tcp(
+        1,
+        WAIT,
+        is(TcpEventKind::Close, Direction::Passive, server, client_addr),
+    )[0]
+    .clone();
+    assert_eq!(server_close.previous_state, "CLOSE_WAIT");
 }
 
 #[test]
@@ -500,6 +560,7 @@ fn kernel_offsets_match_an_independent_reader() {
     };
     for (structure, member, size) in [
         ("sock", "sk_err", 4),
+        ("sock_common", "skc_state", 1),
         ("tcp_sock", "srtt_us", 4),
         ("tcp_sock", "total_retrans", 4),
         ("tcp_sock", "bytes_acked", 8),

@@ -629,14 +629,18 @@ fn bench_tcp(args: &BenchArgs, bin: &Path, peer: &PeerPlan) -> anyhow::Result<()
     for round in 0..args.rounds {
         for mode in [Mode::None, Mode::Hostscope, Mode::Peer] {
             let tracer = start_tracer(mode, bin, peer)?;
+            let before = prog_stats_of(&tracer.programs);
             let elapsed = storm(n)?;
             std::thread::sleep(Duration::from_millis(300));
-            let stats = prog_stats();
+            let after = prog_stats_of(&tracer.programs);
+            // Only the storm's runs: start-up and idle time would inflate runs per
+            // connection.
             for id in &tracer.programs {
-                if let Some((name, ns, cnt)) = stats.get(id) {
+                if let (Some((name, ns1, c1)), Some((_, ns0, c0))) = (after.get(id), before.get(id))
+                {
                     let e = prog_cost.entry((mode, name.clone())).or_default();
-                    e.0 += ns;
-                    e.1 += cnt;
+                    e.0 += ns1.saturating_sub(*ns0);
+                    e.1 += c1.saturating_sub(*c0);
                 }
             }
             if mode == Mode::Hostscope {
@@ -694,20 +698,27 @@ fn bench_tcp(args: &BenchArgs, bin: &Path, peer: &PeerPlan) -> anyhow::Result<()
             h / p
         );
     }
-    println!("per program (bpf_stats, all rounds):");
+    println!("per program over the storms (bpf_stats, all rounds):");
     println!(
-        "{:<12} {:<18} {:>12} {:>10}",
-        "tracer", "program", "runs", "ns/run"
+        "{:<12} {:<18} {:>12} {:>10} {:>10}",
+        "tracer", "program", "runs", "per conn", "ns/run"
     );
+    let conns = (n * args.rounds) as f64;
+    let mut tcp_family = 0.0;
     for ((mode, name), (ns, cnt)) in &prog_cost {
+        if *mode == Mode::Hostscope && name.starts_with("tcp_") {
+            tcp_family += *ns as f64 / conns;
+        }
         println!(
-            "{:<12} {:<18} {:>12} {:>10.0}",
+            "{:<12} {:<18} {:>12} {:>10.2} {:>10.0}",
             format!("{mode:?}"),
             name,
             cnt,
+            *cnt as f64 / conns,
             *ns as f64 / (*cnt).max(1) as f64
         );
     }
+    println!("hostscope TCP family: {tcp_family:.0} ns of BPF per connection (target ≤ 2,000)");
     if !usages.is_empty() {
         let peak = usages.iter().map(|u| u.rss_peak_kb).max().unwrap_or(0);
         let cpu: Vec<f64> = usages.iter().map(|u| u.cpu_s).collect();

@@ -87,8 +87,9 @@ impl TcpPlan {
 }
 
 /// `struct sock` / `struct tcp_sock` members read by the probes: (struct, member, size).
-const BTF_FIELDS: [(&str, &str, usize); 5] = [
+const BTF_FIELDS: [(&str, &str, usize); 6] = [
     ("sock", "sk_err", 4),
+    ("sock_common", "skc_state", 1),
     ("tcp_sock", "srtt_us", 4),
     ("tcp_sock", "total_retrans", 4),
     ("tcp_sock", "bytes_acked", 8),
@@ -111,6 +112,7 @@ pub fn plan(btf: Option<&KernelBtf>, btf_err: Option<&BtfError>, tracefs: &Trace
     }
     [
         offsets.sk_err,
+        offsets.skc_state,
         offsets.srtt_us,
         offsets.total_retrans,
         offsets.bytes_acked,

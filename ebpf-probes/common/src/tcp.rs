@@ -123,6 +123,9 @@ pub const OFFSET_ABSENT: u32 = u32::MAX;
 pub struct TcpOffsets {
     /// `struct sock.sk_err`: the errno a failed or reset connection ends with.
     pub sk_err: u32,
+    /// `struct sock_common.skc_state` (`struct sock` begins with it): the state a reset
+    /// finds the connection in.
+    pub skc_state: u32,
     /// `struct tcp_sock` fields read at establishment and close.
     pub srtt_us: u32,
     pub total_retrans: u32,
@@ -141,6 +144,7 @@ pub struct TcpOffsets {
 impl TcpOffsets {
     pub const ABSENT: TcpOffsets = TcpOffsets {
         sk_err: OFFSET_ABSENT,
+        skc_state: OFFSET_ABSENT,
         srtt_us: OFFSET_ABSENT,
         total_retrans: OFFSET_ABSENT,
         bytes_acked: OFFSET_ABSENT,
@@ -197,7 +201,11 @@ pub struct TcpConn {
     pub dport: u16,
     pub family: u16,
     pub direction: u16,
-    /// Last TCP state seen.
+    /// The last state the probe recorded: the open (SYN_SENT / SYN_RECV, also a
+    /// simultaneous open's SYN_RECV), ESTABLISHED, the owner's FIN_WAIT1 or LAST_ACK,
+    /// CLOSE. The transitions in between are not
+    /// followed (each would cost a map lookup on every connection); a reset record reads
+    /// the socket's own state instead.
     pub state: u32,
     pub syn_retrans: u32,
     pub retrans: u32,

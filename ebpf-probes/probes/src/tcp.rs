@@ -5,16 +5,18 @@
 //! 4-tuple, since 4.16) and `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`,
 //! `tcp:tcp_receive_reset`, `tcp:tcp_destroy_sock` exist on every kernel we target.
 //! Fields of `struct sock` / `struct tcp_sock` that no tracepoint carries (`sk_err`,
-//! `srtt_us`, `bytes_acked`, `bytes_received`, `total_retrans`) are read with offsets the
-//! agent resolved from the running kernel's BTF (`TCP_OFFSETS`).
+//! `skc_state`, `srtt_us`, `bytes_acked`, `bytes_received`, `total_retrans`) are read with
+//! offsets the agent resolved from the running kernel's BTF (`TCP_OFFSETS`).
 //!
 //! One record per establishment, failure, close and reset; per-connection state lives in
 //! `TCP_CONNS` so nothing is emitted for the other state changes.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -24,6 +26,7 @@ use aya_ebpf::{
 use hostscope_common::{
     stats::{Stat, STAT_COUNT},
     tcp::*,
+    TASK_COMM_LEN,
 };
 
 use crate::ring::{bump, submit};
@@ -67,33 +70,51 @@ fn read_kernel<T>(base: u64, offset: u32) -> Option<T> {
     }
 }
 
+/// Loads a field straight from a tracepoint's context. The verifier bounds every context
+/// load itself; it accepts only a constant offset added by the load instruction to the
+/// context pointer, so `offset` must fold to a constant (every caller is inlined).
+#[inline(always)]
+fn ctx_load<T>(ctx: &TracePointContext, offset: usize) -> T {
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+/// A field of the `sock:inet_sock_set_state` record, at the offset the loader checked
+/// against this kernel's format file (`INET_SOCK_SET_STATE_FIELDS`).
+macro_rules! arg {
+    ($ctx:expr, $field:ident: $t:ty) => {
+        ctx_load::<$t>($ctx, core::mem::offset_of!(InetSockSetStateArgs, $field))
+    };
+}
+
+/// Runs ~10 times per connection (5 transitions on each end), so the transitions nothing
+/// is done for leave after three context loads: no helper call, map lookup or copy.
+/// What is done: an entry at the open, a record at ESTABLISHED and at CLOSE, the owner
+/// of a passive connection at its FIN_WAIT1 / LAST_ACK (the owner's close).
 #[tracepoint]
 pub fn tcp_state_change(ctx: TracePointContext) -> u32 {
-    // One copy of the record: the compiler would otherwise address context fields
-    // through derived pointers, which the verifier rejects for tracepoint contexts.
-    let Ok(args) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const InetSockSetStateArgs) })
-    else {
-        bump(&TCP_STATS, Stat::ReadFailed);
-        return 0;
-    };
-    let args = &args;
-    if args.protocol != IPPROTO_TCP {
+    let ctx = &ctx;
+    if arg!(ctx, protocol: u16) != IPPROTO_TCP {
         return 0;
     }
-    let sk = args.skaddr;
-    let old = args.oldstate as u32;
-    let new = args.newstate as u32;
+    let old = arg!(ctx, oldstate: i32) as u32;
+    let new = arg!(ctx, newstate: i32) as u32;
     match new {
-        TCP_SYN_SENT => open(args, DIR_ACTIVE),
-        TCP_SYN_RECV if old == TCP_LISTEN => open(args, DIR_PASSIVE),
-        TCP_ESTABLISHED => established(args, old),
-        TCP_CLOSE => closed(args, old),
-        TCP_FIN_WAIT1 | TCP_LAST_ACK => closing_by_owner(sk, new),
-        _ => {
-            if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
+        TCP_SYN_SENT => open(ctx, DIR_ACTIVE),
+        TCP_SYN_RECV if old == TCP_LISTEN => open(ctx, DIR_PASSIVE),
+        TCP_ESTABLISHED => established(ctx, old),
+        TCP_CLOSE => closed(ctx, old),
+        TCP_FIN_WAIT1 | TCP_LAST_ACK => closing_by_owner(arg!(ctx, skaddr: u64), new),
+        // A simultaneous open (rare): followed so that an entry saying SYN_SENT is exact,
+        // which spares `tcp_reset_received` a kernel read on every refused connect.
+        TCP_SYN_RECV => {
+            if let Some(conn) = TCP_CONNS.get_ptr_mut(arg!(ctx, skaddr: u64)) {
                 unsafe { (*conn).state = new };
             }
         }
+        // FIN_WAIT2, CLOSE_WAIT, CLOSING, TIME_WAIT, listening and request sockets: no
+        // record, no owner to learn. A reset reads the socket's state itself
+        // (`reset_state`).
+        _ => {}
     }
     0
 }
@@ -102,34 +123,58 @@ pub fn tcp_state_change(ctx: TracePointContext) -> u32 {
 /// softirq context, where the current task is unrelated, so their owner stays unknown
 /// until the application acts on the socket (see `closing_by_owner`).
 #[inline(always)]
-fn open(args: &InetSockSetStateArgs, direction: u16) {
-    let mut conn = TcpConn::ZERO;
+fn open(ctx: &TracePointContext, direction: u16) {
+    let mut slot = MaybeUninit::<TcpConn>::uninit();
+    let conn = zeroed(&mut slot);
     conn.conn_id = next_conn_id();
     conn.start_ns = unsafe { bpf_ktime_get_ns() };
-    conn.family = args.family;
     conn.direction = direction;
-    conn.state = args.newstate as u32;
-    set_endpoints(&mut conn, args);
+    conn.state = if direction == DIR_ACTIVE {
+        TCP_SYN_SENT
+    } else {
+        TCP_SYN_RECV
+    };
+    set_endpoints(conn, ctx);
     if direction == DIR_ACTIVE {
-        set_owner(&mut conn);
+        set_owner(conn);
     }
-    if TCP_CONNS.insert(args.skaddr, conn, 0).is_err() {
+    if TCP_CONNS.insert(arg!(ctx, skaddr: u64), conn, 0).is_err() {
         bump(&TCP_STATS, Stat::ConnMapFull);
     }
+}
+
+/// Zeroes `slot` with 8-byte stores: LLVM turns a zeroed struct (`TcpConn::ZERO`) into a
+/// call to a byte-loop `memset`, ~5 instructions per byte.
+#[inline(always)]
+fn zeroed(slot: &mut MaybeUninit<TcpConn>) -> &mut TcpConn {
+    const WORDS: usize = core::mem::size_of::<TcpConn>() / 8;
+    let words = slot.as_mut_ptr().cast::<u64>();
+    for i in 0..WORDS {
+        // Volatile, or LLVM recognises the loop as a memset again.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    // SAFETY: every field of TcpConn is an integer or an array of them; all zero is valid.
+    unsafe { slot.assume_init_mut() }
 }
 
 /// The local port (and, unbound, address) of an active open is chosen after SYN_SENT is
 /// entered, so the endpoints are refreshed at every reported transition.
 #[inline(always)]
-fn set_endpoints(conn: &mut TcpConn, args: &InetSockSetStateArgs) {
-    conn.sport = args.sport;
-    conn.dport = args.dport;
-    if args.family == AF_INET6 {
-        conn.saddr = args.saddr_v6;
-        conn.daddr = args.daddr_v6;
+fn set_endpoints(conn: &mut TcpConn, ctx: &TracePointContext) {
+    conn.sport = arg!(ctx, sport: u16);
+    conn.dport = arg!(ctx, dport: u16);
+    conn.family = arg!(ctx, family: u16);
+    if conn.family == AF_INET6 {
+        // Two aligned 8-byte loads each: a context load may be at most 8 bytes wide.
+        let s = core::mem::offset_of!(InetSockSetStateArgs, saddr_v6);
+        let d = core::mem::offset_of!(InetSockSetStateArgs, daddr_v6);
+        conn.saddr[..8].copy_from_slice(&ctx_load::<u64>(ctx, s).to_ne_bytes());
+        conn.saddr[8..].copy_from_slice(&ctx_load::<u64>(ctx, s + 8).to_ne_bytes());
+        conn.daddr[..8].copy_from_slice(&ctx_load::<u64>(ctx, d).to_ne_bytes());
+        conn.daddr[8..].copy_from_slice(&ctx_load::<u64>(ctx, d + 8).to_ne_bytes());
     } else {
-        conn.saddr[..4].copy_from_slice(&args.saddr);
-        conn.daddr[..4].copy_from_slice(&args.daddr);
+        conn.saddr[..4].copy_from_slice(&arg!(ctx, saddr: u32).to_ne_bytes());
+        conn.daddr[..4].copy_from_slice(&arg!(ctx, daddr: u32).to_ne_bytes());
     }
 }
 
@@ -138,7 +183,9 @@ fn set_owner(conn: &mut TcpConn) {
     let pid_tgid = bpf_get_current_pid_tgid();
     conn.pid = (pid_tgid >> 32) as u32;
     conn.tid = pid_tgid as u32;
-    conn.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Straight into the entry (the kernel zeroes the buffer if it fails): through a
+    // returned array, LLVM zeroes temporaries with calls to a byte-loop `memset`.
+    unsafe { generated::bpf_get_current_comm(conn.comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32) };
     conn.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
 
@@ -156,8 +203,8 @@ fn next_conn_id() -> u64 {
 }
 
 #[inline(always)]
-fn established(args: &InetSockSetStateArgs, old: u32) {
-    let sk = args.skaddr;
+fn established(ctx: &TracePointContext, old: u32) {
+    let sk = arg!(ctx, skaddr: u64);
     let Some(conn) = TCP_CONNS.get_ptr_mut(sk) else {
         if old == TCP_SYN_SENT || old == TCP_SYN_RECV {
             bump(&TCP_STATS, Stat::Untracked);
@@ -165,11 +212,22 @@ fn established(args: &InetSockSetStateArgs, old: u32) {
         return;
     };
     let conn = unsafe { &mut *conn };
-    conn.established_ns = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_ns() };
+    conn.established_ns = now;
     conn.state = TCP_ESTABLISHED;
-    set_endpoints(conn, args);
+    set_endpoints(conn, ctx);
     let srtt = read_kernel::<u32>(sk, offset!(srtt_us)).unwrap_or(0) >> 3;
-    emit(TCP_EVENT_CONNECT, conn, old, TCP_ESTABLISHED, 0, srtt, None);
+    let config = TCP_CONFIG.get(0);
+    let event = Event {
+        kind: TCP_EVENT_CONNECT,
+        ts_ns: now,
+        old,
+        new: TCP_ESTABLISHED,
+        sk_err: 0,
+        srtt_us: srtt,
+        totals: None,
+    };
+    emit(&event, conn, config);
 }
 
 /// `close()` / `shutdown()` drive these transitions from the owning process, the first
@@ -187,8 +245,8 @@ fn closing_by_owner(sk: u64, new: u32) {
 }
 
 #[inline(always)]
-fn closed(args: &InetSockSetStateArgs, old: u32) {
-    let sk = args.skaddr;
+fn closed(ctx: &TracePointContext, old: u32) {
+    let sk = arg!(ctx, skaddr: u64);
     let Some(conn) = TCP_CONNS.get_ptr_mut(sk) else {
         if old != TCP_LISTEN && old != TCP_CLOSE {
             bump(&TCP_STATS, Stat::Untracked);
@@ -196,11 +254,12 @@ fn closed(args: &InetSockSetStateArgs, old: u32) {
         return;
     };
     let conn = unsafe { &mut *conn };
-    conn.closed_ns = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_ns() };
+    conn.closed_ns = now;
     conn.state = TCP_CLOSE;
     // A connect that failed before a port was bound still reports its destination.
-    if args.sport != 0 {
-        set_endpoints(conn, args);
+    if arg!(ctx, sport: u16) != 0 {
+        set_endpoints(conn, ctx);
     }
     let sk_err = read_kernel::<i32>(sk, offset!(sk_err)).unwrap_or(0) as u32;
     let srtt = read_kernel::<u32>(sk, offset!(srtt_us)).unwrap_or(0) >> 3;
@@ -214,12 +273,18 @@ fn closed(args: &InetSockSetStateArgs, old: u32) {
     } else {
         TCP_EVENT_CLOSE
     };
-    emit(kind, conn, old, TCP_CLOSE, sk_err, srtt, Some(totals));
-    let keep = TCP_CONFIG
-        .get(0)
-        .map(|c| c.keep_until_destroy != 0)
-        .unwrap_or(false);
-    if !keep {
+    let config = TCP_CONFIG.get(0);
+    let event = Event {
+        kind,
+        ts_ns: now,
+        old,
+        new: TCP_CLOSE,
+        sk_err,
+        srtt_us: srtt,
+        totals: Some(totals),
+    };
+    emit(&event, conn, config);
+    if !config.is_some_and(|c| c.keep_until_destroy != 0) {
         let _ = TCP_CONNS.remove(sk);
     }
 }
@@ -230,42 +295,43 @@ struct CloseTotals {
     bytes_received: u64,
 }
 
-#[inline(always)]
-fn emit(
+/// What a record adds to the connection's snapshot.
+struct Event {
     kind: u32,
-    conn: &TcpConn,
+    ts_ns: u64,
     old: u32,
     new: u32,
     sk_err: u32,
     srtt_us: u32,
     totals: Option<CloseTotals>,
-) {
+}
+
+#[inline(always)]
+fn emit(event: &Event, conn: &TcpConn, config: Option<&TcpConfig>) {
     let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
         bump(&TCP_STATS, Stat::RingFull);
         return;
     };
-    let (retrans, acked, received) = match totals {
+    let (retrans, acked, received) = match &event.totals {
         Some(t) => (t.retrans, t.bytes_acked, t.bytes_received),
         None => (0, 0, 0),
     };
-    entry.write(TcpEvent {
-        kind,
-        sk_err,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        srtt_us,
-        total_retrans: retrans,
-        bytes_acked: acked,
-        bytes_received: received,
-        old_state: old,
-        new_state: new,
-        conn: *conn,
-    });
-    submit(
-        &TCP_EVENTS,
-        entry,
-        TCP_CONFIG.get(0).map(|c| &c.ring),
-        &TCP_STATS,
-    );
+    // Field by field, volatile: LLVM would merge the constant zeros of a record without
+    // totals into calls to a byte-loop `memset`.
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (&raw mut (*ev).kind).write_volatile(event.kind);
+        (&raw mut (*ev).sk_err).write_volatile(event.sk_err);
+        (&raw mut (*ev).ts_ns).write_volatile(event.ts_ns);
+        (&raw mut (*ev).srtt_us).write_volatile(event.srtt_us);
+        (&raw mut (*ev).total_retrans).write_volatile(retrans);
+        (&raw mut (*ev).bytes_acked).write_volatile(acked);
+        (&raw mut (*ev).bytes_received).write_volatile(received);
+        (&raw mut (*ev).old_state).write_volatile(event.old);
+        (&raw mut (*ev).new_state).write_volatile(event.new);
+        (&raw mut (*ev).conn).write(*conn);
+    }
+    submit(&TCP_EVENTS, entry, config.map(|c| &c.ring), &TCP_STATS);
 }
 
 /// Reads a tracepoint field at an offset found in the running kernel's format file.
@@ -277,9 +343,20 @@ fn tp_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
 
+/// The `skaddr` of a `tcp:` tracepoint. It sits at offset 8 or 16 on every kernel we
+/// know; those become constant context loads, any other offset is copied by a helper.
+#[inline(always)]
+fn tp_skaddr(ctx: &TracePointContext, offset: u32) -> Option<u64> {
+    match offset {
+        8 => Some(ctx_load::<u64>(ctx, 8)),
+        16 => Some(ctx_load::<u64>(ctx, 16)),
+        _ => tp_field::<u64>(ctx, offset),
+    }
+}
+
 #[tracepoint]
 pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
-    let Some(sk) = tp_field::<u64>(&ctx, offset!(retransmit_skaddr)) else {
+    let Some(sk) = tp_skaddr(&ctx, offset!(retransmit_skaddr)) else {
         return 0;
     };
     // Newer kernels also trace failed attempts; only count what went on the wire.
@@ -301,52 +378,62 @@ pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_reset_sent(ctx: TracePointContext) -> u32 {
     // A reset for a packet that matched no socket (a closed port) has no skaddr.
-    let Some(sk) = tp_field::<u64>(&ctx, offset!(send_reset_skaddr)) else {
+    let Some(sk) = tp_skaddr(&ctx, offset!(send_reset_skaddr)) else {
         return 0;
     };
+    if sk == 0 {
+        return 0;
+    }
     if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
         let conn = unsafe { &mut *conn };
         conn.rst_sent += 1;
-        emit(
-            TCP_EVENT_RESET_SENT,
-            conn,
-            conn.state,
-            conn.state,
-            0,
-            0,
-            None,
-        );
+        emit_reset(TCP_EVENT_RESET_SENT, conn, reset_state(sk, conn));
     }
     0
 }
 
 #[tracepoint]
 pub fn tcp_reset_received(ctx: TracePointContext) -> u32 {
-    let Some(sk) = tp_field::<u64>(&ctx, offset!(receive_reset_skaddr)) else {
+    let Some(sk) = tp_skaddr(&ctx, offset!(receive_reset_skaddr)) else {
         return 0;
     };
     if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
         let conn = unsafe { &mut *conn };
         conn.rst_recv += 1;
-        // A reset answering our SYN is reported by the connect-failed record itself.
+        // A reset answering our SYN is reported by the connect-failed record itself. An
+        // entry leaves SYN_SENT only through transitions the probe records.
         if conn.state != TCP_SYN_SENT {
-            emit(
-                TCP_EVENT_RESET_RECEIVED,
-                conn,
-                conn.state,
-                conn.state,
-                0,
-                0,
-                None,
-            );
+            emit_reset(TCP_EVENT_RESET_RECEIVED, conn, reset_state(sk, conn));
         }
     }
     0
 }
 
+/// The socket's state when a reset is sent or received; where the kernel's BTF lacks
+/// `skc_state`, the last state the probe recorded.
+#[inline(always)]
+fn reset_state(sk: u64, conn: &TcpConn) -> u32 {
+    read_kernel::<u8>(sk, offset!(skc_state)).map_or(conn.state, u32::from)
+}
+
+#[inline(always)]
+fn emit_reset(kind: u32, conn: &TcpConn, state: u32) {
+    let event = Event {
+        kind,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        old: state,
+        new: state,
+        sk_err: 0,
+        srtt_us: 0,
+        totals: None,
+    };
+    emit(&event, conn, TCP_CONFIG.get(0));
+}
+
+/// Runs once per socket: one context load and the entry's removal.
 #[tracepoint]
 pub fn tcp_destroy(ctx: TracePointContext) -> u32 {
-    if let Some(sk) = tp_field::<u64>(&ctx, offset!(destroy_skaddr)) {
+    if let Some(sk) = tp_skaddr(&ctx, offset!(destroy_skaddr)) {
         let _ = TCP_CONNS.remove(sk);
     }
     0
