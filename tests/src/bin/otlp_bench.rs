@@ -9,7 +9,11 @@
 //!   under the real probes (needs root), median and p99, at the configured interval;
 //! - memory (RSS) during a backend outage at a steady record rate, memory queue; then the
 //!   same outage with the disk queue (RSS, disk bytes, dropped) and, once the backend
-//!   comes back, whether every record produced was delivered.
+//!   comes back, whether every record produced was delivered;
+//! - outage capacity: bytes queued per failed-connect record (its span, log record and
+//!   share of the metrics, as queued) and so the minutes of outage 100 MiB
+//!   of queue covers at 2,000 failed connects/s, and the default disk queue's, against
+//!   the target (10 minutes).
 //!
 //! `otlp_bench [SPANS]`; `OTLP_BENCH_INTERVAL=S` changes the export interval of the span
 //! run (default 1 s), `OTLP_BENCH_SPANS_ONLY=1` stops after the throughput figures,
@@ -581,6 +585,11 @@ fn throughput_and_latency(spans: u64) {
     }
 }
 
+/// The rate of failed connects the outage capacity is stated at, and the target: the
+/// default disk queue covers this many minutes of it.
+const CAPACITY_RATE: f64 = 2_000.0;
+const CAPACITY_TARGET_MINUTES: f64 = 10.0;
+
 fn outage(secs: u64, rate: u64) {
     let (start, peak, s) = outage_memory(secs, rate);
     println!(
@@ -594,8 +603,10 @@ fn outage(secs: u64, rate: u64) {
     );
     let d = outage_disk(secs, rate);
     let dropped = d.after.count("traces", "dropped") + d.after.count("traces", "failed");
+    let default_disk = ExportSection::default().disk_queue_bytes;
     println!(
-        "outage: {secs} s with no backend at {rate} records/s, disk queue 256 MiB: RSS {} -> peak {} MiB; disk peak {} KiB; queue at the end of the outage {} requests / {} KiB; dropped {} spans during it, {} retries",
+        "outage: {secs} s with no backend at {rate} records/s, disk queue {} MiB: RSS {} -> peak {} MiB; disk peak {} KiB; queue at the end of the outage {} requests / {} KiB; dropped {} spans during it, {} retries",
+        default_disk >> 20,
         d.start_rss_kib / 1024,
         d.peak_rss_kib / 1024,
         d.peak_disk_bytes / 1024,
@@ -616,6 +627,20 @@ fn outage(secs: u64, rate: u64) {
         d.received,
         d.drain.as_secs_f64(),
         dropped
+    );
+    // Nothing was sent during the outage: the queue holds every record produced.
+    let per_record = d.during.queue_bytes as f64 / d.produced.max(1) as f64;
+    let minutes = |bytes: f64| bytes / per_record / CAPACITY_RATE / 60.0;
+    let covered = minutes(default_disk as f64);
+    let verdict_capacity = if covered >= CAPACITY_TARGET_MINUTES {
+        "target met"
+    } else {
+        "BELOW TARGET"
+    };
+    println!(
+        "outage capacity: {per_record:.0} queued bytes per failed-connect record (span + log + metrics, as queued for a gzip wire) -> {:.1} minutes of outage per 100 MiB at {CAPACITY_RATE:.0} failed connects/s; default disk queue ({} MiB) {covered:.1} minutes (target >= {CAPACITY_TARGET_MINUTES:.0}): {verdict_capacity}",
+        minutes(100.0 * 1024.0 * 1024.0),
+        default_disk >> 20,
     );
     if d.delivered != d.produced {
         std::process::exit(1);
