@@ -65,6 +65,25 @@ struct Sink {
     /// duplicates: the disk queue delivers at least once).
     span_ids: Mutex<std::collections::HashSet<Vec<u8>>>,
     spans: AtomicU64,
+    /// Latencies only of spans to this server port (0: every span): the latency run's
+    /// own refused connects, not those other programs on the machine make meanwhile.
+    latency_port: AtomicU64,
+}
+
+/// A span's `network.peer.port`.
+fn peer_port(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<i64> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let v = span
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "network.peer.port")?
+        .value
+        .as_ref()?;
+    match v.value.as_ref()? {
+        Value::IntValue(p) => Some(*p),
+        Value::StringValue(p) => p.parse().ok(),
+        _ => None,
+    }
 }
 
 fn now_ns() -> u64 {
@@ -134,10 +153,13 @@ fn connection(stream: TcpStream, sink: &Sink) -> std::io::Result<()> {
             if let Ok(req) = ExportTraceServiceRequest::decode(&raw[..]) {
                 let mut lat = sink.latencies_ns.lock().unwrap_or_else(|p| p.into_inner());
                 let mut ids = sink.span_ids.lock().unwrap_or_else(|p| p.into_inner());
+                let port = sink.latency_port.load(Ordering::Relaxed);
                 for rs in req.resource_spans {
                     for ss in rs.scope_spans {
                         for s in ss.spans {
-                            lat.push(received.saturating_sub(s.end_time_unix_nano));
+                            if port == 0 || peer_port(&s) == Some(port as i64) {
+                                lat.push(received.saturating_sub(s.end_time_unix_nano));
+                            }
                             sink.spans.fetch_add(1, Ordering::Relaxed);
                             ids.insert(s.span_id);
                         }
@@ -521,13 +543,21 @@ fn latency(
         let l = TcpListener::bind("127.0.0.1:0").ok()?;
         l.local_addr().ok()?
     };
-    // A steady 100 refused connects per second.
-    for _ in 0..connects {
-        let _ = TcpStream::connect(target);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sink.latency_port
+        .store(target.port() as u64, Ordering::Relaxed);
+    // A steady 100 refused connects per second, from a child process: the exporter leaves
+    // out the records of its own process (this one).
+    let script = format!(
+        "for i in $(seq {connects}); do (exec 3<>/dev/tcp/{}/{}) 2>/dev/null; sleep 0.01; done",
+        target.ip(),
+        target.port()
+    );
+    let _ = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .status();
     std::thread::sleep(Duration::from_secs_f64(interval * 2.0 + 0.5));
     let _ = rt.block_on(exporter.stop(Duration::from_secs(2)));
+    sink.latency_port.store(0, Ordering::Relaxed);
     rt.block_on(agent.stop());
     let mut lat = sink
         .latencies_ns
