@@ -812,7 +812,14 @@ fn image_runs_under_runc_with_the_manifest_capabilities() {
         .map(|e| e.path())
         .filter(|p| p.is_dir())
         .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".pb"))
+        // Request files: plain (`.pb`, before compressed storage), gzip or zstd.
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            [".pb", ".pb.gz", ".pb.zst"]
+                .iter()
+                .any(|s| name.ends_with(s))
+        })
         .count();
     assert_eq!(
         Some(queued as u64),

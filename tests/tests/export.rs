@@ -802,6 +802,142 @@ fn receiver_down_then_up_with_disk_queue_delivers_every_item_exactly_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The end of a disk queue file's name for requests stored as `c` (the agent's queue
+/// format: see agent/src/export/queue.rs).
+fn stored_suffix(c: Compression) -> &'static str {
+    match c {
+        Compression::Gzip => ".pb.gz",
+        Compression::Zstd => ".pb.zst",
+        Compression::None => ".pb",
+    }
+}
+
+/// An outage with the disk queue: requests are stored compressed with the wire's encoding
+/// (zstd for an uncompressed wire), the oldest files are turned back into the plain
+/// protobuf a version before compressed storage wrote (an upgrade during an outage), and
+/// once the receiver is back every span and log arrives once, in order, decoded, each
+/// request with the wire's `Content-Encoding`.
+fn outage_with_a_compressed_disk_queue(protocol: Protocol, wire: Compression) {
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let dir = otlp::temp_path("zip-queue");
+    let config = || {
+        let mut a = args(&endpoint, protocol);
+        a.compression = Some(wire);
+        a.disk_queue = Some(dir.clone());
+        a.max_batch = 10;
+        a.timeout = Some(Duration::from_millis(1000));
+        resolve(a)
+    };
+    let fed = Fed::start(config());
+    for b in 0..4 {
+        fed.send(b * 10..b * 10 + 10);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fed.wait_snapshot("8 requests queued on disk while retrying", |s| {
+        s.queue_len >= 8 && s.retries >= 1
+    });
+    let s = fed.stop(Duration::from_millis(200));
+    assert_eq!(
+        s.count("traces", "dropped") + s.count("traces", "failed"),
+        0,
+        "{s}"
+    );
+    let stored = hostscope::export::compress::stored(wire);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let (mut stored_bytes, mut plain_bytes) = (0, 0);
+    for f in &files {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert!(name.ends_with(stored_suffix(stored)), "{name}");
+        let data = std::fs::read(f).unwrap();
+        let plain = hostscope::export::compress::decompress(stored, &data).unwrap();
+        stored_bytes += data.len();
+        plain_bytes += plain.len();
+    }
+    assert!(
+        stored_bytes * 2 < plain_bytes,
+        "stored {stored_bytes} bytes for {plain_bytes} of requests"
+    );
+    assert_eq!(
+        s.queue_bytes, stored_bytes as u64,
+        "the queue counts the stored bytes: {s}"
+    );
+    // The first traces and logs requests as a version before compressed storage left them.
+    for signal in ["traces", "logs"] {
+        let f = files
+            .iter()
+            .find(|f| f.to_str().unwrap().contains(&format!(".{signal}.")))
+            .unwrap();
+        let plain =
+            hostscope::export::compress::decompress(stored, &std::fs::read(f).unwrap()).unwrap();
+        let name = f.file_name().unwrap().to_str().unwrap();
+        let old = name.strip_suffix(stored_suffix(stored)).unwrap();
+        std::fs::write(dir.join(format!("{old}.pb")), plain).unwrap();
+        std::fs::remove_file(f).unwrap();
+    }
+
+    let proto = match protocol {
+        Protocol::Grpc => "grpc",
+        Protocol::HttpProtobuf => "http",
+    };
+    let receiver = Receiver::start_on(proto, port, &otlp::temp_path("recv.jsonl"), &[]);
+    let fed = Fed::start(config());
+    let requests = receiver.wait(WAIT, "all 40 spans and logs", |r| {
+        span_ids(r).len() >= 40 && log_ids(r).len() >= 40
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let requests = std::cmp::max_by_key(requests, receiver.requests(), |r| r.len());
+    assert_eq!(
+        span_ids(&requests),
+        (0..40).collect::<Vec<_>>(),
+        "every span once, in order"
+    );
+    assert_eq!(
+        log_ids(&requests),
+        (0..40).collect::<Vec<_>>(),
+        "every log once, in order"
+    );
+    if protocol == Protocol::HttpProtobuf {
+        let expected = match wire {
+            Compression::Gzip => Some("gzip"),
+            Compression::Zstd => Some("zstd"),
+            Compression::None => None,
+        };
+        for r in &requests {
+            assert_eq!(r["headers"]["content-encoding"].as_str(), expected, "{r}");
+        }
+    }
+    let s = fed.stop(Duration::from_secs(1));
+    assert_eq!(s.queue_len, 0, "{s}");
+    assert_eq!(
+        s.count("traces", "dropped") + s.count("traces", "failed"),
+        0,
+        "{s}"
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn outage_with_a_gzip_disk_queue_over_grpc_delivers_old_and_new_files() {
+    outage_with_a_compressed_disk_queue(Protocol::Grpc, Compression::Gzip);
+}
+
+#[test]
+fn outage_with_a_zstd_disk_queue_over_http_delivers_old_and_new_files() {
+    outage_with_a_compressed_disk_queue(Protocol::HttpProtobuf, Compression::Zstd);
+}
+
+/// An uncompressed wire: stored as zstd all the same, decompressed before sending.
+#[test]
+fn outage_with_an_uncompressed_wire_stores_zstd_and_sends_plain() {
+    outage_with_a_compressed_disk_queue(Protocol::HttpProtobuf, Compression::None);
+}
+
 /// A backend that accepts connections and never answers: requests hang in flight until
 /// their timeout. The accepted sockets are kept open for the life of the test process.
 fn blackhole() -> u16 {

@@ -1,7 +1,12 @@
-//! The export queue: encoded requests waiting to be sent, in order. In memory it is bounded
-//! by bytes; with a directory it is on disk (one file per request, named by sequence
-//! number) so an outage, or a restart during one, loses nothing up to the disk bound.
-//! Either way a request that does not fit is dropped and counted by the caller.
+//! The export queue: encoded requests waiting to be sent, in order, stored compressed
+//! ([`super::compress`]). In memory it is bounded by bytes; with a directory it is on disk
+//! (one file per request, named by sequence number) so an outage, or a restart during one,
+//! loses nothing up to the disk bound. Bounds count the stored (compressed) bytes. Either
+//! way a request that does not fit is dropped and counted by the caller.
+//!
+//! A file's name says how it is encoded: `<seq>.<signal>.<items>.pb` plain protobuf (what
+//! versions before compressed storage wrote, still read after an upgrade), `….pb.gz`
+//! gzip, `….pb.zst` zstd.
 
 use std::{
     collections::VecDeque,
@@ -9,15 +14,47 @@ use std::{
     sync::Mutex,
 };
 
-use super::Signal;
+use super::{compress, config::Compression, Signal};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     pub signal: Signal,
     /// Data points, spans or log records in the request.
     pub items: u64,
-    /// The encoded Export*ServiceRequest.
+    /// How `payload` is encoded.
+    pub compression: Compression,
+    /// The encoded Export*ServiceRequest, compressed as `compression` says.
     pub payload: Vec<u8>,
+}
+
+impl Batch {
+    /// A request stored for a wire with `wire` compression ([`compress::stored`]).
+    pub fn new(signal: Signal, items: u64, plain: &[u8], wire: Compression) -> Batch {
+        let (compression, payload) =
+            compress::compress(compress::stored(wire), plain, wire == Compression::None);
+        Batch {
+            signal,
+            items,
+            compression,
+            payload,
+        }
+    }
+}
+
+/// What a queued file holds: its sequence number, signal, items, encoding and size.
+#[derive(Clone, Copy)]
+struct Entry {
+    seq: u64,
+    signal: Signal,
+    items: u64,
+    compression: Compression,
+    len: u64,
+}
+
+impl Entry {
+    fn name(&self) -> String {
+        file_name(self.seq, self.signal, self.items, self.compression)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +91,8 @@ struct Disk {
     dir: PathBuf,
     limit: u64,
     bytes: u64,
-    /// Sequence numbers on disk, oldest first.
-    files: VecDeque<(u64, Signal, u64, u64)>,
+    /// The files on disk, oldest first.
+    files: VecDeque<Entry>,
     next_seq: u64,
     /// Set aside since the last [`Queue::take_corrupt`].
     corrupt: Vec<Corrupt>,
@@ -66,55 +103,59 @@ struct Disk {
 /// retried forever nor lost without a trace.
 #[derive(Debug, PartialEq)]
 pub struct Corrupt {
-    /// Where it is now (`….pb.corrupt`).
+    /// Where it is now (its name followed by `.corrupt`).
     pub path: PathBuf,
     pub signal: Signal,
     pub items: u64,
     pub why: String,
 }
 
-/// A request file's payload, if it is an Export*ServiceRequest of its signal.
-fn load(path: &Path, signal: Signal) -> Result<Vec<u8>, String> {
+/// A request file's stored bytes, if they decompress (as its name says) into an
+/// Export*ServiceRequest of its signal.
+fn load(path: &Path, signal: Signal, compression: Compression) -> Result<Vec<u8>, String> {
     use opentelemetry_proto::tonic::collector::{
         logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
         trace::v1::ExportTraceServiceRequest,
     };
     use prost::Message;
-    let payload = std::fs::read(path).map_err(|e| e.to_string())?;
+    let stored = std::fs::read(path).map_err(|e| e.to_string())?;
+    let plain = compress::decompress(compression, &stored)?;
     let decoded = match signal {
-        Signal::Metrics => ExportMetricsServiceRequest::decode(payload.as_slice()).map(drop),
-        Signal::Traces => ExportTraceServiceRequest::decode(payload.as_slice()).map(drop),
-        Signal::Logs => ExportLogsServiceRequest::decode(payload.as_slice()).map(drop),
+        Signal::Metrics => ExportMetricsServiceRequest::decode(plain.as_slice()).map(drop),
+        Signal::Traces => ExportTraceServiceRequest::decode(plain.as_slice()).map(drop),
+        Signal::Logs => ExportLogsServiceRequest::decode(plain.as_slice()).map(drop),
     };
     decoded.map_err(|e| format!("not an OTLP {} request: {e}", signal.as_str()))?;
-    Ok(payload)
+    Ok(stored)
 }
 
 impl Disk {
     /// The oldest request that loads; those that do not are set aside on the way.
     fn front(&mut self) -> Option<Batch> {
-        while let Some(&(seq, signal, items, len)) = self.files.front() {
-            let path = self.dir.join(file_name(seq, signal, items));
-            match load(&path, signal) {
+        while let Some(&e) = self.files.front() {
+            let name = e.name();
+            let path = self.dir.join(&name);
+            match load(&path, e.signal, e.compression) {
                 Ok(payload) => {
                     return Some(Batch {
-                        signal,
-                        items,
+                        signal: e.signal,
+                        items: e.items,
+                        compression: e.compression,
                         payload,
                     })
                 }
                 Err(why) => {
-                    let aside = path.with_extension("pb.corrupt");
+                    let aside = self.dir.join(format!("{name}.corrupt"));
                     if std::fs::rename(&path, &aside).is_err() {
                         // Cannot even be moved: removed, so it is not met again.
                         let _ = std::fs::remove_file(&path);
                     }
                     self.files.pop_front();
-                    self.bytes -= len;
+                    self.bytes -= e.len;
                     self.corrupt.push(Corrupt {
                         path: aside,
-                        signal,
-                        items,
+                        signal: e.signal,
+                        items: e.items,
                         why,
                     });
                 }
@@ -152,8 +193,14 @@ impl Store {
                 if d.bytes + len > d.limit {
                     return Err(Full::Disk);
                 }
-                let seq = d.next_seq;
-                let name = file_name(seq, batch.signal, batch.items);
+                let entry = Entry {
+                    seq: d.next_seq,
+                    signal: batch.signal,
+                    items: batch.items,
+                    compression: batch.compression,
+                    len,
+                };
+                let name = entry.name();
                 let tmp = d.dir.join(format!("{name}.tmp"));
                 // Written then renamed: a crash never leaves a half request to replay.
                 let written = std::fs::write(&tmp, &batch.payload)
@@ -164,7 +211,7 @@ impl Store {
                 }
                 d.next_seq += 1;
                 d.bytes += len;
-                d.files.push_back((seq, batch.signal, batch.items, len));
+                d.files.push_back(entry);
             }
         }
         Ok(())
@@ -186,16 +233,35 @@ fn check_writable(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-fn file_name(seq: u64, signal: Signal, items: u64) -> String {
-    format!("{seq:016x}.{}.{items}.pb", signal.as_str())
+/// The name's ending for each encoding (plain: the format of versions before compression).
+fn suffix(compression: Compression) -> &'static str {
+    match compression {
+        Compression::None => ".pb",
+        Compression::Gzip => ".pb.gz",
+        Compression::Zstd => ".pb.zst",
+    }
 }
 
-fn parse_name(name: &str) -> Option<(u64, Signal, u64)> {
-    let mut parts = name.strip_suffix(".pb")?.split('.');
+fn file_name(seq: u64, signal: Signal, items: u64, compression: Compression) -> String {
+    format!(
+        "{seq:016x}.{}.{items}{}",
+        signal.as_str(),
+        suffix(compression)
+    )
+}
+
+fn parse_name(name: &str) -> Option<(u64, Signal, u64, Compression)> {
+    let (rest, compression) = [Compression::None, Compression::Gzip, Compression::Zstd]
+        .into_iter()
+        .find_map(|c| Some((name.strip_suffix(suffix(c))?, c)))?;
+    let mut parts = rest.split('.');
     let seq = u64::from_str_radix(parts.next()?, 16).ok()?;
     let signal = Signal::parse(parts.next()?)?;
     let items = parts.next()?.parse().ok()?;
-    Some((seq, signal, items))
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((seq, signal, items, compression))
 }
 
 impl Queue {
@@ -224,16 +290,22 @@ impl Queue {
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let entry = entry.map_err(io)?;
             let name = entry.file_name();
-            let Some((seq, signal, items)) = name.to_str().and_then(parse_name) else {
+            let Some((seq, signal, items, compression)) = name.to_str().and_then(parse_name) else {
                 // Partial writes (`.tmp`) of a crashed run are not requests.
                 continue;
             };
             let len = entry.metadata().map_err(io)?.len();
             bytes += len;
-            files.push((seq, signal, items, len));
+            files.push(Entry {
+                seq,
+                signal,
+                items,
+                compression,
+                len,
+            });
         }
-        files.sort_by_key(|f| f.0);
-        let next_seq = files.last().map(|f| f.0 + 1).unwrap_or(0);
+        files.sort_by_key(|f| f.seq);
+        let next_seq = files.last().map(|f| f.seq + 1).unwrap_or(0);
         Ok(Queue {
             store: Mutex::new(Store::Disk(Disk {
                 dir: dir.to_path_buf(),
@@ -285,9 +357,9 @@ impl Queue {
                 }
             }
             Store::Disk(d) => {
-                if let Some((seq, signal, items, len)) = d.files.pop_front() {
-                    let _ = std::fs::remove_file(d.dir.join(file_name(seq, signal, items)));
-                    d.bytes -= len;
+                if let Some(e) = d.files.pop_front() {
+                    let _ = std::fs::remove_file(d.dir.join(e.name()));
+                    d.bytes -= e.len;
                 }
             }
         }
@@ -378,8 +450,8 @@ fn drain_store(store: Store) -> Vec<Batch> {
         Store::Disk(mut d) => {
             let mut out = Vec::new();
             while let Some(b) = d.front() {
-                if let Some((seq, signal, items, _)) = d.files.pop_front() {
-                    let _ = std::fs::remove_file(d.dir.join(file_name(seq, signal, items)));
+                if let Some(e) = d.files.pop_front() {
+                    let _ = std::fs::remove_file(d.dir.join(e.name()));
                 }
                 out.push(b);
             }
@@ -394,14 +466,227 @@ mod tests {
 
     /// A 100-byte logs request: one unknown length-delimited field (number 15, 98 bytes
     /// of `n`), which decoding skips.
-    fn batch(n: u8) -> Batch {
+    fn plain(n: u8) -> Vec<u8> {
         let mut payload = vec![(15 << 3) | 2, 98];
         payload.extend([n; 98]);
+        payload
+    }
+
+    /// [`plain`] stored uncompressed, so that sizes are round.
+    fn batch(n: u8) -> Batch {
         Batch {
             signal: Signal::Logs,
             items: n as u64,
-            payload,
+            compression: Compression::None,
+            payload: plain(n),
         }
+    }
+
+    /// A real, compressible logs request of `n` records (the same attributes in each,
+    /// as in an outage of refused connects).
+    fn logs_request(n: usize) -> Vec<u8> {
+        use opentelemetry_proto::tonic::{
+            collector::logs::v1::ExportLogsServiceRequest,
+            common::v1::{any_value::Value, AnyValue, KeyValue},
+            logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+        };
+        use prost::Message;
+        let kv = |k: &str, v: String| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(v)),
+            }),
+            ..Default::default()
+        };
+        let log_records = (0..n)
+            .map(|i| LogRecord {
+                time_unix_nano: 1_700_000_000_000_000_000 + i as u64 * 500_000,
+                body: Some(AnyValue {
+                    value: Some(Value::StringValue("connect refused".into())),
+                }),
+                attributes: vec![
+                    kv("network.peer.address", "10.1.0.2".into()),
+                    kv("network.peer.port", format!("{}", 1 + i % 200)),
+                    kv("error.type", "refused".into()),
+                    kv("process.pid", format!("{}", 1000 + i % 50)),
+                ],
+                ..Default::default()
+            })
+            .collect();
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hostscope-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn round_trip_per_compression_in_memory_and_on_disk_across_a_restart() {
+        let dir = temp_dir("qz");
+        let request = logs_request(100);
+        let wires = [Compression::Gzip, Compression::Zstd, Compression::None];
+        {
+            let q = Queue::disk(&dir, 1 << 20).unwrap();
+            for (i, wire) in wires.into_iter().enumerate() {
+                q.push(Batch::new(Signal::Logs, i as u64, &request, wire))
+                    .unwrap();
+            }
+        }
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "0000000000000000.logs.0.pb.gz",
+                "0000000000000001.logs.1.pb.zst",
+                // An uncompressed wire: stored as zstd all the same.
+                "0000000000000002.logs.2.pb.zst",
+            ]
+        );
+        let disk = Queue::disk(&dir, 1 << 20).unwrap();
+        let memory = Queue::memory(1 << 20);
+        for (i, wire) in wires.into_iter().enumerate() {
+            memory
+                .push(Batch::new(Signal::Logs, i as u64, &request, wire))
+                .unwrap();
+        }
+        for (i, wire) in wires.into_iter().enumerate() {
+            for q in [&disk, &memory] {
+                let b = q.front().unwrap();
+                assert_eq!(b.items, i as u64);
+                assert_eq!(b.compression, compress::stored(wire));
+                assert!(b.payload.len() * 4 < request.len(), "{wire:?}");
+                assert_eq!(
+                    compress::decompress(b.compression, &b.payload).unwrap(),
+                    request
+                );
+                q.done();
+            }
+        }
+        assert!(disk.is_empty() && memory.is_empty());
+        assert!(disk.take_corrupt().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bounds_count_the_stored_compressed_bytes() {
+        let request = logs_request(500);
+        let stored = Batch::new(Signal::Logs, 500, &request, Compression::Gzip);
+        let size = stored.payload.len();
+        assert!(size * 4 < request.len(), "{size} of {}", request.len());
+        // Room for three stored requests, not one of them uncompressed.
+        let bound = size * 3 + size / 2;
+        assert!(bound < request.len());
+        let dir = temp_dir("qzb");
+        for q in [
+            Queue::memory(bound),
+            Queue::disk(&dir, bound as u64).unwrap(),
+        ] {
+            for _ in 0..3 {
+                q.push(stored.clone()).unwrap();
+            }
+            let full = if q.is_disk() {
+                Full::Disk
+            } else {
+                Full::Memory
+            };
+            assert_eq!(q.push(stored.clone()), Err(full));
+            assert_eq!(q.len(), (3, 3 * size as u64));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Files an earlier version wrote (plain protobuf, `….pb`) are read and sent after an
+    /// upgrade, in order with the compressed ones queued after them.
+    #[test]
+    fn files_of_a_version_before_compression_are_still_read_in_order() {
+        let dir = temp_dir("qzold");
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = logs_request(20);
+        std::fs::write(dir.join("0000000000000000.logs.20.pb"), &old).unwrap();
+        std::fs::write(dir.join("0000000000000001.logs.3.pb"), plain(3)).unwrap();
+        let q = Queue::disk(&dir, 1 << 20).unwrap();
+        assert_eq!(q.len(), (2, (old.len() + 100) as u64));
+        q.push(Batch::new(Signal::Logs, 9, &plain(9), Compression::Gzip))
+            .unwrap();
+        let first = q.front().unwrap();
+        assert_eq!(
+            (first.items, first.compression, &first.payload),
+            (20, Compression::None, &old)
+        );
+        q.done();
+        assert_eq!(q.front().unwrap(), batch(3));
+        q.done();
+        let new = q.front().unwrap();
+        assert_eq!((new.items, new.compression), (9, Compression::Gzip));
+        assert_eq!(
+            compress::decompress(new.compression, &new.payload).unwrap(),
+            plain(9)
+        );
+        q.done();
+        assert!(q.is_empty());
+        assert!(q.take_corrupt().is_empty());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A compressed file that does not decompress, or decompresses into something that is
+    /// not a request, is set aside like a plain one.
+    #[test]
+    fn a_damaged_compressed_file_is_set_aside() {
+        let dir = temp_dir("qzbad");
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = Batch::new(Signal::Traces, 4, &logs_request(50), Compression::Gzip);
+        let mut truncated = good.payload.clone();
+        truncated.truncate(truncated.len() / 2);
+        std::fs::write(dir.join("0000000000000000.traces.4.pb.gz"), &truncated).unwrap();
+        let (_, not_otlp) = compress::compress(Compression::Zstd, &[0x0a, 0xff, 0xff, 0x7f], true);
+        std::fs::write(dir.join("0000000000000001.metrics.6.pb.zst"), not_otlp).unwrap();
+        let q = Queue::disk(&dir, 1 << 20).unwrap();
+        q.push(batch(1)).unwrap();
+        assert_eq!(q.front().unwrap(), batch(1));
+        let corrupt = q.take_corrupt();
+        let seen: Vec<_> = corrupt
+            .iter()
+            .map(|c| (c.signal, c.items, c.path.file_name().unwrap().to_owned()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    Signal::Traces,
+                    4,
+                    "0000000000000000.traces.4.pb.gz.corrupt".into()
+                ),
+                (
+                    Signal::Metrics,
+                    6,
+                    "0000000000000001.metrics.6.pb.zst.corrupt".into()
+                ),
+            ]
+        );
+        assert!(corrupt[0].why.contains("gzip"), "{}", corrupt[0].why);
+        assert!(
+            corrupt[1].why.contains("not an OTLP metrics request"),
+            "{}",
+            corrupt[1].why
+        );
+        assert_eq!(q.len(), (1, 100));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -474,7 +759,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         // Field 1, length-delimited, with a length far beyond the end: never decodes.
         std::fs::write(
-            dir.join(file_name(0, Signal::Traces, 7)),
+            dir.join(file_name(0, Signal::Traces, 7, Compression::None)),
             [0x0a, 0xff, 0xff, 0x7f],
         )
         .unwrap();
@@ -482,6 +767,7 @@ mod tests {
         let good = Batch {
             signal: Signal::Logs,
             items: 0,
+            compression: Compression::None,
             payload: Vec::new(),
         };
         q.push(good.clone()).unwrap();

@@ -113,7 +113,7 @@ impl Sender {
             let mut attempt = 0u32;
             loop {
                 let wake = tokio::select! {
-                    r = self.transport.send(batch.signal, &batch.payload) => Wake::Done(r),
+                    r = self.transport.send(batch.signal, batch.compression, &batch.payload) => Wake::Done(r),
                     u = self.ctl.recv() => u.map_or(Wake::Stop, |u| Wake::Reconfigure(Box::new(u))),
                     _ = deadline(&mut self.stop) => Wake::Stop,
                 };

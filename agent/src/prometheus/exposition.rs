@@ -379,7 +379,7 @@ fn export(out: &mut Out, s: &Status) -> std::fmt::Result {
     out.one_counter("export_requests", "Export requests sent.", e.requests_sent)?;
     out.family(
         "export_sent",
-        "Request bytes sent (HTTP body after compression; gRPC message before compression).",
+        "Request bytes sent, as on the wire (after compression; gRPC with its 5-byte frame header).",
         Some(Unit::Bytes),
         MetricType::Counter,
         [(Labels::new(), Value::Int(e.bytes_sent))],

@@ -9,7 +9,11 @@
 //!   under the real probes (needs root), median and p99, at the configured interval;
 //! - memory (RSS) during a backend outage at a steady record rate, memory queue; then the
 //!   same outage with the disk queue (RSS, disk bytes, dropped) and, once the backend
-//!   comes back, whether every record produced was delivered.
+//!   comes back, whether every record produced was delivered;
+//! - outage capacity: bytes queued per failed-connect record (its span, log record and
+//!   share of the metrics, as queued) and so the minutes of outage 100 MiB
+//!   of queue covers at 2,000 failed connects/s, and the default disk queue's, against
+//!   the target (10 minutes).
 //!
 //! `otlp_bench [SPANS]`; `OTLP_BENCH_INTERVAL=S` changes the export interval of the span
 //! run (default 1 s), `OTLP_BENCH_SPANS_ONLY=1` stops after the throughput figures,
@@ -61,6 +65,25 @@ struct Sink {
     /// duplicates: the disk queue delivers at least once).
     span_ids: Mutex<std::collections::HashSet<Vec<u8>>>,
     spans: AtomicU64,
+    /// Latencies only of spans to this server port (0: every span): the latency run's
+    /// own refused connects, not those other programs on the machine make meanwhile.
+    latency_port: AtomicU64,
+}
+
+/// A span's `network.peer.port`.
+fn peer_port(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<i64> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let v = span
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "network.peer.port")?
+        .value
+        .as_ref()?;
+    match v.value.as_ref()? {
+        Value::IntValue(p) => Some(*p),
+        Value::StringValue(p) => p.parse().ok(),
+        _ => None,
+    }
 }
 
 fn now_ns() -> u64 {
@@ -130,10 +153,13 @@ fn connection(stream: TcpStream, sink: &Sink) -> std::io::Result<()> {
             if let Ok(req) = ExportTraceServiceRequest::decode(&raw[..]) {
                 let mut lat = sink.latencies_ns.lock().unwrap_or_else(|p| p.into_inner());
                 let mut ids = sink.span_ids.lock().unwrap_or_else(|p| p.into_inner());
+                let port = sink.latency_port.load(Ordering::Relaxed);
                 for rs in req.resource_spans {
                     for ss in rs.scope_spans {
                         for s in ss.spans {
-                            lat.push(received.saturating_sub(s.end_time_unix_nano));
+                            if port == 0 || peer_port(&s) == Some(port as i64) {
+                                lat.push(received.saturating_sub(s.end_time_unix_nano));
+                            }
                             sink.spans.fetch_add(1, Ordering::Relaxed);
                             ids.insert(s.span_id);
                         }
@@ -517,13 +543,21 @@ fn latency(
         let l = TcpListener::bind("127.0.0.1:0").ok()?;
         l.local_addr().ok()?
     };
-    // A steady 100 refused connects per second.
-    for _ in 0..connects {
-        let _ = TcpStream::connect(target);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sink.latency_port
+        .store(target.port() as u64, Ordering::Relaxed);
+    // A steady 100 refused connects per second, from a child process: the exporter leaves
+    // out the records of its own process (this one).
+    let script = format!(
+        "for i in $(seq {connects}); do (exec 3<>/dev/tcp/{}/{}) 2>/dev/null; sleep 0.01; done",
+        target.ip(),
+        target.port()
+    );
+    let _ = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .status();
     std::thread::sleep(Duration::from_secs_f64(interval * 2.0 + 0.5));
     let _ = rt.block_on(exporter.stop(Duration::from_secs(2)));
+    sink.latency_port.store(0, Ordering::Relaxed);
     rt.block_on(agent.stop());
     let mut lat = sink
         .latencies_ns
@@ -581,6 +615,11 @@ fn throughput_and_latency(spans: u64) {
     }
 }
 
+/// The rate of failed connects the outage capacity is stated at, and the target: the
+/// default disk queue covers this many minutes of it.
+const CAPACITY_RATE: f64 = 2_000.0;
+const CAPACITY_TARGET_MINUTES: f64 = 10.0;
+
 fn outage(secs: u64, rate: u64) {
     let (start, peak, s) = outage_memory(secs, rate);
     println!(
@@ -594,8 +633,10 @@ fn outage(secs: u64, rate: u64) {
     );
     let d = outage_disk(secs, rate);
     let dropped = d.after.count("traces", "dropped") + d.after.count("traces", "failed");
+    let default_disk = ExportSection::default().disk_queue_bytes;
     println!(
-        "outage: {secs} s with no backend at {rate} records/s, disk queue 256 MiB: RSS {} -> peak {} MiB; disk peak {} KiB; queue at the end of the outage {} requests / {} KiB; dropped {} spans during it, {} retries",
+        "outage: {secs} s with no backend at {rate} records/s, disk queue {} MiB: RSS {} -> peak {} MiB; disk peak {} KiB; queue at the end of the outage {} requests / {} KiB; dropped {} spans during it, {} retries",
+        default_disk >> 20,
         d.start_rss_kib / 1024,
         d.peak_rss_kib / 1024,
         d.peak_disk_bytes / 1024,
@@ -616,6 +657,20 @@ fn outage(secs: u64, rate: u64) {
         d.received,
         d.drain.as_secs_f64(),
         dropped
+    );
+    // Nothing was sent during the outage: the queue holds every record produced.
+    let per_record = d.during.queue_bytes as f64 / d.produced.max(1) as f64;
+    let minutes = |bytes: f64| bytes / per_record / CAPACITY_RATE / 60.0;
+    let covered = minutes(default_disk as f64);
+    let verdict_capacity = if covered >= CAPACITY_TARGET_MINUTES {
+        "target met"
+    } else {
+        "BELOW TARGET"
+    };
+    println!(
+        "outage capacity: {per_record:.0} queued bytes per failed-connect record (span + log + metrics, as queued for a gzip wire) -> {:.1} minutes of outage per 100 MiB at {CAPACITY_RATE:.0} failed connects/s; default disk queue ({} MiB) {covered:.1} minutes (target >= {CAPACITY_TARGET_MINUTES:.0}): {verdict_capacity}",
+        minutes(100.0 * 1024.0 * 1024.0),
+        default_disk >> 20,
     );
     if d.delivered != d.produced {
         std::process::exit(1);

@@ -1,32 +1,49 @@
-//! OTLP/gRPC with tonic and the generated service clients of `opentelemetry-proto`.
+//! OTLP/gRPC over tonic's channel (HTTP/2, TLS, reconnects, timeouts). The request is
+//! framed here rather than by tonic's generated clients: those encode and compress the
+//! message inside the call, while the queue already holds it compressed with the wire's
+//! encoding ([`crate::export::compress`]), so the stored bytes go out as they are, in a
+//! frame flagged compressed with their `grpc-encoding`. Statuses are read with tonic's
+//! own parsing and classified as before.
 
 use std::{str::FromStr, time::Duration};
 
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::{
-    logs::v1::{logs_service_client::LogsServiceClient, ExportLogsServiceRequest},
-    metrics::v1::{metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest},
-    trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest},
+    logs::v1::ExportLogsServiceResponse, metrics::v1::ExportMetricsServiceResponse,
+    trace::v1::ExportTraceServiceResponse,
 };
 use prost::Message;
 use tonic::{
-    codec::CompressionEncoding,
-    metadata::{MetadataKey, MetadataMap, MetadataValue},
+    codegen::{http, Bytes, Service},
+    metadata::{MetadataKey, MetadataValue},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-    Code, Request, Status,
+    Code, Status,
 };
 
 use super::{Accepted, SendError, TransportError};
 use crate::export::{
+    compress,
     config::{Compression, ExportConfig},
     Signal,
 };
 
 pub struct GrpcTransport {
-    metrics: MetricsServiceClient<Channel>,
-    traces: TraceServiceClient<Channel>,
-    logs: LogsServiceClient<Channel>,
-    metadata: MetadataMap,
+    metrics: Channel,
+    traces: Channel,
+    logs: Channel,
+    compression: Compression,
+    /// The configured headers, checked as gRPC metadata.
+    headers: http::HeaderMap,
     timeout: Duration,
+}
+
+/// The OTLP services' export methods.
+fn path(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    }
 }
 
 impl GrpcTransport {
@@ -56,121 +73,168 @@ impl GrpcTransport {
             // Lazy: the agent starts (and queues) while the backend is down.
             Ok(ep.connect_lazy())
         };
-        let send_encoding = match config.compression {
-            Compression::Gzip => Some(CompressionEncoding::Gzip),
-            Compression::Zstd => Some(CompressionEncoding::Zstd),
-            Compression::None => None,
-        };
-        let mut metadata = MetadataMap::new();
+        let mut headers = http::HeaderMap::new();
         for (name, value) in &config.headers {
-            let key =
-                MetadataKey::from_str(name.as_str()).map_err(|e| TransportError::Endpoint {
-                    url: config.endpoints.metrics.to_string(),
-                    why: format!("header {name}: {e}"),
-                })?;
-            let value = value
+            let bad = |why: String| TransportError::Endpoint {
+                url: config.endpoints.metrics.to_string(),
+                why: format!("header {name}: {why}"),
+            };
+            // What gRPC metadata allows: an ASCII key (not a binary `-bin` one) and value.
+            MetadataKey::<tonic::metadata::Ascii>::from_str(name.as_str())
+                .map_err(|e| bad(e.to_string()))?;
+            value
                 .to_str()
                 .ok()
-                .and_then(|v| MetadataValue::from_str(v).ok())
-                .ok_or_else(|| TransportError::Endpoint {
-                    url: config.endpoints.metrics.to_string(),
-                    why: format!("header {name}: value is not ASCII"),
-                })?;
-            metadata.append(key, value);
-        }
-        let with = |c: Channel| c;
-        let mut metrics = MetricsServiceClient::new(with(channel(&config.endpoints.metrics)?));
-        let mut traces = TraceServiceClient::new(with(channel(&config.endpoints.traces)?));
-        let mut logs = LogsServiceClient::new(with(channel(&config.endpoints.logs)?));
-        if let Some(e) = send_encoding {
-            metrics = metrics.send_compressed(e);
-            traces = traces.send_compressed(e);
-            logs = logs.send_compressed(e);
-        }
-        for e in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
-            metrics = metrics.accept_compressed(e);
-            traces = traces.accept_compressed(e);
-            logs = logs.accept_compressed(e);
+                .and_then(|v| MetadataValue::<tonic::metadata::Ascii>::from_str(v).ok())
+                .ok_or_else(|| bad("value is not ASCII".into()))?;
+            headers.append(name.clone(), value.clone());
         }
         Ok(GrpcTransport {
-            metrics,
-            traces,
-            logs,
-            metadata,
+            metrics: channel(&config.endpoints.metrics)?,
+            traces: channel(&config.endpoints.traces)?,
+            logs: channel(&config.endpoints.logs)?,
+            compression: config.compression,
+            headers,
             timeout: config.timeout,
         })
     }
 
-    fn request<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        *r.metadata_mut() = self.metadata.clone();
-        r.set_timeout(self.timeout);
-        r
+    /// Sends a request stored as `stored` (see [`super::Transport::send`]); the bytes on
+    /// the wire are the 5-byte frame header and the message as sent (compressed).
+    pub async fn send(
+        &self,
+        signal: Signal,
+        stored: Compression,
+        payload: &[u8],
+    ) -> (Result<Accepted, SendError>, u64) {
+        let (used, message) = match compress::for_wire(stored, payload, self.compression) {
+            Ok(m) => m,
+            Err(why) => return (Err(super::undecodable(why)), 0),
+        };
+        let Ok(len) = u32::try_from(message.len()) else {
+            return (Err(super::undecodable("over 4 GiB".into())), 0);
+        };
+        let mut frame = Vec::with_capacity(5 + message.len());
+        frame.push(u8::from(used != Compression::None));
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&message);
+        let wire = frame.len() as u64;
+        let mut req = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(
+            Bytes::from(frame),
+        )));
+        *req.method_mut() = http::Method::POST;
+        *req.version_mut() = http::Version::HTTP_2;
+        *req.uri_mut() = http::Uri::from_static(path(signal));
+        let h = req.headers_mut();
+        h.extend(self.headers.clone());
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        h.insert(
+            "grpc-accept-encoding",
+            http::HeaderValue::from_static("gzip,zstd"),
+        );
+        if used != Compression::None {
+            h.insert(
+                "grpc-encoding",
+                http::HeaderValue::from_static(compress::name(used)),
+            );
+        }
+        if let Ok(v) = http::HeaderValue::from_str(&format!("{}m", self.timeout.as_millis())) {
+            h.insert("grpc-timeout", v);
+        }
+        let mut channel = match signal {
+            Signal::Metrics => self.metrics.clone(),
+            Signal::Traces => self.traces.clone(),
+            Signal::Logs => self.logs.clone(),
+        };
+        let result = async {
+            // Errors of the channel (refused connect, timeout, TLS) become the status
+            // tonic's own clients give them.
+            let local = |e: tonic::transport::Error| Status::from_error(Box::new(e));
+            std::future::poll_fn(|cx| channel.poll_ready(cx))
+                .await
+                .map_err(local)?;
+            let resp = channel.call(req).await.map_err(local)?;
+            answer(signal, resp).await
+        }
+        .await;
+        (result.map_err(classify), wire)
     }
+}
 
-    pub async fn send(&self, signal: Signal, payload: &[u8]) -> (Result<Accepted, SendError>, u64) {
-        // tonic compresses inside the call; compressing a second time only to count the
-        // bytes would double the cost, so gRPC reports the message size before
-        // compression (plus the 5-byte frame).
-        let wire = payload.len() as u64 + 5;
-        let decode_err = |e: prost::DecodeError| SendError {
-            retryable: false,
-            retry_after: None,
-            kind: "encode".into(),
-            message: e.to_string(),
-        };
-        let result = match signal {
-            Signal::Metrics => match ExportMetricsServiceRequest::decode(payload) {
-                Ok(m) => self
-                    .metrics
-                    .clone()
-                    .export(self.request(m))
-                    .await
-                    .map(|r| {
-                        partial(
-                            r.into_inner()
-                                .partial_success
-                                .map(|p| (p.rejected_data_points, p.error_message)),
-                        )
-                    })
-                    .map_err(classify),
-                Err(e) => Err(decode_err(e)),
-            },
-            Signal::Traces => match ExportTraceServiceRequest::decode(payload) {
-                Ok(m) => self
-                    .traces
-                    .clone()
-                    .export(self.request(m))
-                    .await
-                    .map(|r| {
-                        partial(
-                            r.into_inner()
-                                .partial_success
-                                .map(|p| (p.rejected_spans, p.error_message)),
-                        )
-                    })
-                    .map_err(classify),
-                Err(e) => Err(decode_err(e)),
-            },
-            Signal::Logs => match ExportLogsServiceRequest::decode(payload) {
-                Ok(m) => self
-                    .logs
-                    .clone()
-                    .export(self.request(m))
-                    .await
-                    .map(|r| {
-                        partial(
-                            r.into_inner()
-                                .partial_success
-                                .map(|p| (p.rejected_log_records, p.error_message)),
-                        )
-                    })
-                    .map_err(classify),
-                Err(e) => Err(decode_err(e)),
-            },
-        };
-        (result, wire)
+/// The export's outcome from a gRPC response: its status (in the headers of a
+/// trailers-only response, else in the trailers; without one, mapped from the HTTP status
+/// as gRPC specifies) and the partial success of its message.
+async fn answer(
+    signal: Signal,
+    resp: http::Response<tonic::body::Body>,
+) -> Result<Accepted, Status> {
+    let (parts, body) = resp.into_parts();
+    if let Some(status) = Status::from_header_map(&parts.headers) {
+        if status.code() != Code::Ok {
+            return Err(status);
+        }
     }
+    let collected = body.collect().await?;
+    let status = collected
+        .trailers()
+        .and_then(Status::from_header_map)
+        .or_else(|| Status::from_header_map(&parts.headers))
+        .unwrap_or_else(|| status_of_http(parts.status));
+    if status.code() != Code::Ok {
+        return Err(status);
+    }
+    let data = collected.to_bytes();
+    // The server took the request; a reply that does not decode only loses its
+    // partial-success counts (as over HTTP).
+    let encoding = match parts.headers.get("grpc-encoding").map(|v| v.as_bytes()) {
+        Some(b"gzip") => Compression::Gzip,
+        Some(b"zstd") => Compression::Zstd,
+        _ => Compression::None,
+    };
+    let message = match data.as_ref() {
+        [0, _, _, _, _, m @ ..] => Some(m.to_vec()),
+        [1, _, _, _, _, m @ ..] => compress::decompress(encoding, m).ok(),
+        _ => None,
+    };
+    let Some(m) = message else {
+        return Ok(Accepted::default());
+    };
+    let p = match signal {
+        Signal::Metrics => ExportMetricsServiceResponse::decode(m.as_slice())
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| (p.rejected_data_points, p.error_message)),
+        Signal::Traces => ExportTraceServiceResponse::decode(m.as_slice())
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| (p.rejected_spans, p.error_message)),
+        Signal::Logs => ExportLogsServiceResponse::decode(m.as_slice())
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| (p.rejected_log_records, p.error_message)),
+    };
+    Ok(partial(p))
+}
+
+/// A response without `grpc-status`: the code the gRPC HTTP mapping gives its HTTP
+/// status (a proxy's 503, say).
+fn status_of_http(status: http::StatusCode) -> Status {
+    let code = match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Status::new(
+        code,
+        format!("no grpc-status in the response (HTTP {status})"),
+    )
 }
 
 fn partial(p: Option<(i64, String)>) -> Accepted {

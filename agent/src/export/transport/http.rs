@@ -14,6 +14,7 @@ use reqwest::{
 
 use super::{Accepted, SendError, TransportError};
 use crate::export::{
+    compress,
     config::{Compression, ExportConfig},
     Signal,
 };
@@ -60,21 +61,24 @@ impl HttpTransport {
         })
     }
 
-    pub async fn send(&self, signal: Signal, payload: &[u8]) -> (Result<Accepted, SendError>, u64) {
+    /// Sends a request stored as `stored` (see [`super::Transport::send`]).
+    pub async fn send(
+        &self,
+        signal: Signal,
+        stored: Compression,
+        payload: &[u8],
+    ) -> (Result<Accepted, SendError>, u64) {
         let url = match signal {
             Signal::Metrics => &self.config.endpoints.metrics,
             Signal::Traces => &self.config.endpoints.traces,
             Signal::Logs => &self.config.endpoints.logs,
         };
-        let (body, encoding) = match self.config.compression {
-            Compression::Gzip => (crate::export::gzip(payload), Some("gzip")),
-            Compression::Zstd => match zstd::bulk::compress(payload, ZSTD_LEVEL) {
-                Ok(b) => (b, Some("zstd")),
-                // Only an allocation failure gets here; the request still goes, plain.
-                Err(_) => (payload.to_vec(), None),
-            },
-            Compression::None => (payload.to_vec(), None),
+        let (used, body) = match compress::for_wire(stored, payload, self.config.compression) {
+            Ok(b) => b,
+            Err(why) => return (Err(super::undecodable(why)), 0),
         };
+        let encoding = (used != Compression::None).then(|| compress::name(used));
+        let body = body.into_owned();
         let wire = body.len() as u64;
         let mut req = self
             .client
@@ -141,9 +145,6 @@ impl HttpTransport {
         )
     }
 }
-
-/// zstd's default level: about gzip's ratio on OTLP protobuf at a fraction of its CPU.
-const ZSTD_LEVEL: i32 = 3;
 
 /// 429, 502, 503, 504: retryable per the OTLP/HTTP specification; other errors are not.
 pub fn is_retryable(status: StatusCode) -> bool {

@@ -7,7 +7,10 @@ pub mod http;
 
 use std::time::Duration;
 
-use super::{config::ExportConfig, Signal};
+use super::{
+    config::{Compression, ExportConfig},
+    Signal,
+};
 
 /// The server took the request; `rejected` items were refused (partial success).
 #[derive(Debug, Default, PartialEq)]
@@ -74,17 +77,35 @@ impl Transport {
         })
     }
 
-    /// `payload` is the encoded Export*ServiceRequest (uncompressed). Returns also the
-    /// bytes put on the wire (after compression) for the benchmark and stats.
-    pub async fn send(&self, signal: Signal, payload: &[u8]) -> (Result<Accepted, SendError>, u64) {
+    /// `payload` is the encoded Export*ServiceRequest as queued, compressed as `stored`
+    /// says: sent as it is when that is the signal's wire compression, else recompressed
+    /// for the wire. Returns also the bytes put on the wire (after compression) for the
+    /// benchmark and stats.
+    pub async fn send(
+        &self,
+        signal: Signal,
+        stored: Compression,
+        payload: &[u8],
+    ) -> (Result<Accepted, SendError>, u64) {
         let t = match signal {
             Signal::Metrics => &self.metrics,
             Signal::Traces => &self.traces,
             Signal::Logs => &self.logs,
         };
         match t {
-            OneTransport::Grpc(t) => t.send(signal, payload).await,
-            OneTransport::Http(t) => t.send(signal, payload).await,
+            OneTransport::Grpc(t) => t.send(signal, stored, payload).await,
+            OneTransport::Http(t) => t.send(signal, stored, payload).await,
         }
+    }
+}
+
+/// A queued request that does not decompress (it was checked when queued or loaded, so
+/// only damage in memory gets here): never sendable, so not retried.
+fn undecodable(why: String) -> SendError {
+    SendError {
+        retryable: false,
+        retry_after: None,
+        kind: "undecodable".into(),
+        message: why,
     }
 }
