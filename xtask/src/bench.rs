@@ -52,6 +52,8 @@ pub enum Section {
     Prometheus,
     Api,
     Rca,
+    /// Agent CPU per record at the defaults, start-up excluded.
+    AgentCpu,
 }
 
 /// Programs `hostscope run` loads on this kernel: 5 TCP, 6 TLS (2 wire, 4 OpenSSL),
@@ -110,7 +112,7 @@ pub(crate) fn sysctl(key: &str, value: &str) -> Option<String> {
 
 /// The connect/close storm: the server closes first so the client's ports are not held
 /// in TIME_WAIT across rounds.
-fn storm(n: usize) -> anyhow::Result<Duration> {
+pub(crate) fn storm(n: usize) -> anyhow::Result<Duration> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {
@@ -355,6 +357,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         if run_section(Section::Rca) {
             crate::bench_rca::bench_rca(&bin, args.rounds)?;
+        }
+        if run_section(Section::AgentCpu) {
+            crate::bench_agent_cpu::bench_agent_cpu(&bin, args.rounds, args.connections)?;
         }
         Ok(())
     })();
