@@ -77,7 +77,7 @@ struct Incident {
 pub struct Engine {
     settings: Settings,
     /// (source, target) → the incidents between them, one per cause.
-    open: HashMap<(Label, Label), Vec<Incident>>,
+    open: HashMap<(Label, Label), Vec<Incident>, foldhash::fast::RandomState>,
     open_count: usize,
     next_id: u64,
     stats: EngineStats,
@@ -91,7 +91,7 @@ impl Engine {
     pub fn new(settings: Settings) -> Engine {
         Engine {
             settings,
-            open: HashMap::new(),
+            open: HashMap::default(),
             open_count: 0,
             next_id: 1,
             stats: EngineStats::default(),

@@ -84,8 +84,8 @@ pub struct Folder {
     pub engine: Engine,
     resolver: Arc<Resolver>,
     certificates: HashMap<SocketAddr, KnownCertificate>,
-    sources: HashMap<usize, SourceNames>,
-    targets: HashMap<SocketAddr, TargetName>,
+    sources: HashMap<usize, SourceNames, foldhash::fast::RandomState>,
+    targets: HashMap<SocketAddr, TargetName, foldhash::fast::RandomState>,
     out: Vec<RcaRecord>,
 }
 
@@ -95,8 +95,8 @@ impl Folder {
             engine: Engine::new(settings),
             resolver,
             certificates: HashMap::new(),
-            sources: HashMap::new(),
-            targets: HashMap::new(),
+            sources: HashMap::default(),
+            targets: HashMap::default(),
             out: Vec::new(),
         }
     }
