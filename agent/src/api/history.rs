@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn bounded_by_count_and_bytes() {
         let all = Filter::parse(&EventsRequest::default()).unwrap();
-        let mut h = History::new(3, 1000);
+        let mut h = History::new(3, 1 << 20);
         for i in 0..5 {
             h.push(entry(&format!(r#"{{"type":"tcp","pid":{i}}}"#)));
         }

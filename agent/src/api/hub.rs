@@ -62,9 +62,10 @@ impl Entry {
         });
         Entry {
             kind: Cow::Borrowed(record.kind()),
+            // Records carry their own time; the clock is read only for one that does not.
+            received_unix_ns: record.time_unix_ns().unwrap_or_else(now_unix_ns),
             record: Some(record),
             identities,
-            received_unix_ns: now_unix_ns(),
             json: OnceLock::new(),
             fields: OnceLock::new(),
             text: OnceLock::new(),
