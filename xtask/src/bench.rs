@@ -324,8 +324,15 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    run(cargo().args(["build", "--release", "-p", "hostscope"]))?;
-    let bin = workspace_root().join("target/release/hostscope");
+    // HOSTSCOPE_BENCH_BIN: measure that binary as it is (e.g. a saved build, to compare
+    // two versions in one sitting) instead of building this tree's.
+    let bin = match std::env::var_os("HOSTSCOPE_BENCH_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            run(cargo().args(["build", "--release", "-p", "hostscope"]))?;
+            workspace_root().join("target/release/hostscope")
+        }
+    };
     let old_stats =
         sysctl("kernel.bpf_stats_enabled", "1").context("enabling kernel.bpf_stats_enabled")?;
     let run_section = |section: Section| args.only.is_none_or(|o| o == section);
