@@ -306,15 +306,20 @@ impl Hub {
 
     /// Offers one record to the history and every client.
     pub fn publish(&self, record: SharedRecord, resolver: Option<&Resolver>) {
-        {
+        let fields = {
             let inner = self.lock();
             if inner.clients.is_empty() && inner.history.is_none() {
                 return;
             }
-        }
-        // Made outside the lock (identity lookups); a client added meanwhile still gets
-        // it (it is in neither that client's history part nor missed).
+            inner.clients.iter().any(|c| c.filter.needs_fields())
+        };
+        // Made outside the lock (identity lookups, and the JSON a client's filter reads);
+        // a client added meanwhile still gets it (it is in neither that client's history
+        // part nor missed).
         let entry = Arc::new(Entry::new(record, resolver));
+        if fields {
+            entry.fields();
+        }
         self.deliver(&mut self.lock(), entry);
     }
 
