@@ -285,7 +285,7 @@ pub fn bench_agent_cpu(bin: &Path, rounds: usize, connections: usize) -> anyhow:
         let idle0 = cpu_s(agent.pid())?;
         std::thread::sleep(Duration::from_secs(2));
         let idle1 = cpu_s(agent.pid())?;
-        let idle_ms = (idle1.0 + idle1.1 - idle0.0 - idle0.1) * 1e3 / 2.0;
+        let idle_ms = ((idle1.0 + idle1.1 - idle0.0 - idle0.1) * 1e3 / 2.0).max(0.0);
         println!(
             "defaults{}: {} refused / {n} connect-close connections per storm, {rounds} rounds, median; idle agent {idle_ms:.1} ms CPU/s",
             if otlp.is_some() {
