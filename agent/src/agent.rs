@@ -234,6 +234,65 @@ pub enum AgentError {
 
 pub type SharedRecord = Arc<Record>;
 
+/// Records decoded per batch at most before they are put on the stream.
+const PUBLISH_BATCH: usize = 256;
+
+/// A ring's consumer that decodes each record and puts a drain's records on the stream
+/// together: sinks that keep up record by record would otherwise be woken for each one.
+struct Publisher<D> {
+    decode: D,
+    tx: broadcast::Sender<SharedRecord>,
+    counters: Arc<Counters>,
+    batch: Vec<SharedRecord>,
+}
+
+impl<D> Publisher<D>
+where
+    D: FnMut(&[u8]) -> Result<Record, events::DecodeError> + Send,
+{
+    fn new(tx: broadcast::Sender<SharedRecord>, counters: Arc<Counters>, decode: D) -> Self {
+        Publisher {
+            decode,
+            tx,
+            counters,
+            batch: Vec::with_capacity(PUBLISH_BATCH),
+        }
+    }
+
+    fn publish(&mut self) {
+        self.counters
+            .records_decoded
+            .fetch_add(self.batch.len() as u64, Ordering::Relaxed);
+        for r in self.batch.drain(..) {
+            // No subscriber is not an error: records are simply not shown.
+            let _ = self.tx.send(r);
+        }
+    }
+}
+
+impl<D> ring::Consumer for Publisher<D>
+where
+    D: FnMut(&[u8]) -> Result<Record, events::DecodeError> + Send,
+{
+    fn record(&mut self, bytes: &[u8]) {
+        match (self.decode)(bytes) {
+            Ok(r) => {
+                self.batch.push(Arc::new(r));
+                if self.batch.len() >= PUBLISH_BATCH {
+                    self.publish();
+                }
+            }
+            Err(_) => {
+                self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn drained(&mut self) {
+        self.publish();
+    }
+}
+
 pub struct Agent {
     /// The loaded object and the OpenSSL attachments, shared with the rescan timer.
     probes: Arc<std::sync::Mutex<Probes>>,
@@ -286,22 +345,13 @@ impl Agent {
                 name: TCP_EVENTS_MAP,
                 source,
             })?;
-            let tx = records.clone();
-            let c = counters.clone();
             consumers.push(tokio::spawn(ring::consume(
                 ring,
                 config.poll_interval,
                 shutdown_rx.clone(),
-                move |bytes| match events::tcp::decode(bytes, &clock) {
-                    Ok(r) => {
-                        c.records_decoded.fetch_add(1, Ordering::Relaxed);
-                        // No subscriber is not an error: records are simply not shown.
-                        let _ = tx.send(Arc::new(Record::Tcp(r)));
-                    }
-                    Err(_) => {
-                        c.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
+                Publisher::new(records.clone(), counters.clone(), move |bytes| {
+                    events::tcp::decode(bytes, &clock).map(Record::Tcp)
+                }),
             )));
         }
         let tls_stats = Arc::new(std::sync::Mutex::new(TrackerStats::default()));
@@ -323,7 +373,7 @@ impl Agent {
                     ring,
                     config.poll_interval,
                     shutdown_rx.clone(),
-                    move |bytes| {
+                    move |bytes: &[u8]| {
                         let input = if wire {
                             events::tls::decode_wire(bytes).map(TlsInput::Wire)
                         } else {
@@ -385,21 +435,13 @@ impl Agent {
                 name: SYSCALL_EVENTS_MAP,
                 source,
             })?;
-            let tx = records.clone();
-            let c = counters.clone();
             consumers.push(tokio::spawn(ring::consume(
                 ring,
                 config.poll_interval,
                 shutdown_rx.clone(),
-                move |bytes| match events::syscalls::decode(bytes, &clock) {
-                    Ok(r) => {
-                        c.records_decoded.fetch_add(1, Ordering::Relaxed);
-                        let _ = tx.send(Arc::new(r));
-                    }
-                    Err(_) => {
-                        c.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
+                Publisher::new(records.clone(), counters.clone(), move |bytes| {
+                    events::syscalls::decode(bytes, &clock)
+                }),
             )));
         }
         if probes.syscalls_attached.aggregation {

@@ -15,7 +15,8 @@ use crate::{events::Record, metadata::Resolver, sink::SinkContext};
 pub enum OutputFormat {
     Text,
     Json,
-    /// Print nothing per record (benchmarks, or when only the stats matter).
+    /// Print nothing per record (benchmarks, or when only the stats matter): no printer
+    /// runs at all.
     None,
 }
 

@@ -1,6 +1,9 @@
 //! Ring-buffer consumption on tokio. The probes wake us only when enough data is pending
 //! (see probes/src/ring.rs), so we also drain on a short timer: a lone event waits at
 //! most one `poll_interval`, and a burst is drained as soon as it crosses the threshold.
+//! A [`Consumer`] hears of every record, then of the end of each drain, so that it can
+//! hand a drain's records on together (one wakeup of the readers per batch, not one per
+//! record).
 
 use std::time::Duration;
 
@@ -10,13 +13,26 @@ use tokio::{
     sync::watch,
 };
 
+/// What a ring's records go to.
+pub trait Consumer: Send {
+    fn record(&mut self, bytes: &[u8]);
+    /// The ring is empty for now (called after every drain).
+    fn drained(&mut self) {}
+}
+
+impl<F: FnMut(&[u8]) + Send> Consumer for F {
+    fn record(&mut self, bytes: &[u8]) {
+        self(bytes)
+    }
+}
+
 /// Feeds every record of `ring` to `on_record` until `shutdown` turns true, then drains
 /// what is left once more.
 pub async fn consume(
     ring: RingBuf<MapData>,
     poll_interval: Duration,
     mut shutdown: watch::Receiver<bool>,
-    mut on_record: impl FnMut(&[u8]) + Send,
+    mut on_record: impl Consumer,
 ) -> std::io::Result<()> {
     // SAFETY: the RingBuf owns its map fd and never swaps it; the AsyncFd owns the
     // RingBuf, so the fd stays open and the same for the AsyncFd's whole life.
@@ -42,8 +58,9 @@ pub async fn consume(
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, on_record: &mut impl FnMut(&[u8])) {
+fn drain(ring: &mut RingBuf<MapData>, on_record: &mut impl Consumer) {
     while let Some(item) = ring.next() {
-        on_record(&item);
+        on_record.record(&item);
     }
+    on_record.drained();
 }

@@ -35,10 +35,18 @@ fn config_file(tag: &str, yaml: &str) -> PathBuf {
 impl Agent {
     fn start(tag: &str, yaml: &str, extra: &[&str]) -> Agent {
         let config = config_file(tag, yaml);
+        // Every default sink on, but on a socket and a port of its own: another agent
+        // (another suite, a developer's) may hold the default ones.
+        let socket = config.with_file_name("api.sock");
+        let _ = std::fs::remove_file(&socket);
+        let prometheus = closed_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).to_string();
         let mut cmd = Command::new(hostscope_bin());
         cmd.args(["run", "--output", "json", "--no-pin", "--poll-ms", "20"])
             .args(["--stats-interval", "1", "--config"])
             .arg(&config)
+            .arg("--api-socket")
+            .arg(&socket)
+            .args(["--prometheus-listen", &prometheus])
             .args(extra);
         Agent(JsonAgent::spawn(cmd, Duration::from_secs(20)))
     }

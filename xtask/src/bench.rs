@@ -53,6 +53,8 @@ pub enum Section {
     Api,
     Rca,
     Lifecycle,
+    /// Agent CPU per record at the defaults, start-up excluded.
+    AgentCpu,
 }
 
 /// Programs `hostscope run` loads on this kernel: 5 TCP, 6 TLS (2 wire, 4 OpenSSL),
@@ -114,7 +116,7 @@ pub(crate) fn sysctl(key: &str, value: &str) -> Option<String> {
 
 /// The connect/close storm: the server closes first so the client's ports are not held
 /// in TIME_WAIT across rounds.
-fn storm(n: usize) -> anyhow::Result<Duration> {
+pub(crate) fn storm(n: usize) -> anyhow::Result<Duration> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {
@@ -331,8 +333,15 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    run(cargo().args(["build", "--release", "-p", "hostscope"]))?;
-    let bin = workspace_root().join("target/release/hostscope");
+    // HOSTSCOPE_BENCH_BIN: measure that binary as it is (e.g. a saved build, to compare
+    // two versions in one sitting) instead of building this tree's.
+    let bin = match std::env::var_os("HOSTSCOPE_BENCH_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            run(cargo().args(["build", "--release", "-p", "hostscope"]))?;
+            workspace_root().join("target/release/hostscope")
+        }
+    };
     let old_stats =
         sysctl("kernel.bpf_stats_enabled", "1").context("enabling kernel.bpf_stats_enabled")?;
     let run_section = |section: Section| args.only.is_none_or(|o| o == section);
@@ -367,6 +376,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         if run_section(Section::Lifecycle) {
             crate::bench_lifecycle::bench_lifecycle(&bin, args.rounds)?;
+        }
+        if run_section(Section::AgentCpu) {
+            crate::bench_agent_cpu::bench_agent_cpu(&bin, args.rounds, args.connections)?;
         }
         Ok(())
     })();

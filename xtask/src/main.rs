@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | run | test | lint | bench | image`.
 mod bench;
+mod bench_agent_cpu;
 mod bench_api;
 mod bench_config;
 mod bench_floor;

@@ -56,7 +56,7 @@ impl ApiSection {
         ),
         (
             "history_bytes",
-            "Bytes of JSON the history keeps at most.",
+            "Bytes the history's records take in memory at most.",
         ),
         (
             "client_buffer",

@@ -119,7 +119,7 @@ impl Filter {
     }
 
     /// True when the record's fields are needed, not only its type and identity.
-    fn needs_fields(&self) -> bool {
+    pub fn needs_fields(&self) -> bool {
         self.failures_only
             || self.comm.is_some()
             || self.pid.is_some()

@@ -1,6 +1,6 @@
 //! The latest records the agent decoded, for clients that ask what happened before they
-//! connected (`--last N`). Bounded by a count and by the bytes of their JSON: the oldest
-//! go first.
+//! connected (`--last N`). Bounded by a count and by the bytes the records take in memory
+//! (`Entry::bytes`): the oldest go first.
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -85,12 +85,16 @@ mod tests {
     #[test]
     fn bounded_by_count_and_bytes() {
         let all = Filter::parse(&EventsRequest::default()).unwrap();
-        let mut h = History::new(3, 1000);
+        let mut h = History::new(3, 1 << 20);
         for i in 0..5 {
             h.push(entry(&format!(r#"{{"type":"tcp","pid":{i}}}"#)));
         }
         assert_eq!(h.len(), 3);
-        let pids: Vec<String> = h.last(10, &all).iter().map(|e| e.json.clone()).collect();
+        let pids: Vec<String> = h
+            .last(10, &all)
+            .iter()
+            .map(|e| e.json().to_string())
+            .collect();
         assert_eq!(
             pids,
             [
@@ -99,15 +103,16 @@ mod tests {
                 r#"{"type":"tcp","pid":4}"#
             ]
         );
-        let mut small = History::new(100, 60);
+        let one = entry(r#"{"type":"tcp","pid":0}"#).bytes();
+        let mut small = History::new(100, one * 3 + one / 2);
         for i in 0..10 {
             small.push(entry(&format!(r#"{{"type":"tcp","pid":{i}}}"#)));
         }
-        assert!(small.bytes() <= 60, "{}", small.bytes());
-        assert_eq!(small.len(), 60 / r#"{"type":"tcp","pid":0}"#.len());
+        assert!(small.bytes() <= one * 3 + one / 2, "{}", small.bytes());
+        assert_eq!(small.len(), 3);
         // Too large for the whole history: not kept, nothing evicted.
-        small.push(entry(&"x".repeat(100)));
-        assert_eq!(small.len(), 60 / r#"{"type":"tcp","pid":0}"#.len());
+        small.push(entry(&"x".repeat(one * 4)));
+        assert_eq!(small.len(), 3);
         assert!(History::new(0, 100).last(5, &all).is_empty());
     }
 
@@ -123,7 +128,11 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let got: Vec<String> = h.last(2, &tcp).iter().map(|e| e.json.clone()).collect();
+        let got: Vec<String> = h
+            .last(2, &tcp)
+            .iter()
+            .map(|e| e.json().to_string())
+            .collect();
         assert_eq!(
             got,
             [r#"{"type":"tcp","pid":6}"#, r#"{"type":"tcp","pid":8}"#]

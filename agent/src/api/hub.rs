@@ -1,9 +1,10 @@
 //! Fans the agent's record stream out to the API's clients. One task receives every
-//! record, renders its JSON line once, keeps it in the history and offers it to each
+//! record, notes its identity, keeps it in the history and offers it to each
 //! client whose filter matches, with `try_send` into that client's bounded buffer: a full
 //! buffer costs that client the record (counted, and told to it in order), never a wait.
 
 use std::{
+    borrow::Cow,
     collections::VecDeque,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -21,39 +22,54 @@ use super::{
 };
 use crate::{
     agent::SharedRecord,
+    events::Record,
     metadata::{Identity, Resolver},
     output,
     stats::Counters,
 };
 
-/// One record as the API sends it: rendered once, shared by every client and the history.
+/// One record as the API sends it, shared by every client and the history. It keeps the
+/// record and the identities it had when it arrived; its JSON and text lines are rendered
+/// the first time a client needs them, so records nobody reads cost no formatting.
 pub struct Entry {
     /// The record's `type` tag.
-    pub kind: String,
-    /// The JSON line of `hostscope run --output json`.
-    pub json: String,
-    identity: Option<Arc<Identity>>,
+    pub kind: Cow<'static, str>,
     record: Option<SharedRecord>,
+    identities: Option<Identities>,
     received_unix_ns: u64,
+    /// The JSON line of `hostscope run --output json`.
+    json: OnceLock<String>,
     fields: OnceLock<Fields>,
     text: OnceLock<String>,
 }
 
+/// What the resolver said about a record when it arrived.
+struct Identities {
+    identity: Option<Arc<Identity>>,
+    peer_identity: Option<Arc<Identity>>,
+    process_identities: Vec<Arc<Identity>>,
+}
+
 impl Entry {
     pub fn new(record: SharedRecord, resolver: Option<&Resolver>) -> Entry {
-        let (json, identity) = match resolver {
-            Some(r) => {
-                let w = output::with_identity(r, &record);
-                (serde_json::to_string(&w), w.identity.clone())
+        let identities = resolver.map(|r| {
+            let w = output::with_identity(r, &record);
+            Identities {
+                identity: w.identity,
+                peer_identity: w.peer_identity,
+                process_identities: w.process_identities,
             }
-            None => (serde_json::to_string(&*record), None),
-        };
-        // Records always serialize (plain data); an error would be a bug, shown in-line.
-        let json = json.unwrap_or_else(|e| format!(r#"{{"type":"error","error":"{e}"}}"#));
-        let mut entry = Entry::from_json(json);
-        entry.identity = identity;
-        entry.record = Some(record);
-        entry
+        });
+        Entry {
+            kind: Cow::Borrowed(record.kind()),
+            // Records carry their own time; the clock is read only for one that does not.
+            received_unix_ns: record.time_unix_ns().unwrap_or_else(now_unix_ns),
+            record: Some(record),
+            identities,
+            json: OnceLock::new(),
+            fields: OnceLock::new(),
+            text: OnceLock::new(),
+        }
     }
 
     /// An entry of a JSON line alone (tests).
@@ -63,24 +79,52 @@ impl Entry {
             .or_else(|| Fields::from_json(&json).kind().map(str::to_string))
             .unwrap_or_default();
         Entry {
-            kind,
-            json,
-            identity: None,
+            kind: Cow::Owned(kind),
             record: None,
-            received_unix_ns: crate::events::Clock::now().unix_ns(crate::events::monotonic_ns()),
+            identities: None,
+            received_unix_ns: now_unix_ns(),
+            json: OnceLock::from(json),
             fields: OnceLock::new(),
             text: OnceLock::new(),
         }
     }
 
-    /// What the history counts against its byte bound.
+    /// The JSON line of `hostscope run --output json`, rendered on first use.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            let Some(record) = &self.record else {
+                return String::new();
+            };
+            let json = match &self.identities {
+                Some(ids) => serde_json::to_string(&output::WithIdentity {
+                    record,
+                    identity: ids.identity.clone(),
+                    peer_identity: ids.peer_identity.clone(),
+                    process_identities: ids.process_identities.clone(),
+                }),
+                None => serde_json::to_string(&**record),
+            };
+            // Records always serialize (plain data); an error would be a bug, shown in-line.
+            json.unwrap_or_else(|e| format!(r#"{{"type":"error","error":"{e}"}}"#))
+        })
+    }
+
+    /// What the history counts against its byte bound: the entry and its record in
+    /// memory, without rendering anything (the JSON of a record a client read comes on
+    /// top).
     pub fn bytes(&self) -> usize {
-        self.json.len()
+        let own = std::mem::size_of::<Entry>() + std::mem::size_of::<Identities>();
+        match &self.record {
+            Some(r) => own + std::mem::size_of::<Record>() + r.heap_bytes(),
+            None => own + self.json.get().map_or(0, String::len),
+        }
     }
 
     pub fn time_unix_nano(&self) -> u64 {
-        self.fields()
-            .time_unix_nano()
+        self.record
+            .as_ref()
+            .and_then(|r| r.time_unix_ns())
+            .or_else(|| self.fields().time_unix_nano())
             .unwrap_or(self.received_unix_ns)
     }
 
@@ -88,9 +132,15 @@ impl Entry {
     pub fn text(&self, resolver: Option<&Resolver>) -> &str {
         self.text.get_or_init(|| match &self.record {
             Some(r) => output::text_line(resolver, r),
-            None => self.json.clone(),
+            None => self.json().to_string(),
         })
     }
+}
+
+fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// The `type` of a record's JSON line, which serde writes first: `{"type":"tcp",…`.
@@ -105,10 +155,10 @@ impl Candidate for Entry {
         &self.kind
     }
     fn identity(&self) -> Option<&Identity> {
-        self.identity.as_deref()
+        self.identities.as_ref()?.identity.as_deref()
     }
     fn fields(&self) -> &Fields {
-        self.fields.get_or_init(|| Fields::from_json(&self.json))
+        self.fields.get_or_init(|| Fields::from_json(self.json()))
     }
 }
 
@@ -256,15 +306,20 @@ impl Hub {
 
     /// Offers one record to the history and every client.
     pub fn publish(&self, record: SharedRecord, resolver: Option<&Resolver>) {
-        {
+        let fields = {
             let inner = self.lock();
             if inner.clients.is_empty() && inner.history.is_none() {
                 return;
             }
-        }
-        // Rendered outside the lock; a client added meanwhile still gets it (it is in
-        // neither that client's history part nor missed).
+            inner.clients.iter().any(|c| c.filter.needs_fields())
+        };
+        // Made outside the lock (identity lookups, and the JSON a client's filter reads);
+        // a client added meanwhile still gets it (it is in neither that client's history
+        // part nor missed).
         let entry = Arc::new(Entry::new(record, resolver));
+        if fields {
+            entry.fields();
+        }
         self.deliver(&mut self.lock(), entry);
     }
 
@@ -379,6 +434,36 @@ mod tests {
     }
 
     #[test]
+    fn json_is_rendered_when_read_and_is_the_run_line() {
+        use crate::events::syscalls::{ProcessSyscalls, SyscallsRecord};
+        let resolver = Resolver::node_local();
+        let record: SharedRecord = Arc::new(Record::Syscalls(SyscallsRecord {
+            ts_unix_ns: 7,
+            interval_s: 1.0,
+            key_by: "pid",
+            calls: 1,
+            errors: 0,
+            processes: vec![ProcessSyscalls {
+                id: std::process::id() as u64,
+                comm: "x".into(),
+                calls: 1,
+                errors: 0,
+                syscalls: Vec::new(),
+                errnos: Vec::new(),
+            }],
+        }));
+        let entry = Entry::new(record.clone(), Some(&resolver));
+        assert!(entry.json.get().is_none(), "rendered before anyone read it");
+        assert!(entry.bytes() > std::mem::size_of::<Record>());
+        let mut line = Vec::new();
+        output::json_line(&mut line, Some(&resolver), &record).unwrap();
+        assert_eq!(entry.json(), String::from_utf8(line).unwrap());
+        assert!(entry.json().contains("process_identities"));
+        assert_eq!(tag(entry.json()), Some(&*entry.kind));
+        assert_eq!(entry.time_unix_nano(), 7);
+    }
+
+    #[test]
     fn a_full_buffer_drops_and_tells_in_order() {
         let hub = Hub::new(History::new(0, 0), 4, 2);
         let mut sub = hub.subscribe(all(), 0, true, None, 0).unwrap();
@@ -393,7 +478,7 @@ mod tests {
         publish_json(&hub, r#"{"type":"tcp","pid":9}"#);
         let c = rx.try_recv().unwrap();
         assert_eq!(c.missed_before, 3);
-        assert_eq!(c.entry.json, r#"{"type":"tcp","pid":9}"#);
+        assert_eq!(c.entry.json(), r#"{"type":"tcp","pid":9}"#);
         assert_eq!(sub.state.dropped.load(Ordering::Relaxed), 3);
         assert_eq!(sub.state.untold.load(Ordering::Relaxed), 0);
     }

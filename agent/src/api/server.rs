@@ -489,9 +489,9 @@ impl proto::agent_server::Agent for Service {
 
 fn record(entry: &hub::Entry, text: &Option<Option<Arc<Resolver>>>) -> Reply {
     Reply::Record(proto::Record {
-        r#type: entry.kind.clone(),
+        r#type: entry.kind.to_string(),
         time_unix_nano: entry.time_unix_nano(),
-        json: entry.json.clone(),
+        json: entry.json().to_string(),
         text: match text {
             Some(resolver) => entry.text(resolver.as_deref()).to_string(),
             None => String::new(),

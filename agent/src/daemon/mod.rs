@@ -172,11 +172,15 @@ impl Running {
         };
         let agent = Agent::start(&agent_config).map_err(DaemonError::Agent)?;
         let format = config.agent.output;
-        let printer = Some(output::spawn_printer(
-            agent.sink_context(status.clone()),
-            format,
-            config.metadata.enabled,
-        ));
+        // `--output none` prints nothing: no printer reads the stream (`agent.output`
+        // needs a restart, so none is needed later either).
+        let printer = (format != OutputFormat::None).then(|| {
+            output::spawn_printer(
+                agent.sink_context(status.clone()),
+                format,
+                config.metadata.enabled,
+            )
+        });
         let exporter = match &export {
             Some(e) => Some(
                 Exporter::start(e.clone(), agent.sink_context(status.clone()))

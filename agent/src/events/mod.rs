@@ -58,6 +58,83 @@ impl Record {
         }
     }
 
+    /// The record's `type` tag in JSON (serde's snake_case of the variant).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Tcp(_) => "tcp",
+            Record::Tls(_) => "tls",
+            Record::TlsCertificate(_) => "tls_certificate",
+            Record::Syscalls(_) => "syscalls",
+            Record::SyscallAlert(_) => "syscall_alert",
+            Record::SyscallSlow(_) => "syscall_slow",
+            Record::Security(_) => "security",
+            Record::Rca(_) => "rca",
+        }
+    }
+
+    /// When the record happened (its own timestamp field), in Unix ns.
+    pub fn time_unix_ns(&self) -> Option<u64> {
+        Some(match self {
+            Record::Tcp(r) => r.timestamp_unix_ns,
+            Record::Tls(r) => r.timestamp_unix_ns,
+            Record::TlsCertificate(r) => r.timestamp_unix_ns,
+            Record::Syscalls(r) => r.ts_unix_ns,
+            Record::SyscallAlert(r) => r.ts_unix_ns,
+            Record::SyscallSlow(r) => r.ts_unix_ns,
+            Record::Security(r) => r.ts_unix_ns,
+            Record::Rca(r) => r.timestamp_unix_ns,
+        })
+    }
+
+    /// Bytes the record holds on the heap (strings, lists), approximately: what a
+    /// buffer of records counts against a memory bound without rendering them.
+    pub fn heap_bytes(&self) -> usize {
+        fn s(v: &Option<String>) -> usize {
+            v.as_ref().map_or(0, String::capacity)
+        }
+        fn list<T>(v: &[T], each: impl Fn(&T) -> usize) -> usize {
+            v.iter().map(|x| std::mem::size_of::<T>() + each(x)).sum()
+        }
+        match self {
+            Record::Tcp(r) => s(&r.comm),
+            Record::Tls(r) => {
+                s(&r.comm)
+                    + s(&r.server_name)
+                    + s(&r.version)
+                    + s(&r.cipher)
+                    + s(&r.alpn)
+                    + s(&r.cert_subject)
+                    + list(&r.offered_versions, String::capacity)
+                    + list(&r.alpn_offered, String::capacity)
+                    + list(&r.sources, |_| 0)
+                    + r.failure.as_ref().map_or(0, |f| f.detail.capacity())
+            }
+            Record::TlsCertificate(r) => {
+                r.server_name.capacity() + r.subject.capacity() + r.issuer.capacity()
+            }
+            Record::Syscalls(r) => list(&r.processes, |p| {
+                p.comm.capacity()
+                    + list(&p.syscalls, |x| x.syscall.capacity())
+                    + list(&p.errnos, |x| {
+                        x.syscall.capacity() + x.errno_name.capacity()
+                    })
+            }),
+            Record::SyscallAlert(r) => r.comm.capacity() + r.syscall.capacity() + s(&r.errno_name),
+            Record::SyscallSlow(r) => r.comm.capacity() + r.syscall.capacity(),
+            Record::Security(r) => {
+                r.comm.capacity() + r.syscall.capacity() + r.path.capacity() + s(&r.errno_name)
+            }
+            Record::Rca(r) => {
+                r.sentence.capacity()
+                    + r.source.capacity()
+                    + r.target.capacity()
+                    + s(&r.summary)
+                    + list(&r.affected, |a| s(&a.comm) + s(&a.workload))
+                    + list(&r.sample_conn_ids, |_| 0)
+            }
+        }
+    }
+
     /// The remote end of the connection the record is about.
     pub fn peer(&self) -> Option<std::net::SocketAddr> {
         match self {

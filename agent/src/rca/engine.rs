@@ -8,7 +8,7 @@
 //! or when the agent stops. At most `max_open` are open; failures that would open one
 //! more are counted as overflow.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use serde::Serialize;
 
@@ -29,13 +29,16 @@ pub struct Settings {
     pub max_open: usize,
 }
 
+/// A source or target name, shared: a storm names its pair once, not per failure.
+pub type Label = Arc<str>;
+
 /// One failure, with its source and target already named.
 #[derive(Clone, Debug)]
 pub struct Failure {
     pub cause: &'static Cause,
     pub sentence: String,
-    pub source: String,
-    pub target: String,
+    pub source: Label,
+    pub target: Label,
     pub target_address: Option<SocketAddr>,
     pub seen_unix_ns: u64,
     /// The failures happened over this long before `seen_unix_ns` (error bursts).
@@ -74,7 +77,7 @@ struct Incident {
 pub struct Engine {
     settings: Settings,
     /// (source, target) → the incidents between them, one per cause.
-    open: HashMap<(String, String), Vec<Incident>>,
+    open: HashMap<(Label, Label), Vec<Incident>, foldhash::fast::RandomState>,
     open_count: usize,
     next_id: u64,
     stats: EngineStats,
@@ -88,7 +91,7 @@ impl Engine {
     pub fn new(settings: Settings) -> Engine {
         Engine {
             settings,
-            open: HashMap::new(),
+            open: HashMap::default(),
             open_count: 0,
             next_id: 1,
             stats: EngineStats::default(),
@@ -117,10 +120,10 @@ impl Engine {
     }
 
     /// Folds one failure; publishes the incident's open (or a due update) at once.
-    pub fn failure(&mut self, mut f: Failure, now: u64, out: &mut Vec<RcaRecord>) {
+    pub fn failure(&mut self, f: Failure, now: u64, out: &mut Vec<RcaRecord>) {
         let window = ns(self.settings.window);
         let update_interval = ns(self.settings.update_interval);
-        let key = (std::mem::take(&mut f.source), std::mem::take(&mut f.target));
+        let key = (f.source.clone(), f.target.clone());
         let mut ended = None;
         if let Some(list) = self.open.get_mut(&key) {
             if let Some(i) = list.iter().position(|inc| inc.record.cause == f.cause.code) {
@@ -162,8 +165,8 @@ impl Engine {
             cause: f.cause.code,
             family: f.cause.family,
             sentence: f.sentence,
-            source: source.clone(),
-            target: target.clone(),
+            source: source.to_string(),
+            target: target.to_string(),
             target_address: f.target_address,
             pid: f.affected.pid,
             cgroup_id: f.cgroup_id,
@@ -193,8 +196,8 @@ impl Engine {
     /// A success from `source` to `target`: closes the incidents it recovers.
     pub fn success(
         &mut self,
-        source: String,
-        target: String,
+        source: Label,
+        target: Label,
         recovery: Recovery,
         seen_unix_ns: u64,
         now: u64,

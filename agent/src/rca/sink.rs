@@ -16,7 +16,7 @@ use tokio::{
 
 use super::{
     classify::{self, KnownCertificate, Target},
-    engine::{Engine, EngineStats, Failure, Settings},
+    engine::{Engine, EngineStats, Failure, Label, Settings},
     record::{Affected, RcaRecord},
     RcaSection,
 };
@@ -58,11 +58,34 @@ impl std::fmt::Display for RcaStats {
     }
 }
 
-/// Turns records into engine input: names sources and targets with the resolver.
+/// Names remembered per identity and per target address; beyond this they are made
+/// afresh.
+const MAX_LABELS: usize = 4096;
+
+/// A source's names, valid while the resolver hands out the same identity for it.
+struct SourceNames {
+    /// Held so that its address stays this identity's for as long as the entry lives.
+    identity: Arc<Identity>,
+    comm: Option<String>,
+    source: Label,
+    workload: Option<String>,
+}
+
+/// A target's name, valid while the resolver says the same about the address.
+struct TargetName {
+    peer: Option<Arc<Identity>>,
+    target: Label,
+}
+
+/// Turns records into engine input: names sources and targets with the resolver. Names
+/// are remembered per identity (the resolver's cached `Arc`) and per address, so a storm
+/// of failures from one process to one target formats them once.
 pub struct Folder {
     pub engine: Engine,
     resolver: Arc<Resolver>,
     certificates: HashMap<SocketAddr, KnownCertificate>,
+    sources: HashMap<usize, SourceNames, foldhash::fast::RandomState>,
+    targets: HashMap<SocketAddr, TargetName, foldhash::fast::RandomState>,
     out: Vec<RcaRecord>,
 }
 
@@ -72,8 +95,60 @@ impl Folder {
             engine: Engine::new(settings),
             resolver,
             certificates: HashMap::new(),
+            sources: HashMap::default(),
+            targets: HashMap::default(),
             out: Vec::new(),
         }
+    }
+
+    /// The source's name and workload label for a record's identity and thread name.
+    fn source(&mut self, identity: Arc<Identity>, comm: Option<&str>) -> (Label, Option<String>) {
+        let key = Arc::as_ptr(&identity) as usize;
+        if let Some(n) = self.sources.get(&key) {
+            if Arc::ptr_eq(&n.identity, &identity) && n.comm.as_deref() == comm {
+                return (n.source.clone(), n.workload.clone());
+            }
+        }
+        if self.sources.len() >= MAX_LABELS {
+            self.sources.clear();
+        }
+        let names = SourceNames {
+            source: source_label(&identity, comm).into(),
+            workload: identity.label(),
+            comm: comm.map(str::to_string),
+            identity,
+        };
+        let got = (names.source.clone(), names.workload.clone());
+        self.sources.insert(key, names);
+        got
+    }
+
+    /// `service <ns>/<name>:<port>` or `pod <ns>/<name>:<port>` when the resolver knows
+    /// the address, else the address.
+    fn target(&mut self, addr: SocketAddr) -> Label {
+        let peer = self.resolver.peer(addr.ip());
+        if let Some(t) = self.targets.get(&addr) {
+            let same = match (&t.peer, &peer) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                return t.target.clone();
+            }
+        }
+        if self.targets.len() >= MAX_LABELS {
+            self.targets.clear();
+        }
+        let target: Label = target_label(peer.as_deref(), addr).into();
+        self.targets.insert(
+            addr,
+            TargetName {
+                peer,
+                target: target.clone(),
+            },
+        );
+        target
     }
 
     /// Feeds one record; the incident records it causes are in [`Folder::take`].
@@ -99,12 +174,11 @@ impl Folder {
         if let Some(c) = classify::classify(record, cert) {
             let subject = record.subject();
             let identity = self.resolver.identify(subject);
-            let workload = identity.label();
-            let source = source_label(&identity, c.comm.as_deref());
+            let (source, workload) = self.source(identity, c.comm.as_deref());
             let (target, target_address) = match &c.target {
-                Target::Address(a) => (self.target_label(*a), Some(*a)),
-                Target::Name(n) => (n.clone(), None),
-                Target::Syscall(s) => (s.clone(), None),
+                Target::Address(a) => (self.target(*a), Some(*a)),
+                Target::Name(n) => (n.as_str().into(), None),
+                Target::Syscall(s) => (s.as_str().into(), None),
             };
             let failure = Failure {
                 cause: c.cause,
@@ -127,8 +201,8 @@ impl Folder {
         } else if self.engine.open_count() > 0 {
             if let Some(s) = classify::success(record) {
                 let identity = self.resolver.identify(record.subject());
-                let source = source_label(&identity, s.comm.as_deref());
-                let target = self.target_label(s.target);
+                let (source, _) = self.source(identity, s.comm.as_deref());
+                let target = self.target(s.target);
                 self.engine.success(
                     source,
                     target,
@@ -152,22 +226,22 @@ impl Folder {
     pub fn take(&mut self) -> std::vec::Drain<'_, RcaRecord> {
         self.out.drain(..)
     }
+}
 
-    /// `service <ns>/<name>:<port>` or `pod <ns>/<name>:<port>` when the resolver knows
-    /// the address, else the address.
-    fn target_label(&self, addr: SocketAddr) -> String {
-        match self.resolver.peer(addr.ip()) {
-            Some(id) => match (
-                id.get_str("k8s.namespace.name"),
-                id.get_str("k8s.service.name"),
-                id.get_str("k8s.pod.name"),
-            ) {
-                (Some(ns), Some(svc), _) => format!("service {ns}/{svc}:{}", addr.port()),
-                (Some(ns), None, Some(pod)) => format!("pod {ns}/{pod}:{}", addr.port()),
-                _ => addr.to_string(),
-            },
-            None => addr.to_string(),
-        }
+/// `service <ns>/<name>:<port>` or `pod <ns>/<name>:<port>` when the resolver knows the
+/// address (`peer`), else the address.
+fn target_label(peer: Option<&Identity>, addr: SocketAddr) -> String {
+    match peer {
+        Some(id) => match (
+            id.get_str("k8s.namespace.name"),
+            id.get_str("k8s.service.name"),
+            id.get_str("k8s.pod.name"),
+        ) {
+            (Some(ns), Some(svc), _) => format!("service {ns}/{svc}:{}", addr.port()),
+            (Some(ns), None, Some(pod)) => format!("pod {ns}/{pod}:{}", addr.port()),
+            _ => addr.to_string(),
+        },
+        None => addr.to_string(),
     }
 }
 

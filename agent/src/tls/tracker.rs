@@ -112,7 +112,8 @@ pub struct Output {
 pub struct Tracker {
     clock: Clock,
     flows: HashMap<u64, Flow>,
-    tcp: HashMap<(SocketAddr, SocketAddr), TcpView>,
+    /// Every TCP connection of the last `TCP_MEMORY_NS`: touched once per TCP record.
+    tcp: HashMap<(SocketAddr, SocketAddr), TcpView, foldhash::fast::RandomState>,
     lib_pending: Vec<LibEvent>,
     certs: HashMap<String, i64>,
     pub stats: TrackerStats,
@@ -123,7 +124,7 @@ impl Tracker {
         Tracker {
             clock,
             flows: HashMap::new(),
-            tcp: HashMap::new(),
+            tcp: HashMap::default(),
             lib_pending: Vec::new(),
             certs: HashMap::new(),
             stats: TrackerStats::default(),
@@ -263,7 +264,8 @@ impl Tracker {
 
     pub fn on_tcp(&mut self, r: &TcpRecord, now: u64, out: &mut Output) {
         let key = (r.local, r.remote);
-        let owner = Owner {
+        // Made only where it is kept (the thread name is a copy).
+        let owner = || Owner {
             conn_id: Some(r.conn_id),
             pid: r.pid,
             comm: r.comm.clone(),
@@ -287,7 +289,7 @@ impl Tracker {
         for flow in self.flows.values_mut() {
             if flow.local == r.local && flow.remote == r.remote {
                 if flow.owner.conn_id.is_none() || flow.owner.pid.is_none() {
-                    flow.owner = owner.clone();
+                    flow.owner = owner();
                 }
                 if flow.outcome.is_none() && flow.closed.is_none() {
                     flow.closed = closed;
@@ -295,8 +297,8 @@ impl Tracker {
             }
         }
         let view = self.tcp.entry(key).or_default();
-        if view.owner.pid.is_none() || view.owner.conn_id != owner.conn_id {
-            view.owner = owner;
+        if view.owner.pid.is_none() || view.owner.conn_id != Some(r.conn_id) {
+            view.owner = owner();
         }
         if view.closed.is_none() {
             view.closed = closed;
