@@ -5,7 +5,7 @@
 //! so a burst of new peers or processes cannot grow the agent's memory without bound.
 //! The reference table of these metrics is docs/metrics.md.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use opentelemetry_proto::tonic::{
     common::v1::KeyValue,
@@ -130,19 +130,21 @@ pub fn is_histogram(name: &str) -> bool {
         .any(|m| m.name == name && m.instrument == Instrument::Histogram)
 }
 
-/// An attribute value that can key a series.
+/// An attribute value that can key a series. Strings are shared (`Arc<str>`): a record
+/// measured into several series clones its key for each, which is then a reference
+/// count, not an allocation per attribute.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Val {
-    S(String),
+    S(Arc<str>),
     I(i64),
     B(bool),
 }
 
-type Key = Vec<(String, Val)>;
+type Key = Vec<(Arc<str>, Val)>;
 
 fn val(v: &AttrValue) -> Val {
     match v {
-        AttrValue::Str(s) => Val::S(s.clone()),
+        AttrValue::Str(s) => Val::S(s.as_str().into()),
         AttrValue::Int(i) => Val::I(*i),
         AttrValue::Bool(b) => Val::B(*b),
     }
@@ -152,7 +154,7 @@ fn to_kvs(key: &Key) -> Vec<KeyValue> {
     key.iter()
         .map(|(k, v)| {
             let av = match v {
-                Val::S(s) => AttrValue::Str(s.clone()),
+                Val::S(s) => AttrValue::Str(s.to_string()),
                 Val::I(i) => AttrValue::Int(*i),
                 Val::B(b) => AttrValue::Bool(*b),
             };
@@ -306,7 +308,8 @@ pub struct Options {
 
 pub struct MetricsState {
     opts: Options,
-    bounds: Vec<Vec<f64>>,
+    /// Per metric; shared so that a measurement borrows them without a copy.
+    bounds: Vec<Arc<[f64]>>,
     series: Vec<BTreeMap<Key, Series>>,
     /// Series of non-own metrics, against the cap.
     user_series: usize,
@@ -324,8 +327,8 @@ impl MetricsState {
             .map(|m| {
                 opts.buckets
                     .get(m.name)
-                    .cloned()
-                    .unwrap_or_else(|| m.bounds.to_vec())
+                    .map(|b| Arc::from(b.as_slice()))
+                    .unwrap_or_else(|| Arc::from(m.bounds))
             })
             .collect();
         MetricsState {
@@ -355,11 +358,11 @@ impl MetricsState {
             if !matches!(def.instrument, Instrument::Histogram) {
                 continue;
             }
-            let bounds = opts
+            let bounds: Arc<[f64]> = opts
                 .buckets
                 .get(def.name)
-                .cloned()
-                .unwrap_or_else(|| def.bounds.to_vec());
+                .map(|b| Arc::from(b.as_slice()))
+                .unwrap_or_else(|| Arc::from(def.bounds));
             let rebucketed = !opts.exponential && bounds != self.bounds[i];
             self.bounds[i] = bounds;
             if !(restart_all || rebucketed) {
@@ -384,7 +387,7 @@ impl MetricsState {
             if !self.opts.pids && (k == "process.pid" || k == "process.parent_pid") {
                 continue;
             }
-            key.push((k.clone(), val(v)));
+            key.push((k.as_str().into(), val(v)));
         }
     }
 
@@ -504,7 +507,7 @@ impl MetricsState {
         if self.opts.peers {
             key.push((
                 "network.peer.address".into(),
-                Val::S(r.remote.ip().to_string()),
+                Val::S(r.remote.ip().to_string().into()),
             ));
         }
         self.identity_key(identity, &mut key);
@@ -560,7 +563,7 @@ impl MetricsState {
     fn observe_tls(&mut self, r: &TlsRecord, identity: &Identity, now: u64) {
         let mut key: Key = Vec::new();
         if let Some(v) = &r.version {
-            key.push(("tls.protocol.version".into(), Val::S(tls_version(v))));
+            key.push(("tls.protocol.version".into(), Val::S(tls_version(v).into())));
         }
         if let Some(port) = r.remote.zip(r.local).map(|(rem, loc)| match r.role {
             Some(crate::events::tls::Role::Server) => loc.port(),
@@ -570,7 +573,10 @@ impl MetricsState {
         }
         if self.opts.peers {
             if let Some(rem) = r.remote {
-                key.push(("network.peer.address".into(), Val::S(rem.ip().to_string())));
+                key.push((
+                    "network.peer.address".into(),
+                    Val::S(rem.ip().to_string().into()),
+                ));
             }
         }
         self.identity_key(identity, &mut key);
@@ -607,7 +613,10 @@ impl MetricsState {
     fn observe_syscalls(&mut self, r: &SyscallsRecord, now: u64) {
         let by_pid = r.key_by == "pid";
         for p in &r.processes {
-            let mut base: Key = vec![("process.executable.name".into(), Val::S(p.comm.clone()))];
+            let mut base: Key = vec![(
+                "process.executable.name".into(),
+                Val::S(p.comm.as_str().into()),
+            )];
             if by_pid && self.opts.pids {
                 base.push(("process.pid".into(), Val::I(p.id as i64)));
             }
@@ -616,7 +625,7 @@ impl MetricsState {
             }
             for row in &p.syscalls {
                 let mut k = base.clone();
-                k.push(("syscall.name".into(), Val::S(row.syscall.clone())));
+                k.push(("syscall.name".into(), Val::S(row.syscall.as_str().into())));
                 self.add(M::SyscallCalls, k.clone(), row.count as i64, now);
                 if row.timed > 0 {
                     self.merge_log2(M::SyscallDuration, k, row, now);
@@ -624,8 +633,8 @@ impl MetricsState {
             }
             for e in &p.errnos {
                 let mut k = base.clone();
-                k.push(("syscall.name".into(), Val::S(e.syscall.clone())));
-                k.push(("error.type".into(), Val::S(e.errno_name.clone())));
+                k.push(("syscall.name".into(), Val::S(e.syscall.as_str().into())));
+                k.push(("error.type".into(), Val::S(e.errno_name.as_str().into())));
                 self.add(M::SyscallErrors, k, e.count as i64, now);
             }
         }
@@ -661,7 +670,7 @@ impl MetricsState {
 
     /// The agent's and the exporter's own counters, as totals since start.
     pub fn observe_health(&mut self, stats: &AgentStats, export: &super::ExportSnapshot, now: u64) {
-        let r = |s: &str| vec![("hostscope.result".to_string(), Val::S(s.into()))];
+        let r = |s: &str| vec![("hostscope.result".into(), Val::S(s.into()))];
         self.set_total(
             M::OwnRecords,
             r("decoded"),
@@ -678,8 +687,8 @@ impl MetricsState {
         for (family, counters) in &stats.kernel {
             for (name, v) in counters {
                 let key = vec![
-                    ("hostscope.probe.family".into(), Val::S(family.to_string())),
-                    ("hostscope.probe.counter".into(), Val::S(name.to_string())),
+                    ("hostscope.probe.family".into(), Val::S((*family).into())),
+                    ("hostscope.probe.counter".into(), Val::S((*name).into())),
                 ];
                 self.set_total(M::OwnProbeEvents, key, *v as i64, now);
             }
@@ -687,7 +696,7 @@ impl MetricsState {
                 .get(hostscope_common::stats::Stat::RingFull.name())
                 .copied()
                 .unwrap_or(0);
-            let key = vec![("hostscope.probe.family".into(), Val::S(family.to_string()))];
+            let key = vec![("hostscope.probe.family".into(), Val::S((*family).into()))];
             self.set_total(M::OwnProbeLost, key, lost as i64, now);
         }
         let t = &stats.tls;
@@ -719,14 +728,11 @@ impl MetricsState {
         );
         for ((signal, result, reason), n) in &export.items {
             let mut key = vec![
-                ("hostscope.signal".to_string(), Val::S(signal.to_string())),
-                (
-                    "hostscope.export.result".to_string(),
-                    Val::S(result.to_string()),
-                ),
+                ("hostscope.signal".into(), Val::S((*signal).into())),
+                ("hostscope.export.result".into(), Val::S((*result).into())),
             ];
             if !reason.is_empty() {
-                key.push(("error.type".into(), Val::S(reason.to_string())));
+                key.push(("error.type".into(), Val::S(reason.as_str().into())));
             }
             self.set_total(M::OwnExportItems, key, *n as i64, now);
         }
@@ -737,7 +743,7 @@ impl MetricsState {
             ("invalid", c.invalid),
             ("partial", c.partial),
         ] {
-            let key = vec![("hostscope.config.result".to_string(), Val::S(result.into()))];
+            let key = vec![("hostscope.config.result".into(), Val::S(result.into()))];
             self.set_total(M::OwnConfigReloads, key, n as i64, now);
         }
         self.set_gauge(M::OwnConfigGeneration, Vec::new(), c.generation as f64, now);
@@ -761,10 +767,7 @@ impl MetricsState {
             ("kube_errors", m.kube.errors),
         ];
         for (name, v) in counters {
-            let key = vec![(
-                "hostscope.metadata.counter".to_string(),
-                Val::S(name.into()),
-            )];
+            let key = vec![("hostscope.metadata.counter".into(), Val::S(name.into()))];
             self.set_total(M::OwnMetadataEvents, key, v as i64, now);
         }
         let cached = [
@@ -775,7 +778,7 @@ impl MetricsState {
             ("services", m.kube.services),
         ];
         for (name, v) in cached {
-            let key = vec![("hostscope.metadata.cache".to_string(), Val::S(name.into()))];
+            let key = vec![("hostscope.metadata.cache".into(), Val::S(name.into()))];
             self.set_gauge(M::OwnMetadataCached, key, v as f64, now);
         }
     }
@@ -799,9 +802,9 @@ impl MetricsState {
             .map(|(name, (not_after, subject))| (name.clone(), *not_after, subject.clone()))
             .collect();
         for (name, not_after, subject) in certs {
-            let mut key = vec![("server.address".to_string(), Val::S(name))];
+            let mut key = vec![("server.address".into(), Val::S(name.into()))];
             if !subject.is_empty() {
-                key.push(("tls.server.subject".into(), Val::S(subject)));
+                key.push(("tls.server.subject".into(), Val::S(subject.into())));
             }
             self.set_gauge(
                 M::TlsCertTimeToExpiry,
@@ -895,7 +898,7 @@ impl MetricsState {
                             count: h.count,
                             sum: Some(h.sum),
                             bucket_counts: h.counts.clone(),
-                            explicit_bounds: bounds.clone(),
+                            explicit_bounds: bounds.to_vec(),
                             min: h.min.is_finite().then_some(h.min),
                             max: h.max.is_finite().then_some(h.max),
                             ..Default::default()
