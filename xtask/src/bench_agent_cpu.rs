@@ -19,10 +19,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{
-    bench::{median, storm},
-    bench_rca::print_machine,
-};
+use crate::bench::{median, storm};
 
 /// Target of issue 13: userspace CPU per record, per family.
 const TARGET_US: f64 = 1.0;
@@ -273,7 +270,7 @@ fn measure(agent: &Agent, bin: &Path, storm: Storm, n: usize) -> anyhow::Result<
 
 pub fn bench_agent_cpu(bin: &Path, rounds: usize, connections: usize) -> anyhow::Result<()> {
     println!("== agent CPU per record (start-up excluded) ==");
-    print_machine();
+    crate::bench_machine::print();
     let n = connections.max(1_000);
     let rounds = rounds.clamp(1, 5);
     let sink = otlp_sink()?;

@@ -68,7 +68,13 @@ pub fn test() -> anyhow::Result<()> {
     let image = crate::image::build()?;
     std::env::set_var("HOSTSCOPE_IMAGE", &image.archive);
     let integration_ok = cargo_test(
-        &["-p", "hostscope-tests", "--", "--test-threads=1"],
+        &[
+            "-p",
+            "hostscope-tests",
+            "--no-fail-fast",
+            "--",
+            "--test-threads=1",
+        ],
         &mut totals,
     )?;
     // The TLS wire parser must survive arbitrary bytes: a bounded fuzzing run.
