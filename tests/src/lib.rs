@@ -27,31 +27,33 @@ use hostscope::{
 /// The `hostscope` binary the tests run as users do (`cargo xtask test` builds it first;
 /// `HOSTSCOPE_BIN` points elsewhere).
 pub fn hostscope_bin() -> std::path::PathBuf {
-    let path = std::env::var_os("HOSTSCOPE_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostscope")
-        });
-    assert!(
-        path.exists(),
-        "{} missing: build it with `cargo build -p hostscope`",
-        path.display()
-    );
-    path
+    built_binary("HOSTSCOPE_BIN", "debug", "cargo build -p hostscope")
 }
 
 /// The release build, for a test whose subject is throughput (a debug agent decodes
 /// several times slower than the one users run): `cargo xtask test` builds it (it is the
 /// image's binary); `HOSTSCOPE_RELEASE_BIN` points elsewhere.
 pub fn hostscope_release_bin() -> std::path::PathBuf {
-    let path = std::env::var_os("HOSTSCOPE_RELEASE_BIN")
+    built_binary(
+        "HOSTSCOPE_RELEASE_BIN",
+        "release",
+        "cargo build --release -p hostscope",
+    )
+}
+
+/// `$env`, else target/<profile>/hostscope; it must exist (`build` says how).
+fn built_binary(env: &str, profile: &str, build: &str) -> std::path::PathBuf {
+    let path = std::env::var_os(env)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/hostscope")
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target")
+                .join(profile)
+                .join("hostscope")
         });
     assert!(
         path.exists(),
-        "{} missing: build it with `cargo build --release -p hostscope`",
+        "{} missing: build it with `{build}`",
         path.display()
     );
     path

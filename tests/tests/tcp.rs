@@ -304,16 +304,22 @@ fn dropped_data_segments_show_as_retransmits() {
     assert!(r.bytes_acked.unwrap() > payload.len() as u64);
 }
 
+/// A connected loopback pair: (client, the server's accepted side).
+fn loopback_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    (client, accepted)
+}
+
 #[test]
 fn reset_mid_connection_is_seen_by_both_sides() {
     if !privileged("reset_mid_connection_is_seen_by_both_sides") {
         return;
     }
     let h = Harness::start();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server = listener.local_addr().unwrap();
-    let mut client = TcpStream::connect(server).unwrap();
-    let (accepted, _) = listener.accept().unwrap();
+    let (mut client, accepted) = loopback_pair();
+    let server = accepted.local_addr().unwrap();
     let client_addr = client.local_addr().unwrap();
     client.write_all(b"hello").unwrap();
     std::thread::sleep(Duration::from_millis(50));
@@ -366,10 +372,8 @@ fn reset_in_fin_wait2_reports_the_sockets_state() {
         return;
     }
     let h = Harness::start();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server = listener.local_addr().unwrap();
-    let mut client = TcpStream::connect(server).unwrap();
-    let (accepted, _) = listener.accept().unwrap();
+    let (mut client, accepted) = loopback_pair();
+    let server = accepted.local_addr().unwrap();
     let client_addr = client.local_addr().unwrap();
     // Client FIN, acknowledged: client in FIN_WAIT2, server in CLOSE_WAIT.
     client.shutdown(Shutdown::Write).unwrap();

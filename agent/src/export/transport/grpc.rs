@@ -8,10 +8,6 @@
 use std::{str::FromStr, time::Duration};
 
 use http_body_util::BodyExt;
-use opentelemetry_proto::tonic::collector::{
-    logs::v1::ExportLogsServiceResponse, metrics::v1::ExportMetricsServiceResponse,
-    trace::v1::ExportTraceServiceResponse,
-};
 use prost::Message;
 use tonic::{
     codegen::{http, Bytes, Service},
@@ -203,21 +199,7 @@ async fn answer(
     let Some(m) = message else {
         return Ok(Accepted::default());
     };
-    let p = match signal {
-        Signal::Metrics => ExportMetricsServiceResponse::decode(m.as_slice())
-            .ok()
-            .and_then(|r| r.partial_success)
-            .map(|p| (p.rejected_data_points, p.error_message)),
-        Signal::Traces => ExportTraceServiceResponse::decode(m.as_slice())
-            .ok()
-            .and_then(|r| r.partial_success)
-            .map(|p| (p.rejected_spans, p.error_message)),
-        Signal::Logs => ExportLogsServiceResponse::decode(m.as_slice())
-            .ok()
-            .and_then(|r| r.partial_success)
-            .map(|p| (p.rejected_log_records, p.error_message)),
-    };
-    Ok(partial(p))
+    Ok(Accepted::from_response(signal, &m))
 }
 
 /// A response without `grpc-status`: the code the gRPC HTTP mapping gives its HTTP
@@ -235,16 +217,6 @@ fn status_of_http(status: http::StatusCode) -> Status {
         code,
         format!("no grpc-status in the response (HTTP {status})"),
     )
-}
-
-fn partial(p: Option<(i64, String)>) -> Accepted {
-    match p {
-        Some((rejected, message)) => Accepted {
-            rejected: rejected.max(0),
-            message,
-        },
-        None => Accepted::default(),
-    }
 }
 
 /// Retryable codes per the OTLP specification; anything else is dropped and counted.

@@ -2,11 +2,6 @@
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::{
-    logs::v1::ExportLogsServiceResponse, metrics::v1::ExportMetricsServiceResponse,
-    trace::v1::ExportTraceServiceResponse,
-};
-use prost::Message;
 use reqwest::{
     header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER},
     Certificate, Client, Identity, StatusCode,
@@ -112,26 +107,7 @@ impl HttpTransport {
             .and_then(parse_retry_after);
         let bytes = resp.bytes().await.unwrap_or_default();
         if status.is_success() {
-            let p = match signal {
-                Signal::Metrics => ExportMetricsServiceResponse::decode(bytes.as_ref())
-                    .ok()
-                    .and_then(|r| r.partial_success)
-                    .map(|p| (p.rejected_data_points, p.error_message)),
-                Signal::Traces => ExportTraceServiceResponse::decode(bytes.as_ref())
-                    .ok()
-                    .and_then(|r| r.partial_success)
-                    .map(|p| (p.rejected_spans, p.error_message)),
-                Signal::Logs => ExportLogsServiceResponse::decode(bytes.as_ref())
-                    .ok()
-                    .and_then(|r| r.partial_success)
-                    .map(|p| (p.rejected_log_records, p.error_message)),
-            };
-            let accepted = p
-                .map(|(rejected, message)| Accepted {
-                    rejected: rejected.max(0),
-                    message,
-                })
-                .unwrap_or_default();
+            let accepted = Accepted::from_response(signal, &bytes);
             return (Ok(accepted), wire);
         }
         (

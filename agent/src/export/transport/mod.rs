@@ -19,6 +19,40 @@ pub struct Accepted {
     pub message: String,
 }
 
+impl Accepted {
+    /// From an Export*ServiceResponse body of `signal` (gRPC message or HTTP body): its
+    /// partial success, if any. A body that does not decode is taken as full success (the
+    /// server said OK; only its detail is lost).
+    pub fn from_response(signal: Signal, body: &[u8]) -> Accepted {
+        use opentelemetry_proto::tonic::collector::{
+            logs::v1::ExportLogsServiceResponse, metrics::v1::ExportMetricsServiceResponse,
+            trace::v1::ExportTraceServiceResponse,
+        };
+        use prost::Message;
+        let p = match signal {
+            Signal::Metrics => ExportMetricsServiceResponse::decode(body)
+                .ok()
+                .and_then(|r| r.partial_success)
+                .map(|p| (p.rejected_data_points, p.error_message)),
+            Signal::Traces => ExportTraceServiceResponse::decode(body)
+                .ok()
+                .and_then(|r| r.partial_success)
+                .map(|p| (p.rejected_spans, p.error_message)),
+            Signal::Logs => ExportLogsServiceResponse::decode(body)
+                .ok()
+                .and_then(|r| r.partial_success)
+                .map(|p| (p.rejected_log_records, p.error_message)),
+        };
+        match p {
+            Some((rejected, message)) => Accepted {
+                rejected: rejected.max(0),
+                message,
+            },
+            None => Accepted::default(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct SendError {
