@@ -1,13 +1,16 @@
 //! `cargo xtask bench`: what hostscope costs, printed next to a peer measured in the same
-//! run. Figures are printed, never asserted.
+//! run. Figures are printed, never asserted. Each tracer's storm is paired with a
+//! no-tracer storm next to it and the slowdown taken pair by pair (median and range over
+//! the rounds), with a verdict counting the rounds in which hostscope was the cheaper.
 //!
-//! TCP: a loopback connect/accept/close storm timed with no tracer, with hostscope, and
-//! with the peer (libbpf-tools `tcplife`, plus `tcpconnlat` when it can attach, else a
-//! bpftrace connect-latency script on `sock:inet_sock_set_state`), in interleaved rounds.
-//! Kernel cost per program comes from `kernel.bpf_stats_enabled` (ns per run).
+//! TCP: a loopback connect/accept/close storm and a refused-connect storm, with
+//! hostscope, with the peer (libbpf-tools `tcplife`, plus `tcpconnlat` when it can
+//! attach, else a bpftrace connect-latency script on `sock:inet_sock_set_state`) and with
+//! `tcplife` alone. Kernel cost per program comes from `kernel.bpf_stats_enabled`.
 //!
-//! Syscalls: a storm of `getppid` calls timed with no tracer, with hostscope, and with
-//! libbpf-tools `syscount -L` (counts and latency, like hostscope), interleaved rounds.
+//! Syscalls: a storm of `getppid` calls with hostscope, with libbpf-tools `syscount -L`
+//! (counts and latency, like hostscope), and with the floor: empty programs on the same
+//! hook pair.
 //!
 //! Metadata: identity lookup cost on a cache hit, memory per 1,000 pods / 10,000
 //! processes, new cgroup → first labelled record (`tests/examples/metadata_bench.rs`).
@@ -74,7 +77,6 @@ tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->oldstate == 2/
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
-    None,
     /// Empty programs on the syscall hook pair (bench_floor).
     Floor,
     Hostscope,
@@ -145,7 +147,6 @@ fn start_tracer(mode: Mode, bin: &Path, peer: &PeerPlan) -> anyhow::Result<Trace
     let mut stderr_file = None;
     let mut floor = None;
     match mode {
-        Mode::None => {}
         Mode::Floor => floor = Some(crate::bench_floor::Floor::attach()?),
         Mode::Hostscope => {
             let path = std::env::temp_dir().join("hostscope-bench.stderr");
@@ -182,7 +183,6 @@ fn start_tracer(mode: Mode, bin: &Path, peer: &PeerPlan) -> anyhow::Result<Trace
     }
     // Wait until every tracer has its programs loaded (or give up after 20 s).
     let expected = match mode {
-        Mode::None => 0,
         Mode::Floor => crate::bench_floor::PROGRAMS.len(),
         Mode::Hostscope => HOSTSCOPE_PROGRAMS,
         Mode::Peer => peer.min_programs,
@@ -535,7 +535,6 @@ fn bench_syscalls(args: &BenchArgs, bin: &Path) -> anyhow::Result<()> {
         }
     }
     let label = |m: Mode| match m {
-        Mode::None => "no tracer".to_string(),
         Mode::Floor => "floor (empty programs)".to_string(),
         Mode::Hostscope => "hostscope".to_string(),
         Mode::Peer => peer.name.clone(),
@@ -627,119 +626,142 @@ fn bench_syscalls(args: &BenchArgs, bin: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `n` connects to a loopback port nobody listens on (each refused with a reset).
+fn refused_storm(n: usize) -> anyhow::Result<Duration> {
+    let closed = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let start = Instant::now();
+    for _ in 0..n {
+        let _ = TcpStream::connect(closed);
+    }
+    Ok(start.elapsed())
+}
+
+/// Both TCP storms, each tracer paired with a no-tracer storm next to it (before it in
+/// even rounds, after it in odd ones) and the slowdown taken pair by pair: hostscope, the
+/// peer (tcplife + a connect-latency tool) and tcplife alone, the two bars.
 fn bench_tcp(args: &BenchArgs, bin: &Path, peer: &PeerPlan) -> anyhow::Result<()> {
     let n = args.connections;
     println!(
-        "== TCP connect/close storm: {n} loopback connections, {} interleaved rounds, median",
+        "== TCP storms: {n} loopback connections; each tracer paired with a no-tracer storm, {} rounds, median [range]",
         args.rounds
     );
+    crate::bench_machine::print();
+    let tcplife = PeerPlan {
+        name: "tcplife alone".to_string(),
+        commands: vec![peer.commands[0].clone()],
+        min_programs: 1,
+    };
+    let tracers: [(&str, Mode, &PeerPlan); 3] = [
+        ("hostscope", Mode::Hostscope, peer),
+        (peer.name.as_str(), Mode::Peer, peer),
+        ("tcplife alone", Mode::Peer, &tcplife),
+    ];
+    type Storm = fn(usize) -> anyhow::Result<Duration>;
+    let storms: [(&str, Storm); 2] = [("connect/close", storm), ("refused connect", refused_storm)];
     storm(1000)?; // warm-up
-    let mut times: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut prog_cost: BTreeMap<(Mode, String), (u64, u64)> = BTreeMap::new();
-    let mut usages = Vec::new();
+                  // (storm, tracer) -> per round (no tracer s, traced s)
+    let mut pairs: BTreeMap<(usize, usize), Vec<(f64, f64)>> = BTreeMap::new();
+    // (storm, tracer, program) -> (ns, runs), over the storms only
+    let mut prog_cost: BTreeMap<(usize, usize, String), (u64, u64)> = BTreeMap::new();
     let mut last_stats = String::new();
     for round in 0..args.rounds {
-        for mode in [Mode::None, Mode::Hostscope, Mode::Peer] {
-            let tracer = start_tracer(mode, bin, peer)?;
-            let before = prog_stats_of(&tracer.programs);
-            let elapsed = storm(n)?;
-            std::thread::sleep(Duration::from_millis(300));
-            let after = prog_stats_of(&tracer.programs);
-            // Only the storm's runs: start-up and idle time would inflate runs per
-            // connection.
-            for id in &tracer.programs {
-                if let (Some((name, ns1, c1)), Some((_, ns0, c0))) = (after.get(id), before.get(id))
-                {
-                    let e = prog_cost.entry((mode, name.clone())).or_default();
-                    e.0 += ns1.saturating_sub(*ns0);
-                    e.1 += c1.saturating_sub(*c0);
+        for (si, (storm_name, run_storm)) in storms.iter().enumerate() {
+            for (ti, (name, mode, plan)) in tracers.iter().enumerate() {
+                let none_first = round % 2 == 0;
+                let mut none = if none_first {
+                    run_storm(n)?.as_secs_f64()
+                } else {
+                    0.0
+                };
+                let tracer = start_tracer(*mode, bin, plan)?;
+                let before = prog_stats_of(&tracer.programs);
+                let traced = run_storm(n)?.as_secs_f64();
+                std::thread::sleep(Duration::from_millis(300));
+                let after = prog_stats_of(&tracer.programs);
+                for id in &tracer.programs {
+                    if let (Some((prog, ns1, c1)), Some((_, ns0, c0))) =
+                        (after.get(id), before.get(id))
+                    {
+                        let e = prog_cost.entry((si, ti, prog.clone())).or_default();
+                        e.0 += ns1.saturating_sub(*ns0);
+                        e.1 += c1.saturating_sub(*c0);
+                    }
                 }
-            }
-            if mode == Mode::Hostscope {
-                if let Some(c) = tracer.children.first() {
-                    usages.push(usage(c.id()));
+                if let Some(text) = stop(tracer) {
+                    if let Some(line) = text.lines().rev().find(|l| l.starts_with("agent:")) {
+                        last_stats = line.to_string();
+                    }
                 }
-            }
-            if let Some(text) = stop(tracer) {
-                if let Some(line) = text.lines().rev().find(|l| l.starts_with("agent:")) {
-                    last_stats = line.to_string();
+                if !none_first {
+                    none = run_storm(n)?.as_secs_f64();
                 }
+                pairs.entry((si, ti)).or_default().push((none, traced));
+                eprintln!(
+                    "round {round} {storm_name} {name}: {traced:.3} s, no tracer {none:.3} s: {:.2}x",
+                    traced / none
+                );
             }
-            times.entry(mode).or_default().push(elapsed.as_secs_f64());
-            eprintln!("round {round} {mode:?}: {:.3} s", elapsed.as_secs_f64());
         }
     }
-    let base = median(
-        times
-            .get_mut(&Mode::None)
-            .map(|v| v.as_mut_slice())
-            .unwrap_or(&mut []),
-    );
-    let label = |m: Mode| match m {
-        Mode::None => "no tracer".to_string(),
-        Mode::Floor => "floor".to_string(),
-        Mode::Hostscope => "hostscope".to_string(),
-        Mode::Peer => peer.name.clone(),
-    };
-    println!(
-        "{:<30} {:>10} {:>12} {:>10} {:>16}",
-        "mode", "time", "per conn", "slowdown", "BPF ns per conn"
-    );
-    let mut slowdowns = BTreeMap::new();
-    for (mode, v) in times.iter_mut() {
-        let t = median(v);
-        let bpf_ns: u64 = prog_cost
-            .iter()
-            .filter(|((m, _), _)| m == mode)
-            .map(|(_, (ns, _))| ns)
-            .sum();
-        let per_conn_bpf = bpf_ns as f64 / (n * args.rounds) as f64;
-        slowdowns.insert(*mode, t / base);
-        println!(
-            "{:<30} {:>8.3} s {:>9.1} µs {:>9.2}x {:>16.0}",
-            label(*mode),
-            t,
-            t / n as f64 * 1e6,
-            t / base,
-            per_conn_bpf
-        );
-    }
-    if let (Some(h), Some(p)) = (slowdowns.get(&Mode::Hostscope), slowdowns.get(&Mode::Peer)) {
-        println!(
-            "hostscope slowdown / peer slowdown: {:.2} (target ≤ 1.00; the VM is noisy, ratios within ~0.1 are not separable)",
-            h / p
-        );
-    }
-    println!("per program over the storms (bpf_stats, all rounds):");
-    println!(
-        "{:<12} {:<18} {:>12} {:>10} {:>10}",
-        "tracer", "program", "runs", "per conn", "ns/run"
-    );
     let conns = (n * args.rounds) as f64;
-    let mut tcp_family = 0.0;
-    for ((mode, name), (ns, cnt)) in &prog_cost {
-        if *mode == Mode::Hostscope && name.starts_with("tcp_") {
-            tcp_family += *ns as f64 / conns;
+    for (si, (storm_name, _)) in storms.iter().enumerate() {
+        println!("-- {storm_name}");
+        println!(
+            "{:<30} {:>24} {:>12} {:>16}",
+            "tracer", "slowdown [range]", "no tracer", "BPF ns per conn"
+        );
+        let mut ratios: Vec<Vec<f64>> = Vec::new();
+        for (ti, (name, _, _)) in tracers.iter().enumerate() {
+            let v = pairs.get(&(si, ti)).cloned().unwrap_or_default();
+            let r: Vec<f64> = v.iter().map(|(none, t)| t / none).collect();
+            let nones: Vec<f64> = v.iter().map(|(none, _)| *none).collect();
+            let (m, lo, hi) = spread(&r);
+            let (base, _, _) = spread(&nones);
+            let bpf: u64 = prog_cost
+                .iter()
+                .filter(|((s, t, _), _)| *s == si && *t == ti)
+                .map(|(_, (ns, _))| ns)
+                .sum();
+            println!(
+                "{name:<30} {m:>9.2}x [{lo:.2}–{hi:.2}] {:>9.1} µs {:>16.0}",
+                base / n as f64 * 1e6,
+                bpf as f64 / conns
+            );
+            ratios.push(r);
         }
+        for (ti, bar) in [(1, "the peer"), (2, "tcplife alone")] {
+            let cheaper = ratios[0]
+                .iter()
+                .zip(&ratios[ti])
+                .filter(|(h, p)| h <= p)
+                .count();
+            println!(
+                "verdict: hostscope slowed the storm no more than {bar} in {cheaper} of {} rounds (target: all)",
+                ratios[0].len()
+            );
+        }
+        println!("hostscope per program over these storms (bpf_stats, all rounds):");
         println!(
-            "{:<12} {:<18} {:>12} {:>10.2} {:>10.0}",
-            format!("{mode:?}"),
-            name,
-            cnt,
-            *cnt as f64 / conns,
-            *ns as f64 / (*cnt).max(1) as f64
+            "{:<18} {:>12} {:>10} {:>10}",
+            "program", "runs", "per conn", "ns/run"
         );
-    }
-    println!("hostscope TCP family: {tcp_family:.0} ns of BPF per connection (target ≤ 2,000)");
-    if !usages.is_empty() {
-        let peak = usages.iter().map(|u| u.rss_peak_kb).max().unwrap_or(0);
-        let cpu: Vec<f64> = usages.iter().map(|u| u.cpu_s).collect();
-        println!(
-            "hostscope agent: peak RSS {:.1} MB, CPU {:.2} s per {n}-connection storm (mean of {} rounds, includes start-up)",
-            peak as f64 / 1024.0,
-            cpu.iter().sum::<f64>() / cpu.len() as f64,
-            cpu.len()
-        );
+        let mut family = 0.0;
+        for ((s, t, prog), (ns, cnt)) in &prog_cost {
+            if *s != si || *t != 0 || *cnt == 0 {
+                continue;
+            }
+            if prog.starts_with("tcp_") {
+                family += *ns as f64 / conns;
+            }
+            println!(
+                "{:<18} {:>12} {:>10.2} {:>10.0}",
+                prog,
+                cnt,
+                *cnt as f64 / conns,
+                *ns as f64 / *cnt as f64
+            );
+        }
+        println!("hostscope TCP family: {family:.0} ns of BPF per connection (target ≤ 2,000)");
     }
     if !last_stats.is_empty() {
         println!("hostscope's own counters, last round: {last_stats}");
