@@ -260,6 +260,31 @@ pub(crate) fn stop_children(children: Vec<Child>) {
     }
 }
 
+/// Each program's (name, run ns, runs) over the interval between two snapshots.
+fn program_deltas<'a>(
+    programs: &'a [u32],
+    before: &'a BTreeMap<u32, (String, u64, u64)>,
+    after: &'a BTreeMap<u32, (String, u64, u64)>,
+) -> impl Iterator<Item = (&'a str, u64, u64)> + 'a {
+    programs.iter().filter_map(|id| {
+        let ((name, ns1, c1), (_, ns0, c0)) = (after.get(id)?, before.get(id)?);
+        Some((
+            name.as_str(),
+            ns1.saturating_sub(*ns0),
+            c1.saturating_sub(*c0),
+        ))
+    })
+}
+
+/// Stops the tracer; hostscope's last `agent:` stats line, when it printed one.
+fn stop_for_stats(tracer: Tracer) -> Option<String> {
+    let text = stop(tracer)?;
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("agent:"))
+        .map(str::to_string)
+}
+
 fn stop(tracer: Tracer) -> Option<String> {
     drop(tracer.floor);
     stop_children(tracer.children);
@@ -508,21 +533,15 @@ fn bench_syscalls(args: &BenchArgs, bin: &Path) -> anyhow::Result<()> {
                     .iter()
                     .any(|p| name.starts_with(p)),
             };
-            for id in &tracer.programs {
-                if let (Some((name, ns1, c1)), Some((_, ns0, c0))) = (after.get(id), before.get(id))
-                {
-                    if !ours(name) {
-                        continue;
-                    }
-                    let e = prog_cost.entry((mode, name.clone())).or_default();
-                    e.0 += ns1.saturating_sub(*ns0);
-                    e.1 += c1.saturating_sub(*c0);
+            for (name, ns, runs) in program_deltas(&tracer.programs, &before, &after) {
+                if ours(name) {
+                    let e = prog_cost.entry((mode, name.to_string())).or_default();
+                    e.0 += ns;
+                    e.1 += runs;
                 }
             }
-            if let Some(text) = stop(tracer) {
-                if let Some(line) = text.lines().rev().find(|l| l.starts_with("agent:")) {
-                    last_stats = line.to_string();
-                }
+            if let Some(line) = stop_for_stats(tracer) {
+                last_stats = line;
             }
             if !none_first {
                 none = getppid_storm(n).as_secs_f64();
@@ -678,19 +697,13 @@ fn bench_tcp(args: &BenchArgs, bin: &Path, peer: &PeerPlan) -> anyhow::Result<()
                 let traced = run_storm(n)?.as_secs_f64();
                 std::thread::sleep(Duration::from_millis(300));
                 let after = prog_stats_of(&tracer.programs);
-                for id in &tracer.programs {
-                    if let (Some((prog, ns1, c1)), Some((_, ns0, c0))) =
-                        (after.get(id), before.get(id))
-                    {
-                        let e = prog_cost.entry((si, ti, prog.clone())).or_default();
-                        e.0 += ns1.saturating_sub(*ns0);
-                        e.1 += c1.saturating_sub(*c0);
-                    }
+                for (prog, ns, runs) in program_deltas(&tracer.programs, &before, &after) {
+                    let e = prog_cost.entry((si, ti, prog.to_string())).or_default();
+                    e.0 += ns;
+                    e.1 += runs;
                 }
-                if let Some(text) = stop(tracer) {
-                    if let Some(line) = text.lines().rev().find(|l| l.starts_with("agent:")) {
-                        last_stats = line.to_string();
-                    }
+                if let Some(line) = stop_for_stats(tracer) {
+                    last_stats = line;
                 }
                 if !none_first {
                     none = run_storm(n)?.as_secs_f64();
