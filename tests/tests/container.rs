@@ -376,6 +376,14 @@ impl Containerd {
         c
     }
 
+    /// `ctr run --rm` of `image` as container `name`, with `args` as its command line
+    /// (none: the image's entrypoint and default command).
+    fn run(&self, image: &str, name: &str, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["run", "--rm", "--snapshotter", "native", image, name];
+        all.extend_from_slice(args);
+        self.ctr(&all)
+    }
+
     fn ctr(&self, args: &[&str]) -> std::process::Output {
         Command::new("ctr")
             .arg("--address")
@@ -426,16 +434,11 @@ fn image_imports_into_containerd_and_runs() {
         .unwrap_or_else(|| panic!("no hostscope:<tag> among the imported images: {refs}"))
         .to_string();
     let version = format!("hostscope {}", env!("CARGO_PKG_VERSION"));
-    let out = ctrd.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "native",
+    let out = ctrd.run(
         &image,
         "hostscope-version",
-        "/usr/local/bin/hostscope",
-        "--version",
-    ]);
+        &["/usr/local/bin/hostscope", "--version"],
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && printed.trim() == version,
@@ -443,14 +446,7 @@ fn image_imports_into_containerd_and_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The entrypoint alone: `hostscope run` with nothing granted.
-    let out = ctrd.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "native",
-        &image,
-        "hostscope-entrypoint",
-    ]);
+    let out = ctrd.run(&image, "hostscope-entrypoint", &[]);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
