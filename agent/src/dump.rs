@@ -7,7 +7,9 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use hostscope_common::{
     stats::Stat,
     syscalls,
-    tcp::{TcpConfig, TcpConn, TCP_CONFIG_MAP, TCP_CONNS_MAP, TCP_STATS_MAP},
+    tcp::{
+        TcpConfig, TcpConn, CONN_ESTABLISHED_UNSEEN, TCP_CONFIG_MAP, TCP_CONNS_MAP, TCP_STATS_MAP,
+    },
     tls::{TlsFailureSlot, TLS_FAILURES_MAP, TLS_STATS_MAP},
 };
 use serde::Serialize;
@@ -113,7 +115,7 @@ fn conn_row(c: &TcpConn, now_ns: u64) -> ConnRow {
         comm: comm_string(&c.comm),
         cgroup_id: c.cgroup_id,
         age_ms: now_ns.saturating_sub(c.start_ns) as f64 / 1e6,
-        established: c.established_ns != 0,
+        established: c.established_ns != 0 || c.flags & CONN_ESTABLISHED_UNSEEN != 0,
         syn_retransmits: c.syn_retrans,
         retransmits: c.retrans,
         resets_sent: c.rst_sent,

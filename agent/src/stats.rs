@@ -28,6 +28,9 @@ pub struct ProgramCost {
     pub program: String,
     pub run_count: u64,
     pub run_time_ns: u64,
+    /// Runs the kernel skipped because another BPF program was running on the CPU
+    /// (`kernel::program_misses`); counted whether or not bpf_stats are enabled.
+    pub runs_missed: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -38,7 +41,7 @@ pub struct AgentStats {
     pub decode_errors: u64,
     pub records_lagged: u64,
     pub records_aggregated: u64,
-    /// Empty unless bpf_stats are enabled.
+    /// Every loaded program; run counts and times stay 0 unless bpf_stats are enabled.
     pub programs: Vec<ProgramCost>,
     pub tls: crate::tls::tracker::TrackerStats,
     /// Configuration generation and reloads (set by the run loop).
@@ -54,6 +57,13 @@ impl AgentStats {
             .map(|c| c.get(Stat::RingFull.name()).copied().unwrap_or(0))
             .sum();
         kernel + self.decode_errors + self.records_lagged
+    }
+
+    /// Probe runs the kernel skipped. Not in `total_lost`: most runs record nothing (an
+    /// uninteresting state change), and the TCP probe makes the records a skipped run
+    /// owed at the socket's next transition (`transitions_recovered`).
+    pub fn runs_missed(&self) -> u64 {
+        self.programs.iter().map(|p| p.runs_missed).sum()
     }
 }
 
@@ -87,6 +97,10 @@ impl std::fmt::Display for AgentStats {
         )?;
         if !c.pending_restart.is_empty() {
             write!(f, " pending_restart={}", c.pending_restart.join(","))?;
+        }
+        let missed = self.runs_missed();
+        if missed > 0 {
+            write!(f, "; {missed} probe runs skipped by the kernel (nested)")?;
         }
         for p in &self.programs {
             if p.run_count > 0 {
@@ -139,6 +153,7 @@ pub fn read_program_costs(ebpf: &Ebpf) -> Vec<ProgramCost> {
                 program: name.to_string(),
                 run_count: info.run_count(),
                 run_time_ns: info.run_time().as_nanos() as u64,
+                runs_missed: crate::kernel::program_misses::recursion_misses(program).unwrap_or(0),
             })
         })
         .collect()

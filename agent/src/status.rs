@@ -148,6 +148,13 @@ impl std::fmt::Display for Status {
                 p.run_time_ns / p.run_count.max(1)
             )?;
         }
+        for p in a.programs.iter().filter(|p| p.runs_missed > 0) {
+            writeln!(
+                f,
+                "  {:<28} {:>12} runs skipped by the kernel (another BPF program was running on the CPU)",
+                p.program, p.runs_missed
+            )?;
+        }
         writeln!(f, "\nmaps:")?;
         for m in &self.maps {
             writeln!(

@@ -33,6 +33,7 @@ fn refused(i: u64, at: u64, pid: u32) -> Record {
         connect_latency_us: None,
         handshake_rtt_us: None,
         syn_retransmits: 0,
+        handshake_end_unseen: false,
         failure: Some(Failure::from_errno(libc::ECONNREFUSED as u32)),
         duration_us: Some(20.0),
         bytes_acked: None,

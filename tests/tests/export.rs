@@ -137,6 +137,7 @@ fn failed_connect(conn_id: u64) -> Record {
         connect_latency_us: None,
         handshake_rtt_us: None,
         syn_retransmits: 0,
+        handshake_end_unseen: false,
         failure: Some(Failure::from_errno(libc::ECONNREFUSED as u32)),
         duration_us: Some(120.0),
         bytes_acked: None,

@@ -116,6 +116,11 @@ pub struct TcpRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_rtt_us: Option<u32>,
     pub syn_retransmits: u32,
+    /// The kernel skipped the probe run at ESTABLISHED (another BPF program was running
+    /// on the CPU); this connect record was made at the socket's next transition, so it
+    /// has no connect latency.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub handshake_end_unseen: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
     /// Failed connect: SYN → failure. Close: open → close (the connection's lifetime).
@@ -226,6 +231,7 @@ pub fn from_event(ev: &TcpEvent, clock: &Clock) -> Result<TcpRecord, DecodeError
         },
         handshake_rtt_us: (event == TcpEventKind::Connect && ev.srtt_us != 0).then_some(ev.srtt_us),
         syn_retransmits: c.syn_retrans,
+        handshake_end_unseen: c.flags & CONN_ESTABLISHED_UNSEEN != 0,
         failure,
         duration_us: if closing {
             us_between(c.start_ns, c.closed_ns)
@@ -277,6 +283,8 @@ impl std::fmt::Display for TcpRecord {
             TcpEventKind::Connect => {
                 if let Some(l) = self.connect_latency_us {
                     write!(f, "latency {}", ms(l))?;
+                } else if self.handshake_end_unseen {
+                    write!(f, "established (handshake end not seen: probe run skipped)")?;
                 } else {
                     write!(f, "accepted")?;
                 }

@@ -220,6 +220,7 @@ mod tests {
             connect_latency_us: None,
             handshake_rtt_us: None,
             syn_retransmits: 0,
+            handshake_end_unseen: false,
             failure: None,
             duration_us: None,
             bytes_acked: None,

@@ -38,6 +38,7 @@ fn tcp(event: TcpEventKind, errno: u32, port: u16) -> Record {
         connect_latency_us: Some(1500.0),
         handshake_rtt_us: None,
         syn_retransmits: 0,
+        handshake_end_unseen: false,
         failure: (event == TcpEventKind::ConnectFailed).then(|| Failure::from_errno(errno)),
         duration_us: Some(250.0),
         bytes_acked: Some(1),

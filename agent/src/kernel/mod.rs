@@ -2,4 +2,5 @@
 pub mod btf;
 pub mod map_fill;
 pub mod mounts;
+pub mod program_misses;
 pub mod tracefs;

@@ -223,6 +223,14 @@ fn health(out: &mut Out, s: &Status) -> std::fmt::Result {
             .iter()
             .map(|p| (labels([("program", &p.program)]), p.run_count)),
     )?;
+    out.counter(
+        "bpf_program_runs_missed",
+        "Runs the kernel skipped because another BPF program was running on the CPU (recursion_misses).",
+        s.agent
+            .programs
+            .iter()
+            .map(|p| (labels([("program", &p.program)]), p.runs_missed)),
+    )?;
     out.family(
         "bpf_program_run",
         "Time spent in each BPF program (kernel.bpf_stats_enabled).",
@@ -608,6 +616,7 @@ mod tests {
             program: "tcp_state_change".into(),
             run_count: 10,
             run_time_ns: 5_000,
+            runs_missed: 2,
         });
         let mut export = crate::export::ExportSnapshot::default();
         export.items.insert(("metrics", "sent", String::new()), 3);

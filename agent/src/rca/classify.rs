@@ -389,6 +389,7 @@ mod tests {
             connect_latency_us: None,
             handshake_rtt_us: None,
             syn_retransmits,
+            handshake_end_unseen: false,
             failure: Some(Failure::from_errno(errno as u32)),
             duration_us: Some(80.0),
             bytes_acked: None,

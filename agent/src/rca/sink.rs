@@ -445,6 +445,7 @@ mod tests {
             connect_latency_us: None,
             handshake_rtt_us: None,
             syn_retransmits: 0,
+            handshake_end_unseen: false,
             failure: errno.map(|e| TcpFailure::from_errno(e as u32)),
             duration_us: None,
             bytes_acked: None,

@@ -17,9 +17,12 @@ pub enum Stat {
     ReadFailed = 4,
     /// Ring wakeups forced because the pending data crossed the threshold.
     Wakeups = 5,
+    /// Records made at a later transition because the kernel skipped the probe run that
+    /// owed them (it does while another BPF program runs on the CPU).
+    TransitionsRecovered = 6,
 }
 
-pub const STAT_COUNT: u32 = 6;
+pub const STAT_COUNT: u32 = 7;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -29,6 +32,7 @@ impl Stat {
         Stat::Untracked,
         Stat::ReadFailed,
         Stat::Wakeups,
+        Stat::TransitionsRecovered,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -39,6 +43,7 @@ impl Stat {
             Stat::Untracked => "untracked_sockets",
             Stat::ReadFailed => "kernel_read_failed",
             Stat::Wakeups => "ring_wakeups",
+            Stat::TransitionsRecovered => "transitions_recovered",
         }
     }
 }

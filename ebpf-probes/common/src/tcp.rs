@@ -211,8 +211,13 @@ pub struct TcpConn {
     pub retrans: u32,
     pub rst_sent: u32,
     pub rst_recv: u32,
-    pub _pad: u32,
+    /// `CONN_ESTABLISHED_UNSEEN`.
+    pub flags: u32,
 }
+
+/// The kernel skipped the run for this connection's ESTABLISHED transition; its connect
+/// record was made at a later transition and has no connect latency.
+pub const CONN_ESTABLISHED_UNSEEN: u32 = 1;
 
 impl TcpConn {
     pub const ZERO: TcpConn = TcpConn {
@@ -235,7 +240,7 @@ impl TcpConn {
         retrans: 0,
         rst_sent: 0,
         rst_recv: 0,
-        _pad: 0,
+        flags: 0,
     };
 }
 

@@ -238,10 +238,36 @@ fn closing_by_owner(sk: u64, new: u32) {
         return;
     };
     let conn = unsafe { &mut *conn };
-    conn.state = new;
     if conn.pid == 0 {
         set_owner(conn);
     }
+    recover_established(sk, conn, TCP_CONFIG.get(0));
+    conn.state = new;
+}
+
+/// The kernel does not run a tracepoint program that fires while another BPF program
+/// runs on the same CPU (a softirq that interrupted one); it only counts the run in the
+/// program's `recursion_misses`. An entry still in its opening state at a transition only
+/// an established socket makes has missed its ESTABLISHED run: the connect record it
+/// owed is made now, flagged, without a connect latency (`established_ns` stays 0).
+#[inline(always)]
+fn recover_established(sk: u64, conn: &mut TcpConn, config: Option<&TcpConfig>) {
+    if conn.state != TCP_SYN_SENT && conn.state != TCP_SYN_RECV {
+        return;
+    }
+    bump(&TCP_STATS, Stat::TransitionsRecovered);
+    let event = Event {
+        kind: TCP_EVENT_CONNECT,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        old: conn.state,
+        new: TCP_ESTABLISHED,
+        sk_err: 0,
+        srtt_us: read_kernel::<u32>(sk, offset!(srtt_us)).unwrap_or(0) >> 3,
+        totals: None,
+    };
+    conn.flags |= CONN_ESTABLISHED_UNSEEN;
+    conn.state = TCP_ESTABLISHED;
+    emit(&event, conn, config);
 }
 
 #[inline(always)]
@@ -254,13 +280,25 @@ fn closed(ctx: &TracePointContext, old: u32) {
         return;
     };
     let conn = unsafe { &mut *conn };
-    let now = unsafe { bpf_ktime_get_ns() };
-    conn.closed_ns = now;
-    conn.state = TCP_CLOSE;
     // A connect that failed before a port was bound still reports its destination.
     if arg!(ctx, sport: u16) != 0 {
         set_endpoints(conn, ctx);
     }
+    finish(sk, conn, old);
+}
+
+/// The record at CLOSE: a failed connect when the socket left its opening state for
+/// CLOSE, otherwise a close (preceded by the connect record if that run was skipped).
+#[inline(always)]
+fn finish(sk: u64, conn: &mut TcpConn, old: u32) {
+    let config = TCP_CONFIG.get(0);
+    let failed = old == TCP_SYN_SENT || old == TCP_SYN_RECV;
+    if !failed {
+        recover_established(sk, conn, config);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    conn.closed_ns = now;
+    conn.state = TCP_CLOSE;
     let sk_err = read_kernel::<i32>(sk, offset!(sk_err)).unwrap_or(0) as u32;
     let srtt = read_kernel::<u32>(sk, offset!(srtt_us)).unwrap_or(0) >> 3;
     let totals = CloseTotals {
@@ -268,14 +306,12 @@ fn closed(ctx: &TracePointContext, old: u32) {
         bytes_acked: read_kernel::<u64>(sk, offset!(bytes_acked)).unwrap_or(0),
         bytes_received: read_kernel::<u64>(sk, offset!(bytes_received)).unwrap_or(0),
     };
-    let kind = if conn.established_ns == 0 {
-        TCP_EVENT_CONNECT_FAILED
-    } else {
-        TCP_EVENT_CLOSE
-    };
-    let config = TCP_CONFIG.get(0);
     let event = Event {
-        kind,
+        kind: if failed {
+            TCP_EVENT_CONNECT_FAILED
+        } else {
+            TCP_EVENT_CLOSE
+        },
         ts_ns: now,
         old,
         new: TCP_CLOSE,
@@ -430,10 +466,20 @@ fn emit_reset(kind: u32, conn: &TcpConn, state: u32) {
     emit(&event, conn, TCP_CONFIG.get(0));
 }
 
-/// Runs once per socket: one context load and the entry's removal.
+/// Runs once per socket, after its CLOSE: one context load and the entry's removal. An
+/// entry whose last recorded state is not CLOSE had its CLOSE run skipped by the kernel
+/// (see `recover_established`); its record is made here, from that last state.
 #[tracepoint]
 pub fn tcp_destroy(ctx: TracePointContext) -> u32 {
     if let Some(sk) = tp_skaddr(&ctx, offset!(destroy_skaddr)) {
+        if let Some(conn) = TCP_CONNS.get_ptr_mut(sk) {
+            let conn = unsafe { &mut *conn };
+            let last = conn.state;
+            if last != TCP_CLOSE {
+                bump(&TCP_STATS, Stat::TransitionsRecovered);
+                finish(sk, conn, last);
+            }
+        }
         let _ = TCP_CONNS.remove(sk);
     }
     0

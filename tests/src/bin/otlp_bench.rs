@@ -213,6 +213,7 @@ fn failed_connect(id: u64, port: u16) -> Record {
         connect_latency_us: None,
         handshake_rtt_us: None,
         syn_retransmits: 0,
+        handshake_end_unseen: false,
         failure: Some(Failure::from_errno(libc::ECONNREFUSED as u32)),
         duration_us: Some(80.0),
         bytes_acked: None,
