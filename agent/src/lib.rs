@@ -4,6 +4,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod dump;
 pub mod events;
 pub mod export;

@@ -77,22 +77,24 @@ pub fn test() -> anyhow::Result<()> {
         ],
         &mut totals,
     )?;
-    // The TLS wire parser must survive arbitrary bytes: a bounded fuzzing run.
-    let fuzz_ok = run(std::process::Command::new("cargo")
-        .current_dir(crate::cmd::workspace_root().join("fuzz"))
-        .args([
-            "+nightly",
-            "fuzz",
-            "run",
-            "tls_wire",
-            "--",
-            "-max_total_time=20",
-        ]))
-    .is_ok();
-    if fuzz_ok {
-        totals.passed += 1;
-    } else {
-        totals.failed += 1;
+    // The wire parsers must survive arbitrary bytes: a bounded fuzzing run of each.
+    for target in ["tls_wire", "dns_wire"] {
+        let fuzz_ok = run(std::process::Command::new("cargo")
+            .current_dir(crate::cmd::workspace_root().join("fuzz"))
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                target,
+                "--",
+                "-max_total_time=20",
+            ]))
+        .is_ok();
+        if fuzz_ok {
+            totals.passed += 1;
+        } else {
+            totals.failed += 1;
+        }
     }
     println!(
         "{} passed, {} failed, {} skipped",
