@@ -51,6 +51,10 @@ struct TcpView {
 }
 
 const TCP_MEMORY_NS: u64 = 5_000_000_000;
+/// How often closed TCP views are pruned. Pruning walks the whole map, which holds every
+/// connection of the last few seconds (40k+ during a connect storm): once a second costs
+/// a tenth of doing it at every 100 ms tick, and a view outlives its memory by at most this.
+const TCP_PRUNE_EVERY_NS: u64 = 1_000_000_000;
 
 #[derive(Debug)]
 struct Flow {
@@ -114,6 +118,7 @@ pub struct Tracker {
     flows: HashMap<u64, Flow>,
     /// Every TCP connection of the last `TCP_MEMORY_NS`: touched once per TCP record.
     tcp: HashMap<(SocketAddr, SocketAddr), TcpView, foldhash::fast::RandomState>,
+    tcp_pruned_ns: u64,
     lib_pending: Vec<LibEvent>,
     certs: HashMap<String, i64>,
     pub stats: TrackerStats,
@@ -125,6 +130,7 @@ impl Tracker {
             clock,
             flows: HashMap::new(),
             tcp: HashMap::default(),
+            tcp_pruned_ns: 0,
             lib_pending: Vec::new(),
             certs: HashMap::new(),
             stats: TrackerStats::default(),
@@ -329,10 +335,13 @@ impl Tracker {
             }
         }
         self.lib_pending = keep;
-        self.tcp.retain(|_, v| {
-            v.closed
-                .is_none_or(|(at, _)| now.saturating_sub(at) < TCP_MEMORY_NS)
-        });
+        if now.saturating_sub(self.tcp_pruned_ns) >= TCP_PRUNE_EVERY_NS {
+            self.tcp_pruned_ns = now;
+            self.tcp.retain(|_, v| {
+                v.closed
+                    .is_none_or(|(at, _)| now.saturating_sub(at) < TCP_MEMORY_NS)
+            });
+        }
         for flow in self.flows.values_mut() {
             if flow.outcome.is_none() {
                 if let Some((at, reason)) = flow.closed {
