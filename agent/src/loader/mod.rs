@@ -54,13 +54,23 @@ pub enum LoadError {
     SyscallOptions(#[source] syscalls::OptionError),
 }
 
-/// Whether one program is attached, attached with reduced data, or not at all, and why.
+/// Whether one program is attached, attached with reduced data, not at all (and why), or
+/// off because the configuration turned it off (which is no fault: readiness ignores it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "snake_case")]
 pub enum AttachState {
     Attached,
     Degraded(String),
     NotAttached(String),
+    /// The reason names the configuration key that turned it off.
+    Off(String),
+}
+
+impl AttachState {
+    /// Attached, possibly with reduced data.
+    pub fn is_up(&self) -> bool {
+        matches!(self, AttachState::Attached | AttachState::Degraded(_))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -78,6 +88,7 @@ impl std::fmt::Display for ProbeStatus {
             AttachState::Attached => ("attached", None),
             AttachState::Degraded(w) => ("attached, degraded", Some(w)),
             AttachState::NotAttached(w) => ("NOT attached", Some(w)),
+            AttachState::Off(w) => ("off", Some(w)),
         };
         write!(
             f,
@@ -88,6 +99,55 @@ impl std::fmt::Display for ProbeStatus {
             write!(f, ": {w}")?;
         }
         Ok(())
+    }
+}
+
+/// One family's programs summed up, from the report (`/readyz`, `hostscope status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FamilyHealth {
+    /// Programs attached, degraded ones included.
+    pub up: usize,
+    /// `program: reason` of each degraded, not attached and off program; programs left
+    /// out because an alternative hook attached ("not needed: …") are not listed.
+    pub degraded: Vec<String>,
+    pub down: Vec<String>,
+    pub off: Vec<String>,
+}
+
+impl FamilyHealth {
+    /// Each family in the report, by its report name.
+    pub fn of(probes: &[ProbeStatus]) -> std::collections::BTreeMap<&'static str, FamilyHealth> {
+        let mut families = std::collections::BTreeMap::<_, FamilyHealth>::new();
+        for p in probes {
+            let f = families.entry(p.family).or_default();
+            match &p.state {
+                AttachState::Attached => f.up += 1,
+                AttachState::Degraded(why) => {
+                    f.up += 1;
+                    f.degraded.push(format!("{}: {why}", p.program));
+                }
+                AttachState::NotAttached(why) if why.starts_with("not needed") => {}
+                AttachState::NotAttached(why) => f.down.push(format!("{}: {why}", p.program)),
+                AttachState::Off(why) => f.off.push(format!("{}: {why}", p.program)),
+            }
+        }
+        families
+    }
+
+    /// Every program the family has is off by configuration.
+    pub fn is_off(&self) -> bool {
+        self.up == 0 && self.down.is_empty() && !self.off.is_empty()
+    }
+
+    /// The distinct reasons the family's programs are off (one per configuration key).
+    pub fn off_reasons(&self) -> Vec<&str> {
+        let mut why: Vec<&str> = self
+            .off
+            .iter()
+            .map(|o| o.split_once(": ").map_or(o.as_str(), |(_, w)| w))
+            .collect();
+        why.dedup();
+        why
     }
 }
 

@@ -219,7 +219,7 @@ pub fn attach(
                 )),
             }
         };
-        let up = !matches!(state, AttachState::NotAttached(_));
+        let up = state.is_up();
         if hook.required {
             family_up = up;
         }
