@@ -360,7 +360,7 @@ fn readyz_names_a_degraded_family_and_why() {
     assert!(
         text.lines().any(|l| l.starts_with("hostscope_probe_state{")
             && l.contains("family=\"sys\"")
-            && l.contains("program=\"sys_exit_btf\"")
+            && l.contains("program=\"syscall_exit\"")
             && l.contains("state=\"off\"")),
         "probe_state shows the hooks off:\n{text}"
     );
