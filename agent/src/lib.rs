@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod dump;
 pub mod events;
 pub mod export;
+pub mod family;
 pub mod kernel;
 pub mod loader;
 pub mod metadata;

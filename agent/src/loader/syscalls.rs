@@ -15,15 +15,6 @@ use hostscope_common::{syscalls::*, RingConfig};
 use super::{privilege, AttachState, LoadError, ProbeStatus};
 use crate::kernel::{btf::KernelBtf, tracefs::Tracefs};
 
-/// Maps `hostscope dump` can read after pinning.
-pub const PINNED_MAPS: &[&str] = &[
-    SYSCALL_AGG_MAP,
-    SYSCALL_ERRORS_MAP,
-    SYSCALL_STATS_MAP,
-    SYSCALL_CONFIG_MAP,
-    WATCHED_PATHS_MAP,
-];
-
 /// Watched by default: credentials, sudo rules, root's SSH keys, Kubernetes tokens.
 pub const DEFAULT_WATCH_PATHS: &[&str] = &[
     "/etc/shadow",
