@@ -42,6 +42,13 @@ pub struct Descriptor {
     /// Its configuration section and kernel-counter key (`tcp`, `tls`, `syscalls`).
     pub name: &'static str,
     pub pinned: &'static [PinnedMap],
+    /// Keys of its section fixed when the probes load (sizes, which programs attach): a
+    /// change waits for a restart. The others apply live through [`Family::reload`].
+    pub restart_keys: &'static [&'static str],
+    /// Help for every key of its section (`hostscope config default`).
+    pub docs: crate::config::Docs,
+    /// Checks its section of the tree, naming each problem by its key path.
+    pub validate: fn(&Config, &mut crate::config::Problems),
     pub new: fn(&AgentConfig) -> Box<dyn Family>,
 }
 

@@ -31,6 +31,14 @@ use crate::{
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "syscalls",
     pinned: crate::dump::syscalls::MAPS,
+    restart_keys: &[
+        "syscalls.hooks",
+        "syscalls.ring_bytes",
+        "syscalls.max_keys",
+        "syscalls.security",
+    ],
+    docs: loader::syscalls::SyscallsSection::DOCS,
+    validate: |config, problems| config.syscalls.validate("syscalls", problems),
     new: |config| Box::new(Syscalls::new(config)),
 };
 

@@ -34,6 +34,9 @@ use crate::{
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "tls",
     pinned: crate::dump::tls::MAPS,
+    restart_keys: &["tls.uprobe_io"],
+    docs: loader::tls::TlsSection::DOCS,
+    validate: |config, problems| config.tls.validate("tls", problems),
     new: |config| Box::new(Tls::new(config)),
 };
 
