@@ -45,6 +45,8 @@ pub struct Descriptor {
     /// Keys of its section fixed when the probes load (sizes, which programs attach): a
     /// change waits for a restart. The others apply live through [`Family::reload`].
     pub restart_keys: &'static [&'static str],
+    /// The `type` tags of its records (`hostscope events --type`).
+    pub record_types: &'static [&'static str],
     /// Help for every key of its section (`hostscope config default`).
     pub docs: crate::config::Docs,
     /// Checks its section of the tree, naming each problem by its key path.

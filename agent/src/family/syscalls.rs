@@ -37,6 +37,7 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
         "syscalls.max_keys",
         "syscalls.security",
     ],
+    record_types: &["syscalls", "syscall_alert", "syscall_slow", "security"],
     docs: loader::syscalls::SyscallsSection::DOCS,
     validate: |config, problems| config.syscalls.validate("syscalls", problems),
     new: |config| Box::new(Syscalls::new(config)),

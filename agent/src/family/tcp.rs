@@ -17,6 +17,7 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "tcp",
     pinned: crate::dump::tcp::MAPS,
     restart_keys: &["tcp.ring_bytes", "tcp.max_connections"],
+    record_types: &["tcp"],
     docs: loader::tcp::TcpSection::DOCS,
     validate: |config, problems| config.tcp.validate("tcp", problems),
     new: |config| Box::new(Tcp::new(config)),

@@ -35,6 +35,7 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "tls",
     pinned: crate::dump::tls::MAPS,
     restart_keys: &["tls.uprobe_io"],
+    record_types: &["tls", "tls_certificate"],
     docs: loader::tls::TlsSection::DOCS,
     validate: |config, problems| config.tls.validate("tls", problems),
     new: |config| Box::new(Tls::new(config)),
