@@ -2,42 +2,24 @@
 //! OpenSSL library rescan, metadata upkeep), and a broadcast channel of decoded records
 //! that every sink ([`crate::sink`]) subscribes to independently.
 
-use std::{
-    path::PathBuf,
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use aya::{
-    maps::{Array, HashMap, RingBuf},
-    Ebpf,
-};
-use hostscope_common::{
-    tcp::{TCP_EVENTS_MAP, TCP_STATS_MAP},
-    tls::{
-        TLS_FAILURES_MAP, TLS_FLOWS_MAP, TLS_LIB_EVENTS_MAP, TLS_STATS_MAP, TLS_WIRE_EVENTS_MAP,
-    },
-};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    sync::{broadcast, mpsc, watch},
+    sync::{broadcast, watch},
     task::JoinHandle,
 };
 
 use crate::{
     config::Problems,
     events::{self, Clock, Record},
-    loader::{self, watch_paths::WatchedPaths, LoadError, LoaderConfig, ProbeStatus},
+    family::{self, Family, SharedEbpf},
+    loader::{self, LoadError, LoaderConfig, ProbeStatus},
     metadata::{upkeep::MetadataTasks, MetadataOptions, Resolver},
     output::OutputFormat,
-    ring,
     sink::SinkContext,
     stats::{self, AgentStats, Counters},
     status::StatusHandle,
-    tls::{
-        task::{TlsInput, TlsMaps, TrackerTask},
-        tracker::TrackerStats,
-    },
 };
 
 #[derive(Clone, Debug)]
@@ -152,21 +134,6 @@ impl AgentSection {
     }
 }
 
-/// The loaded BPF object and what is attached to OpenSSL copies.
-struct Probes {
-    ebpf: Ebpf,
-    tls: loader::tls::TlsAttachments,
-}
-
-impl Probes {
-    fn refresh(&mut self) -> Vec<String> {
-        loader::tls::refresh(&mut self.ebpf, &mut self.tls)
-            .into_iter()
-            .map(|(p, e)| format!("{p}: {e}"))
-            .collect()
-    }
-}
-
 /// How often freed heap goes back to the system.
 const HEAP_TRIM_EVERY: Duration = Duration::from_secs(10);
 
@@ -181,32 +148,6 @@ async fn trim_heap(mut shutdown: watch::Receiver<bool>) {
         }
         // SAFETY: malloc_trim only releases free memory.
         let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-    }
-}
-
-/// The agent's own timer: new OpenSSL copies get their uprobes. The scan (procfs maps
-/// of every process) runs on a blocking thread, away from the record consumers.
-async fn rescan_libraries(
-    probes: Arc<std::sync::Mutex<Probes>>,
-    mut every: watch::Receiver<Duration>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let period = *every.borrow_and_update();
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            Ok(()) = every.changed() => continue,
-            _ = crate::sink::stopping(&mut shutdown) => return,
-        }
-        let probes = probes.clone();
-        let problems = tokio::task::spawn_blocking(move || {
-            probes.lock().unwrap_or_else(|p| p.into_inner()).refresh()
-        })
-        .await
-        .unwrap_or_default();
-        for problem in problems {
-            eprintln!("tls uprobes: {problem}");
-        }
     }
 }
 
@@ -234,86 +175,22 @@ pub enum AgentError {
 
 pub type SharedRecord = Arc<Record>;
 
-/// Records decoded per batch at most before they are put on the stream.
-const PUBLISH_BATCH: usize = 256;
-
-/// A ring's consumer that decodes each record and puts a drain's records on the stream
-/// together: sinks that keep up record by record would otherwise be woken for each one.
-struct Publisher<D> {
-    decode: D,
-    tx: broadcast::Sender<SharedRecord>,
-    counters: Arc<Counters>,
-    batch: Vec<SharedRecord>,
-}
-
-impl<D> Publisher<D>
-where
-    D: FnMut(&[u8]) -> Result<Record, events::DecodeError> + Send,
-{
-    fn new(tx: broadcast::Sender<SharedRecord>, counters: Arc<Counters>, decode: D) -> Self {
-        Publisher {
-            decode,
-            tx,
-            counters,
-            batch: Vec::with_capacity(PUBLISH_BATCH),
-        }
-    }
-
-    fn publish(&mut self) {
-        self.counters
-            .records_decoded
-            .fetch_add(self.batch.len() as u64, Ordering::Relaxed);
-        for r in self.batch.drain(..) {
-            // No subscriber is not an error: records are simply not shown.
-            let _ = self.tx.send(r);
-        }
-    }
-}
-
-impl<D> ring::Consumer for Publisher<D>
-where
-    D: FnMut(&[u8]) -> Result<Record, events::DecodeError> + Send,
-{
-    fn record(&mut self, bytes: &[u8]) {
-        match (self.decode)(bytes) {
-            Ok(r) => {
-                self.batch.push(Arc::new(r));
-                if self.batch.len() >= PUBLISH_BATCH {
-                    self.publish();
-                }
-            }
-            Err(_) => {
-                self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    fn drained(&mut self) {
-        self.publish();
-    }
-}
-
 pub struct Agent {
-    /// The loaded object and the OpenSSL attachments, shared with the rescan timer.
-    probes: Arc<std::sync::Mutex<Probes>>,
-    library_rescan: watch::Sender<Duration>,
-    rescanner: JoinHandle<()>,
-    tls_stats: Arc<std::sync::Mutex<TrackerStats>>,
-    tracker: Option<JoinHandle<()>>,
+    /// The loaded object, shared with the families' timers.
+    ebpf: SharedEbpf,
+    /// Every registered family, started.
+    families: Vec<Box<dyn Family>>,
     report: Vec<ProbeStatus>,
     records: broadcast::Sender<SharedRecord>,
     counters: Arc<Counters>,
     shutdown: watch::Sender<bool>,
+    /// Ring and aggregation readers (status counts them; one that ends is unhealthy).
     consumers: Vec<JoinHandle<std::io::Result<()>>>,
-    /// The syscalls family's aggregation maps and runtime config, when it attached.
-    syscalls: Option<events::syscalls::SharedSyscallMaps>,
+    /// The families' other tasks (trackers, timers), awaited after the readers at stop.
+    tasks: Vec<JoinHandle<()>>,
     resolver: Arc<Resolver>,
     /// Metadata upkeep (eviction timer) and the Kubernetes API watch, when on.
     metadata_tasks: std::sync::Mutex<MetadataTasks>,
-    /// The watched-path trie, when the security tracepoints attached.
-    watched: Option<std::sync::Mutex<WatchedPaths>>,
-    /// The syscall aggregator's interval and error-burst thresholds, changed live.
-    syscall_alerts: Option<watch::Sender<events::syscalls::AlertSettings>>,
     /// The claim on the pin directory, released when the agent is dropped (or dies).
     pin_lock: Option<loader::pin::PinDirLock>,
 }
@@ -321,10 +198,9 @@ pub struct Agent {
 impl Agent {
     /// Loads and attaches the probes and starts consuming; must run inside tokio.
     pub fn start(config: &AgentConfig) -> Result<Agent, AgentError> {
-        let probes = loader::load(&config.loader)?;
-        let mut ebpf = probes.ebpf;
-        let tls_up = probes.tls.wire || !probes.tls.libraries.is_empty();
-        if !probes.tcp_attached && !tls_up && !probes.syscalls_attached.any() {
+        let mut families = family::instantiate(config);
+        let probes = loader::load(&config.loader, &mut families)?;
+        if !probes.any_attached {
             let lines: Vec<String> = probes.report.iter().map(|s| s.to_string()).collect();
             return Err(AgentError::NothingAttached(lines.join("\n")));
         }
@@ -332,169 +208,59 @@ impl Agent {
         let counters = Arc::new(Counters::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let clock = Clock::now();
-
+        let ebpf: SharedEbpf = Arc::new(std::sync::Mutex::new(probes.ebpf));
         let mut consumers = Vec::new();
-        if probes.tcp_attached {
-            let map = ebpf.take_map(TCP_EVENTS_MAP).ok_or(AgentError::Ring {
-                name: TCP_EVENTS_MAP,
-                source: aya::maps::MapError::InvalidName {
-                    name: TCP_EVENTS_MAP.to_string(),
-                },
-            })?;
-            let ring = RingBuf::try_from(map).map_err(|source| AgentError::Ring {
-                name: TCP_EVENTS_MAP,
-                source,
-            })?;
-            consumers.push(tokio::spawn(ring::consume(
-                ring,
-                config.poll_interval,
-                shutdown_rx.clone(),
-                Publisher::new(records.clone(), counters.clone(), move |bytes| {
-                    events::tcp::decode(bytes, &clock).map(Record::Tcp)
-                }),
-            )));
-        }
-        let tls_stats = Arc::new(std::sync::Mutex::new(TrackerStats::default()));
-        let mut tracker = None;
-        if tls_up {
-            let (tx, rx) = mpsc::channel(config.channel_capacity);
-            for (name, wire) in [(TLS_WIRE_EVENTS_MAP, true), (TLS_LIB_EVENTS_MAP, false)] {
-                let map = ebpf.take_map(name).ok_or(AgentError::Ring {
-                    name,
-                    source: aya::maps::MapError::InvalidName {
-                        name: name.to_string(),
-                    },
-                })?;
-                let ring =
-                    RingBuf::try_from(map).map_err(|source| AgentError::Ring { name, source })?;
-                let tx = tx.clone();
-                let c = counters.clone();
-                consumers.push(tokio::spawn(ring::consume(
-                    ring,
-                    config.poll_interval,
-                    shutdown_rx.clone(),
-                    move |bytes: &[u8]| {
-                        let input = if wire {
-                            events::tls::decode_wire(bytes).map(TlsInput::Wire)
-                        } else {
-                            events::tls::decode_lib(bytes).map(TlsInput::Lib)
-                        };
-                        match input {
-                            // A full channel means the tracker fell behind: counted.
-                            Ok(i) => {
-                                if tx.try_send(i).is_err() {
-                                    c.records_lagged.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            Err(_) => {
-                                c.decode_errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    },
-                )));
-            }
-            let flows = ebpf
-                .take_map(TLS_FLOWS_MAP)
-                .and_then(|m| HashMap::try_from(m).ok());
-            let failures = ebpf
-                .take_map(TLS_FAILURES_MAP)
-                .and_then(|m| Array::try_from(m).ok());
-            tracker = Some(tokio::spawn(
-                TrackerTask {
-                    input: rx,
-                    tcp: records.subscribe(),
-                    out: records.clone(),
-                    maps: TlsMaps { flows, failures },
-                    clock,
-                    counters: counters.clone(),
-                    stats: tls_stats.clone(),
-                    shutdown: shutdown_rx.clone(),
-                }
-                .run(),
-            ));
-        }
-        // -- syscalls family: event ring consumer and interval aggregator
-        let mut syscalls = None;
-        let mut syscall_alerts = None;
-        let mut watched = None;
-        if probes.syscalls_attached.security {
-            watched = Some(std::sync::Mutex::new(WatchedPaths::take(
-                &mut ebpf,
-                &config.loader.syscalls.watch_paths,
-            )?));
-        }
-        if probes.syscalls_attached.any() {
-            use hostscope_common::syscalls::SYSCALL_EVENTS_MAP;
-            let map = ebpf.take_map(SYSCALL_EVENTS_MAP).ok_or(AgentError::Ring {
-                name: SYSCALL_EVENTS_MAP,
-                source: aya::maps::MapError::InvalidName {
-                    name: SYSCALL_EVENTS_MAP.to_string(),
-                },
-            })?;
-            let ring = RingBuf::try_from(map).map_err(|source| AgentError::Ring {
-                name: SYSCALL_EVENTS_MAP,
-                source,
-            })?;
-            consumers.push(tokio::spawn(ring::consume(
-                ring,
-                config.poll_interval,
-                shutdown_rx.clone(),
-                Publisher::new(records.clone(), counters.clone(), move |bytes| {
-                    events::syscalls::decode(bytes, &clock)
-                }),
-            )));
-        }
-        if probes.syscalls_attached.aggregation {
-            let options = config.loader.syscalls.clone();
-            let maps = Arc::new(std::sync::Mutex::new(events::syscalls::SyscallMaps::take(
-                &mut ebpf,
-                options.runtime.clone(),
-            )?));
-            let (alerts_tx, alerts_rx) =
-                watch::channel(events::syscalls::AlertSettings::from_options(&options));
-            consumers.push(tokio::spawn(events::syscalls::run_aggregator(
-                maps.clone(),
-                alerts_rx,
+        let mut tasks = Vec::new();
+        for f in families.iter_mut() {
+            f.start(family::Start {
+                ebpf: &ebpf,
+                poll_interval: config.poll_interval,
+                channel_capacity: config.channel_capacity,
                 clock,
-                records.clone(),
-                counters.clone(),
-                shutdown_rx.clone(),
-            )));
-            syscalls = Some(maps);
-            syscall_alerts = Some(alerts_tx);
+                records: &records,
+                counters: &counters,
+                shutdown: &shutdown_rx,
+                consumers: &mut consumers,
+                tasks: &mut tasks,
+            })?;
         }
         let resolver = Arc::new(Resolver::new(config.metadata.clone()));
         let metadata_tasks =
             std::sync::Mutex::new(MetadataTasks::start(resolver.clone(), shutdown_rx.clone()));
-        let shared_probes = Arc::new(std::sync::Mutex::new(Probes {
-            ebpf,
-            tls: probes.tls,
-        }));
-        let (library_rescan, rescan_rx) = watch::channel(config.library_rescan_interval);
         tokio::spawn(trim_heap(shutdown_rx.clone()));
-        let rescanner = tokio::spawn(rescan_libraries(
-            shared_probes.clone(),
-            rescan_rx,
-            shutdown_rx.clone(),
-        ));
         Ok(Agent {
-            watched,
-            syscall_alerts,
-            pin_lock: probes.pin_lock,
-            resolver,
-            metadata_tasks,
-            probes: shared_probes,
-            library_rescan,
-            rescanner,
-            tls_stats,
-            tracker,
+            ebpf,
+            families,
             report: probes.report,
             records,
             counters,
             shutdown,
             consumers,
-            syscalls,
+            tasks,
+            resolver,
+            metadata_tasks,
+            pin_lock: probes.pin_lock,
         })
+    }
+
+    /// The running families, in registration order.
+    pub fn families(&self) -> impl Iterator<Item = &dyn Family> {
+        self.families.iter().map(|f| f.as_ref())
+    }
+
+    /// One family by its type, for its own controls.
+    pub fn family<F: Family>(&self) -> Option<&F> {
+        self.families
+            .iter()
+            .find_map(|f| f.as_any().downcast_ref::<F>())
+    }
+
+    fn syscalls(&self) -> Result<&family::syscalls::Syscalls, AgentError> {
+        self.family().ok_or(AgentError::SyscallsNotAttached)
+    }
+
+    fn tls(&self) -> Option<&family::tls::Tls> {
+        self.family()
     }
 
     /// A new stream of every record decoded from now on.
@@ -541,19 +307,6 @@ impl Agent {
         self.records.clone()
     }
 
-    fn probes(&self) -> std::sync::MutexGuard<'_, Probes> {
-        self.probes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Changes how often new OpenSSL copies are looked for, from the next tick.
-    pub fn set_library_rescan_interval(&self, every: Duration) {
-        self.library_rescan.send_if_modified(|d| {
-            let changed = *d != every;
-            *d = every;
-            changed
-        });
-    }
-
     /// The pin directory this agent holds, if it pins its maps.
     pub fn pin_dir(&self) -> Option<&std::path::Path> {
         self.pin_lock.as_ref().map(|l| l.dir())
@@ -565,12 +318,7 @@ impl Agent {
         &self,
         runtime: loader::syscalls::SyscallRuntime,
     ) -> Result<(), AgentError> {
-        let maps = self
-            .syscalls
-            .as_ref()
-            .ok_or(AgentError::SyscallsNotAttached)?;
-        let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(maps.set_runtime(runtime)?)
+        self.syscalls()?.set_runtime(runtime)
     }
 
     /// Makes the kernel's watched-path trie hold exactly `paths`, live: new prefixes
@@ -578,20 +326,14 @@ impl Agent {
     /// event of a path watched before and after is missed. Fails, leaving the trie
     /// as it was, on a path `check_watch_path` refuses or beyond the trie's capacity.
     pub fn set_watch_paths(&self, paths: &[String]) -> Result<(), AgentError> {
-        let watched = self
-            .watched
-            .as_ref()
-            .ok_or(AgentError::SecurityNotAttached)?;
-        let mut watched = watched.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(watched.set(paths)?)
+        self.syscalls()
+            .map_err(|_| AgentError::SecurityNotAttached)?
+            .set_watch_paths(paths)
     }
 
     /// The watched path prefixes in force (sorted); empty without security events.
     pub fn watch_paths(&self) -> Vec<String> {
-        self.watched
-            .as_ref()
-            .map(|w| w.lock().unwrap_or_else(|p| p.into_inner()).paths())
-            .unwrap_or_default()
+        self.syscalls().map(|s| s.watch_paths()).unwrap_or_default()
     }
 
     /// Changes the syscall aggregation interval and error-burst thresholds live: the
@@ -603,18 +345,12 @@ impl Agent {
         error_burst_per_s: f64,
         error_burst_min: u64,
     ) -> Result<(), AgentError> {
-        let tx = self
-            .syscall_alerts
-            .as_ref()
-            .ok_or(AgentError::SyscallsNotAttached)?;
-        let settings = events::syscalls::AlertSettings {
-            interval,
-            error_burst_per_s,
-            error_burst_min,
-        };
-        settings.check()?;
-        tx.send_replace(settings);
-        Ok(())
+        self.syscalls()?
+            .set_alerts(events::syscalls::AlertSettings {
+                interval,
+                error_burst_per_s,
+                error_burst_min,
+            })
     }
 
     /// Applies new metadata options live: the resolver rebuilds identities cached
@@ -639,57 +375,55 @@ impl Agent {
     pub fn stats(&self) -> AgentStats {
         let (records_decoded, decode_errors, records_lagged, records_aggregated) =
             stats::snapshot_counters(&self.counters);
-        let probes = self.probes();
-        let ebpf = &probes.ebpf;
-        let mut kernel = std::collections::BTreeMap::new();
-        if let Some(c) = stats::read_kernel_counters(ebpf, TCP_STATS_MAP) {
-            kernel.insert("tcp", c);
-        }
-        if let Some(c) = stats::read_kernel_counters(ebpf, TLS_STATS_MAP) {
-            kernel.insert("tls", c);
-        }
-        if let Some(c) = stats::read_syscall_counters(ebpf) {
-            kernel.insert("syscalls", c);
-        }
-        AgentStats {
+        let ebpf = family::lock(&self.ebpf);
+        let kernel = self
+            .families
+            .iter()
+            .filter_map(|f| Some((f.name(), f.counters(&ebpf)?)))
+            .collect();
+        let mut stats = AgentStats {
             kernel,
             records_decoded,
             decode_errors,
             records_lagged,
             records_aggregated,
-            programs: stats::read_program_costs(ebpf),
-            tls: self.tls_stats.lock().map(|s| s.clone()).unwrap_or_default(),
+            programs: stats::read_program_costs(&ebpf),
+            tls: Default::default(),
             config: Default::default(),
+        };
+        for f in &self.families {
+            f.add_stats(&mut stats);
         }
+        stats
     }
 
     /// Entries in use of each hash-like map the probes use.
     pub fn map_fill(&self) -> Vec<crate::kernel::map_fill::MapFill> {
-        crate::kernel::map_fill::read(&self.probes().ebpf)
+        crate::kernel::map_fill::read(&family::lock(&self.ebpf))
     }
 
     /// The OpenSSL libraries the uprobes are attached to.
     pub fn tls_libraries(&self) -> Vec<std::path::PathBuf> {
-        self.probes().tls.libraries.clone()
+        self.tls().map(|t| t.libraries()).unwrap_or_default()
     }
 
     /// Attaches the OpenSSL probes to libraries that appeared since the last call (new
     /// containers, newly started programs with their own copy); the agent also does
     /// this every `library_rescan_interval`.
     pub fn refresh(&self) -> Vec<String> {
-        self.probes().refresh()
+        self.tls().map(|t| t.refresh()).unwrap_or_default()
     }
 
     /// Drains the rings one last time, stops the consumers and detaches the probes.
     pub async fn stop(mut self) -> AgentStats {
         // The hooks first, so the rings' final drain sees every event they made; the
         // programs' costs are read while they are still loaded.
-        let probes = self.probes.clone();
+        let ebpf = self.ebpf.clone();
+        let links: Vec<Box<dyn Send>> = self.families.iter().flat_map(|f| f.take_links()).collect();
         let programs = tokio::task::spawn_blocking(move || {
-            let mut p = probes.lock().unwrap_or_else(|p| p.into_inner());
-            let costs = stats::read_program_costs(&p.ebpf);
-            let links = p.tls.take_links();
-            loader::detach_all(&mut p.ebpf, links);
+            let mut ebpf = family::lock(&ebpf);
+            let costs = stats::read_program_costs(&ebpf);
+            loader::detach_all(&mut ebpf, links);
             costs
         })
         .await
@@ -698,10 +432,9 @@ impl Agent {
         for task in self.consumers.drain(..) {
             let _ = task.await;
         }
-        if let Some(t) = self.tracker.take() {
-            let _ = t.await;
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
         }
-        let _ = (&mut self.rescanner).await;
         self.metadata_tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())

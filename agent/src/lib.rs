@@ -8,6 +8,7 @@ pub mod dns;
 pub mod dump;
 pub mod events;
 pub mod export;
+pub mod family;
 pub mod kernel;
 pub mod loader;
 pub mod metadata;

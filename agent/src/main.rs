@@ -9,7 +9,7 @@ use hostscope::{
     api::{self, config::DEFAULT_SOCKET, proto::EventsRequest},
     config::{self, Config},
     daemon::{self, Source},
-    dump::{self, DumpFormat, DUMPABLE},
+    dump::{self, DumpFormat},
     events::syscalls::parse_syscall,
     export::config::{parse_buckets, parse_key_value, ExportOverrides, ProcessEnv},
     loader::{
@@ -685,7 +685,7 @@ fn run_dump(args: DumpArgs) -> anyhow::Result<()> {
     let mut out = stdout.lock();
     if args.list {
         use std::io::Write;
-        for (name, what) in DUMPABLE {
+        for (name, what) in dump::dumpable() {
             writeln!(out, "{name:<14} {what}")?;
         }
         return Ok(());

@@ -116,31 +116,26 @@ impl std::fmt::Display for AgentStats {
     }
 }
 
-/// Sums a family's per-CPU stats array. A map that cannot be read yields no entry.
+/// Sums a family's per-CPU stats array of the common [`Stat`] counters.
 pub fn read_kernel_counters(ebpf: &Ebpf, map_name: &str) -> Option<BTreeMap<&'static str, u64>> {
-    let array: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(map_name)?).ok()?;
-    let mut out = BTreeMap::new();
-    for stat in Stat::ALL {
-        let total = array
-            .get(&(stat as u32), 0)
-            .map(|values| values.iter().sum())
-            .unwrap_or(0);
-        out.insert(stat.name(), total);
-    }
-    Some(out)
+    read_counters(ebpf, map_name, Stat::ALL.map(|s| (s as u32, s.name())))
 }
 
-/// Sums the syscalls family's per-CPU stats array.
-pub fn read_syscall_counters(ebpf: &Ebpf) -> Option<BTreeMap<&'static str, u64>> {
-    use hostscope_common::syscalls::{SyscallStat, SYSCALL_STATS_MAP};
-    let array: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(SYSCALL_STATS_MAP)?).ok()?;
+/// Sums a per-CPU stats array: `stats` are (index, name). A map that cannot be read
+/// yields no entry.
+pub fn read_counters(
+    ebpf: &Ebpf,
+    map_name: &str,
+    stats: impl IntoIterator<Item = (u32, &'static str)>,
+) -> Option<BTreeMap<&'static str, u64>> {
+    let array: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(map_name)?).ok()?;
     let mut out = BTreeMap::new();
-    for stat in SyscallStat::ALL {
+    for (index, name) in stats {
         let total = array
-            .get(&(stat as u32), 0)
+            .get(&index, 0)
             .map(|values| values.iter().sum())
             .unwrap_or(0);
-        out.insert(stat.name(), total);
+        out.insert(name, total);
     }
     Some(out)
 }

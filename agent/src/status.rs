@@ -132,6 +132,22 @@ impl std::fmt::Display for Status {
         for p in &self.probes {
             writeln!(f, "  {p}")?;
         }
+        let families: Vec<String> = crate::loader::FamilyHealth::of(&self.probes)
+            .iter()
+            .map(|(name, h)| {
+                let word = if h.is_off() {
+                    "off"
+                } else if h.up == 0 {
+                    "down"
+                } else if h.degraded.is_empty() && h.down.is_empty() && h.off.is_empty() {
+                    "on"
+                } else {
+                    "degraded"
+                };
+                format!("{name} {word}")
+            })
+            .collect();
+        writeln!(f, "  families: {}", families.join(", "))?;
         writeln!(f, "\nprograms (kernel.bpf_stats_enabled):")?;
         if !self.bpf_stats_enabled {
             writeln!(

@@ -779,6 +779,37 @@ fn a_stuck_client_loses_records_alone_and_is_told() {
 }
 
 #[test]
+fn status_shows_a_family_off_by_configuration() {
+    if !privileged("status_shows_a_family_off_by_configuration") {
+        return;
+    }
+    let agent = ApiAgent::start("off", &["--syscall-hooks", "off", "--no-security"]);
+    let s = agent.status();
+    let probes = s["probes"].as_array().unwrap();
+    let sys: Vec<&Value> = probes.iter().filter(|p| p["family"] == "sys").collect();
+    assert!(!sys.is_empty(), "{probes:?}");
+    for p in &sys {
+        assert_eq!(p["state"], "off", "{p}");
+        assert!(p["reason"].as_str().unwrap().contains("syscalls."), "{p}");
+    }
+    assert!(
+        probes
+            .iter()
+            .any(|p| p["family"] == "tcp" && p["state"] == "attached"),
+        "{probes:?}"
+    );
+    let out = agent.cli(&["status"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let families = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("families: "))
+        .unwrap_or_else(|| panic!("no families line:\n{text}"));
+    assert!(families.contains("sys off"), "{families}");
+    assert!(families.contains("tcp on"), "{families}");
+}
+
+#[test]
 fn status_reports_probes_counters_and_the_api() {
     if !privileged("status_reports_probes_counters_and_the_api") {
         return;

@@ -358,9 +358,50 @@ fn readyz_names_a_degraded_family_and_why() {
     assert_eq!(agent.get("/healthz").0, 200);
     let (_, _, text) = agent.get("/metrics");
     assert!(
-        text.contains("family=\"sys\"") && text.contains("state=\"not_attached\""),
-        "probe_state shows it:\n{text}"
+        text.lines().any(|l| l.starts_with("hostscope_probe_state{")
+            && l.contains("family=\"sys\"")
+            && l.contains("program=\"syscall_exit\"")
+            && l.contains("state=\"off\"")),
+        "probe_state shows the hooks off:\n{text}"
     );
+}
+
+/// A family the configuration turns off entirely (the syscalls family: no hooks, no
+/// security events) is "off", not down: the agent is ready once the others' records flow.
+#[test]
+fn a_family_off_by_configuration_leaves_the_agent_ready() {
+    if !privileged("a_family_off_by_configuration_leaves_the_agent_ready") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hostscope-prom-off-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hostscope.yaml");
+    std::fs::write(&file, "syscalls:\n  hooks: off\n  security: false\n").unwrap();
+    let agent = Agent::start(&["--config", file.to_str().unwrap()]);
+    let _ = TcpStream::connect(closed_port(LOOPBACK));
+    let body = agent.wait_ready();
+    assert!(body.starts_with("ready: "), "{body}");
+    let sys = body
+        .lines()
+        .find(|l| l.starts_with("sys: "))
+        .unwrap_or_else(|| panic!("no sys line: {body}"));
+    assert!(
+        sys.starts_with("sys: off: ") && sys.contains("syscalls.hooks: off"),
+        "{body}"
+    );
+    assert!(sys.contains("syscalls.security: false"), "{body}");
+    assert!(body.contains("tcp: ok"), "{body}");
+    let (_, _, text) = agent.get("/metrics");
+    let sys_states: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("hostscope_probe_state{") && l.contains("family=\"sys\""))
+        .collect();
+    assert!(!sys_states.is_empty(), "{text}");
+    assert!(
+        sys_states.iter().all(|l| l.contains("state=\"off\"")),
+        "{sys_states:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A family with no program attached makes the agent unready, for as long as it lasts:

@@ -16,18 +16,14 @@ use serde_json::Value;
 use super::proto;
 use crate::metadata::{AttrValue, Identity};
 
-/// Every record type a filter may name: the `type` tags of `events::Record` (and `rca`,
-/// the RCA engine's incidents).
-pub const RECORD_TYPES: &[&str] = &[
-    "tcp",
-    "tls",
-    "tls_certificate",
-    "syscalls",
-    "syscall_alert",
-    "syscall_slow",
-    "security",
-    "rca",
-];
+/// Every record type a filter may name: the `type` tags of `events::Record`, each probe
+/// family's (from its `family::Descriptor`), then `rca`, the RCA engine's incidents.
+pub fn record_types() -> impl Iterator<Item = &'static str> {
+    crate::family::REGISTERED
+        .iter()
+        .flat_map(|f| f.record_types.iter().copied())
+        .chain(["rca"])
+}
 
 /// Identity attributes that name a pod's workload, most specific first.
 const WORKLOAD_KEYS: &[&str] = &[
@@ -42,7 +38,7 @@ const WORKLOAD_KEYS: &[&str] = &[
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FilterError {
-    #[error("unknown record type {0:?} (known: {known})", known = RECORD_TYPES.join(", "))]
+    #[error("unknown record type {0:?} (known: {known})", known = record_types().collect::<Vec<_>>().join(", "))]
     UnknownType(String),
     #[error("bad peer {0:?}: not an address or a CIDR (10.0.0.7, 10.0.0.0/8, fd00::/8)")]
     BadPeer(String),
@@ -77,7 +73,7 @@ impl Filter {
         let mut types = Vec::new();
         for t in &r.types {
             let t = t.trim().to_ascii_lowercase();
-            if !RECORD_TYPES.contains(&t.as_str()) {
+            if !record_types().any(|known| known == t) {
                 return Err(FilterError::UnknownType(t));
             }
             types.push(t);
@@ -407,6 +403,24 @@ mod tests {
 
     const REFUSED: &str = r#"{"type":"tcp","event":"connect_failed","timestamp_unix_ns":5,"conn_id":1,"direction":"active","local":"127.0.0.1:40000","remote":"10.1.2.3:8080","pid":7,"comm":"curl","failure":{"reason":"refused","errno":111,"errno_name":"ECONNREFUSED"},"identity":{"process.pid":7}}"#;
     const CONNECT: &str = r#"{"type":"tcp","event":"connect","timestamp_unix_ns":6,"local":"[::1]:40000","remote":"[::1]:443","pid":8,"comm":"wget"}"#;
+
+    #[test]
+    fn record_types_are_every_family_s_then_rca() {
+        let types: Vec<&str> = record_types().collect();
+        assert_eq!(
+            types,
+            [
+                "tcp",
+                "tls",
+                "tls_certificate",
+                "syscalls",
+                "syscall_alert",
+                "syscall_slow",
+                "security",
+                "rca"
+            ]
+        );
+    }
 
     #[test]
     fn empty_filter_matches_everything() {

@@ -6,7 +6,8 @@ use super::Config;
 
 /// Keys whose value is fixed when the probes are loaded (map and ring sizes, which
 /// programs are attached, where maps are pinned) or that shape a sink set up at start.
-/// A change to one of these (or to a key below it) waits for a restart.
+/// A change to one of these (or to a key below it) waits for a restart. Each probe
+/// family lists its own in its [`crate::family::Descriptor`].
 pub const RESTART_KEYS: &[&str] = &[
     "agent.output",
     "agent.pin",
@@ -14,13 +15,6 @@ pub const RESTART_KEYS: &[&str] = &[
     "agent.channel_capacity",
     "agent.poll_interval",
     "agent.wakeup_bytes",
-    "tcp.ring_bytes",
-    "tcp.max_connections",
-    "tls.uprobe_io",
-    "syscalls.hooks",
-    "syscalls.ring_bytes",
-    "syscalls.max_keys",
-    "syscalls.security",
     "metadata.enabled",
     // The API's socket is bound, and its history and buffers sized, at start.
     "api.enabled",
@@ -36,8 +30,16 @@ pub const RESTART_KEYS: &[&str] = &[
     "rca.enabled",
 ];
 
+/// The agent's and the sinks' restart keys, then every probe family's.
+fn restart_keys() -> impl Iterator<Item = &'static &'static str> {
+    let families = crate::family::REGISTERED
+        .iter()
+        .flat_map(|f| f.restart_keys);
+    RESTART_KEYS.iter().chain(families)
+}
+
 pub fn needs_restart(key: &str) -> bool {
-    RESTART_KEYS.iter().any(|r| {
+    restart_keys().any(|r| {
         key == *r || key.starts_with(&format!("{r}.")) || key.starts_with(&format!("{r}["))
     })
 }
@@ -61,7 +63,7 @@ impl Plan {
         let (restart, live): (Vec<String>, Vec<String>) =
             keys.into_iter().partition(|k| needs_restart(k));
         let mut effective = new;
-        for key in RESTART_KEYS {
+        for key in restart_keys() {
             if let (Some(slot), Some(v)) = (pointer_mut(&mut effective, key), pointer(&old, key)) {
                 *slot = v.clone();
             }

@@ -18,12 +18,13 @@ pub use file::{check_file_ownership, load_file, parse_str, FileError};
 pub use render::default_yaml;
 
 use crate::{
-    agent::AgentSection, api::ApiSection, export::config::ExportSection,
+    agent::AgentSection, api::ApiSection, export::config::ExportSection, family,
     loader::syscalls::SyscallsSection, loader::tcp::TcpSection, loader::tls::TlsSection,
     metadata::MetadataOptions, prometheus::PrometheusSection,
 };
 
-/// The whole configuration. A later family or sink adds its section here and nowhere else.
+/// The whole configuration. A later sink adds its section here; a later probe family adds
+/// its field here (serde needs it) and its help and checks in its `family::Descriptor`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -42,19 +43,19 @@ pub struct Config {
 /// comments by `hostscope config default` and required for every leaf by a test.
 pub type Docs = &'static [(&'static str, &'static str)];
 
-/// The sections' docs with their section names.
-pub fn docs() -> &'static [(&'static str, Docs)] {
-    &[
-        ("agent", AgentSection::DOCS),
-        ("tcp", TcpSection::DOCS),
-        ("tls", TlsSection::DOCS),
-        ("syscalls", SyscallsSection::DOCS),
+/// The sections' docs with their section names: the agent's, each probe family's (from
+/// its [`crate::family::Descriptor`]), then the sinks'.
+pub fn docs() -> Vec<(&'static str, Docs)> {
+    let mut docs = vec![("agent", AgentSection::DOCS)];
+    docs.extend(family::REGISTERED.iter().map(|f| (f.name, f.docs)));
+    docs.extend([
         ("metadata", crate::metadata::METADATA_DOCS),
         ("export", ExportSection::DOCS),
         ("api", ApiSection::DOCS),
         ("prometheus", PrometheusSection::DOCS),
         ("rca", crate::rca::RcaSection::DOCS),
-    ]
+    ]);
+    docs
 }
 
 /// One problem in a configuration, at a key path such as `syscalls.watch_paths[2]`.
@@ -119,9 +120,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), Problems> {
         let mut p = Problems::default();
         self.agent.validate("agent", &mut p);
-        self.tcp.validate("tcp", &mut p);
-        self.tls.validate("tls", &mut p);
-        self.syscalls.validate("syscalls", &mut p);
+        for f in family::REGISTERED {
+            (f.validate)(self, &mut p);
+        }
         crate::metadata::validate_options(&self.metadata, "metadata", &mut p);
         self.export.validate("export", &mut p);
         self.api.validate("api", &mut p);

@@ -51,7 +51,7 @@ pub fn default_yaml() -> String {
 /// Help for a full key path (`syscalls.interval`); a section's own help is its `""` entry.
 pub fn help_for(path: &str) -> Option<String> {
     let (section, rest) = path.split_once('.').unwrap_or((path, ""));
-    let (_, table) = docs().iter().find(|(s, _)| *s == section)?;
+    let (_, table) = docs().into_iter().find(|(s, _)| *s == section)?;
     let text = table.iter().find(|(k, _)| *k == rest).map(|(_, t)| *t)?;
     let restart = if super::diff::needs_restart(path) && !rest.is_empty() {
         " (restart)"
@@ -105,7 +105,7 @@ mod tests {
         assert!(missing.is_empty(), "keys without help: {missing:?}");
         // And no help for keys that do not exist.
         for (section, table) in docs() {
-            for (k, _) in *table {
+            for (k, _) in table {
                 let full = if k.is_empty() {
                     section.to_string()
                 } else {

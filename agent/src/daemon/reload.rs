@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::{print, DaemonError, Loaded, Running, Source};
-use crate::config::{Config, Plan};
+use crate::config::Plan;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,8 +143,10 @@ impl Running {
         let old = self.config.clone();
         let changed = |prefix: &str| plan.live.iter().any(|k| k.starts_with(prefix));
 
-        if changed("syscalls.") {
-            self.apply_syscalls(&old, &mut effective, &mut failed);
+        for family in self.agent.families() {
+            if changed(&format!("{}.", family.name())) {
+                family.reload(&old, &mut effective, &mut failed);
+            }
         }
         if changed("metadata.") {
             // Keys the resolver could not take live keep their running value.
@@ -167,8 +169,6 @@ impl Running {
                 r.set_settings(&effective.rca);
             }
         }
-        self.agent
-            .set_library_rescan_interval(effective.tls.library_rescan_interval);
         // agent.stats_interval is read by the run loop from the running configuration;
         // export.interval went to the exporter with the rest of its section.
         self.config = effective;
@@ -196,62 +196,6 @@ impl Running {
             failed,
             error: None,
             duration_us: 0,
-        }
-    }
-
-    fn apply_syscalls(
-        &mut self,
-        old: &Config,
-        effective: &mut Config,
-        failed: &mut Vec<(String, String)>,
-    ) {
-        let (o, n) = (&old.syscalls, &effective.syscalls);
-        let options = match n.options() {
-            Ok(o) => o,
-            Err(e) => {
-                failed.push(("syscalls".into(), e));
-                effective.syscalls = old.syscalls.clone();
-                return;
-            }
-        };
-        let filters_changed = o.by_cgroup != n.by_cgroup
-            || o.pid != n.pid
-            || o.cgroup != n.cgroup
-            || o.syscalls != n.syscalls
-            || o.slow_threshold != n.slow_threshold;
-        if filters_changed {
-            if let Err(e) = self.agent.set_syscall_runtime(options.runtime.clone()) {
-                failed.push(("syscalls.filters".into(), e.to_string()));
-                let s = &mut effective.syscalls;
-                s.by_cgroup = o.by_cgroup;
-                s.pid = o.pid;
-                s.cgroup = o.cgroup.clone();
-                s.syscalls = o.syscalls.clone();
-                s.slow_threshold = o.slow_threshold;
-            }
-        }
-        if o.effective_watch_paths() != effective.syscalls.effective_watch_paths() {
-            if let Err(e) = self.agent.set_watch_paths(&options.watch_paths) {
-                failed.push(("syscalls.watch_paths".into(), e.to_string()));
-                effective.syscalls.watch_paths = o.watch_paths.clone();
-                effective.syscalls.default_watch_paths = o.default_watch_paths;
-            }
-        }
-        let n = &effective.syscalls;
-        if o.interval != n.interval
-            || o.error_burst_rate != n.error_burst_rate
-            || o.error_burst_min != n.error_burst_min
-        {
-            if let Err(e) =
-                self.agent
-                    .set_syscall_alerts(n.interval, n.error_burst_rate, n.error_burst_min)
-            {
-                failed.push(("syscalls.alerts".into(), e.to_string()));
-                let s = &mut effective.syscalls;
-                s.interval = o.interval;
-                s.error_burst_rate = o.error_burst_rate;
-                s.error_burst_min = o.error_burst_min;
-            }
         }
     }
 

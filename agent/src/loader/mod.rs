@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use aya::{Ebpf, EbpfLoader};
 use serde::Serialize;
 
-use crate::kernel::{btf::KernelBtf, mounts, tracefs::Tracefs};
+use crate::{
+    family::{Family, KernelView},
+    kernel::{btf::KernelBtf, mounts, tracefs::Tracefs},
+};
 
 /// The probes, built by build.rs.
 static PROBES_OBJECT: &[u8] =
@@ -54,13 +57,23 @@ pub enum LoadError {
     SyscallOptions(#[source] syscalls::OptionError),
 }
 
-/// Whether one program is attached, attached with reduced data, or not at all, and why.
+/// Whether one program is attached, attached with reduced data, not at all (and why), or
+/// off because the configuration turned it off (which is no fault: readiness ignores it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "snake_case")]
 pub enum AttachState {
     Attached,
     Degraded(String),
     NotAttached(String),
+    /// The reason names the configuration key that turned it off.
+    Off(String),
+}
+
+impl AttachState {
+    /// Attached, possibly with reduced data.
+    pub fn is_up(&self) -> bool {
+        matches!(self, AttachState::Attached | AttachState::Degraded(_))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -78,6 +91,7 @@ impl std::fmt::Display for ProbeStatus {
             AttachState::Attached => ("attached", None),
             AttachState::Degraded(w) => ("attached, degraded", Some(w)),
             AttachState::NotAttached(w) => ("NOT attached", Some(w)),
+            AttachState::Off(w) => ("off", Some(w)),
         };
         write!(
             f,
@@ -88,6 +102,55 @@ impl std::fmt::Display for ProbeStatus {
             write!(f, ": {w}")?;
         }
         Ok(())
+    }
+}
+
+/// One family's programs summed up, from the report (`/readyz`, `hostscope status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FamilyHealth {
+    /// Programs attached, degraded ones included.
+    pub up: usize,
+    /// `program: reason` of each degraded, not attached and off program; programs left
+    /// out because an alternative hook attached ("not needed: …") are not listed.
+    pub degraded: Vec<String>,
+    pub down: Vec<String>,
+    pub off: Vec<String>,
+}
+
+impl FamilyHealth {
+    /// Each family in the report, by its report name.
+    pub fn of(probes: &[ProbeStatus]) -> std::collections::BTreeMap<&'static str, FamilyHealth> {
+        let mut families = std::collections::BTreeMap::<_, FamilyHealth>::new();
+        for p in probes {
+            let f = families.entry(p.family).or_default();
+            match &p.state {
+                AttachState::Attached => f.up += 1,
+                AttachState::Degraded(why) => {
+                    f.up += 1;
+                    f.degraded.push(format!("{}: {why}", p.program));
+                }
+                AttachState::NotAttached(why) if why.starts_with("not needed") => {}
+                AttachState::NotAttached(why) => f.down.push(format!("{}: {why}", p.program)),
+                AttachState::Off(why) => f.off.push(format!("{}: {why}", p.program)),
+            }
+        }
+        families
+    }
+
+    /// Every program the family has is off by configuration.
+    pub fn is_off(&self) -> bool {
+        self.up == 0 && self.down.is_empty() && !self.off.is_empty()
+    }
+
+    /// The distinct reasons the family's programs are off (one per configuration key).
+    pub fn off_reasons(&self) -> Vec<&str> {
+        let mut why: Vec<&str> = self
+            .off
+            .iter()
+            .map(|o| o.split_once(": ").map_or(o.as_str(), |(_, w)| w))
+            .collect();
+        why.dedup();
+        why
     }
 }
 
@@ -123,16 +186,19 @@ impl Default for LoaderConfig {
 pub struct LoadedProbes {
     pub ebpf: Ebpf,
     pub report: Vec<ProbeStatus>,
-    pub tcp_attached: bool,
-    pub tls: tls::TlsAttachments,
-    pub syscalls_attached: syscalls::SyscallsAttached,
+    /// Whether any family has a part up.
+    pub any_attached: bool,
     /// This agent's claim on the pin directory (None without pinning): keep it for the
     /// agent's whole life.
     pub pin_lock: Option<pin::PinDirLock>,
 }
 
-/// Loads and attaches every family.
-pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
+/// Loads the object and attaches every family: each plans (with one parse of the kernel
+/// BTF), sets its load-time constants, then attaches; their maps are pinned last.
+pub fn load(
+    config: &LoaderConfig,
+    families: &mut [Box<dyn Family>],
+) -> Result<LoadedProbes, LoadError> {
     // Rust eBPF cannot count on locked-memory limits being raisable (EPERM without
     // CAP_SYS_RESOURCE); since 5.11 BPF memory is charged to the memcg instead.
     raise_memlock_best_effort();
@@ -142,13 +208,16 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
     let tracefs = Tracefs::new(mounts::ensure_tracefs().map_err(LoadError::Tracefs)?);
     // The parsed kernel BTF is large (tens of MB); it is dropped before aya parses its
     // own copy, so the two never coexist.
-    let (tcp_plan, sys_plan) = {
+    {
         let btf = KernelBtf::load();
-        (
-            tcp::plan(btf.as_ref().ok(), btf.as_ref().err(), &tracefs),
-            syscalls::plan(btf.as_ref().ok(), &tracefs, &config.syscalls),
-        )
-    };
+        let kernel = KernelView {
+            btf: btf.as_ref(),
+            tracefs: &tracefs,
+        };
+        for f in families.iter_mut() {
+            f.plan(&kernel);
+        }
+    }
 
     // One parse of the kernel BTF for aya's relocations and every tp_btf attach (each
     // copy is ~10 MB). The loader parses its own in `new()`; it is dropped before ours
@@ -156,23 +225,9 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
     let mut loader = EbpfLoader::new();
     loader.btf(None);
     let kernel_btf = aya::Btf::from_sys_fs().ok();
-    loader
-        .btf(kernel_btf.as_ref())
-        .override_global(
-            hostscope_common::tcp::TCP_OFFSETS_GLOBAL,
-            &tcp_plan.offsets,
-            true,
-        )
-        .map_max_entries(hostscope_common::tcp::TCP_EVENTS_MAP, config.tcp_ring_bytes)
-        .map_max_entries(hostscope_common::tcp::TCP_CONNS_MAP, config.tcp_max_conns);
-    // -- syscalls family
-    {
-        use hostscope_common::syscalls as sc;
-        loader
-            .override_global(sc::SYSCALL_OFFSETS_GLOBAL, &sys_plan.offsets, true)
-            .map_max_entries(sc::SYSCALL_START_MAP, sys_plan.slots)
-            .map_max_entries(sc::SYSCALL_EVENTS_MAP, config.syscalls.ring_bytes)
-            .map_max_entries(sc::SYSCALL_AGG_MAP, syscalls::max_keys(&config.syscalls));
+    loader.btf(kernel_btf.as_ref());
+    for f in families.iter() {
+        f.configure(&mut loader);
     }
     let mut ebpf = loader
         .load(PROBES_OBJECT)
@@ -189,22 +244,14 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
     drop(loader);
 
     let mut report = Vec::new();
-    let tcp_attached = tcp::attach(&mut ebpf, &tcp_plan, config, &mut report)?;
-    let tls = tls::attach(&mut ebpf, config, &mut report)?;
-    let syscalls_attached = syscalls::attach(
-        &mut ebpf,
-        &sys_plan,
-        &config.syscalls,
-        config.wakeup_bytes,
-        kernel_btf.as_ref(),
-        &mut report,
-    )?;
+    let mut any_attached = false;
+    for f in families.iter_mut() {
+        any_attached |= f.attach(&mut ebpf, kernel_btf.as_ref(), &mut report)?;
+    }
     drop(kernel_btf);
 
     if let Some(dir) = &config.pin_dir {
-        pin_maps(&mut ebpf, dir, tcp::PINNED_MAPS)?;
-        pin_maps(&mut ebpf, dir, tls::PINNED_MAPS)?;
-        pin_maps(&mut ebpf, dir, syscalls::PINNED_MAPS)?;
+        pin_maps(&mut ebpf, dir, crate::family::pinned_maps().map(|m| m.name))?;
     }
     // Hand the start-up parsing memory back to the system rather than keep it as heap.
     // SAFETY: malloc_trim only releases free memory.
@@ -212,9 +259,7 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
     Ok(LoadedProbes {
         ebpf,
         report,
-        tcp_attached,
-        tls,
-        syscalls_attached,
+        any_attached,
         pin_lock,
     })
 }
@@ -251,8 +296,12 @@ pub fn detach_all<L: Send>(ebpf: &mut aya::Ebpf, links: Vec<L>) {
 /// Pins fresh maps of this run, replacing pins a previous run left behind (this agent
 /// holds the directory's claim, so no running agent's pins are replaced), so that
 /// `hostscope dump` reads them while we run and after we exit.
-fn pin_maps(ebpf: &mut Ebpf, dir: &Path, names: &[&'static str]) -> Result<(), LoadError> {
-    for &name in names {
+fn pin_maps(
+    ebpf: &mut Ebpf,
+    dir: &Path,
+    names: impl Iterator<Item = &'static str>,
+) -> Result<(), LoadError> {
+    for name in names {
         let path = dir.join(name);
         let pin_err = |error| LoadError::Pin {
             name,

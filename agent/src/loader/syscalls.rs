@@ -15,15 +15,6 @@ use hostscope_common::{syscalls::*, RingConfig};
 use super::{privilege, AttachState, LoadError, ProbeStatus};
 use crate::kernel::{btf::KernelBtf, tracefs::Tracefs};
 
-/// Maps `hostscope dump` can read after pinning.
-pub const PINNED_MAPS: &[&str] = &[
-    SYSCALL_AGG_MAP,
-    SYSCALL_ERRORS_MAP,
-    SYSCALL_STATS_MAP,
-    SYSCALL_CONFIG_MAP,
-    WATCHED_PATHS_MAP,
-];
-
 /// Watched by default: credentials, sudo rules, root's SSH keys, Kubernetes tokens.
 pub const DEFAULT_WATCH_PATHS: &[&str] = &[
     "/etc/shadow",
@@ -594,7 +585,7 @@ pub fn attach(
             report.push(status(
                 hook.program,
                 format!("tracepoint/syscalls/sys_enter_{}", hook.syscall),
-                AttachState::NotAttached("security events disabled".to_string()),
+                AttachState::Off("security events disabled (syscalls.security: false)".to_string()),
             ));
         }
     }
@@ -626,7 +617,9 @@ fn attach_aggregation(
         (SYSCALL_EXIT_PROGRAM, SYSCALL_EXIT_RAW_PROGRAM, "sys_exit"),
     ] {
         let btf_state = match hooks {
-            SyscallHooks::Off => AttachState::NotAttached("syscall hooks off".to_string()),
+            SyscallHooks::Off => {
+                AttachState::Off("syscall hooks off (syscalls.hooks: off)".to_string())
+            }
             SyscallHooks::RawTp => AttachState::NotAttached("raw_tp requested".to_string()),
             SyscallHooks::Auto | SyscallHooks::TpBtf => {
                 match attach_btf(ebpf, btf_prog, tp, kernel_btf) {
@@ -635,13 +628,15 @@ fn attach_aggregation(
                 }
             }
         };
-        let btf_up = !matches!(btf_state, AttachState::NotAttached(_));
+        let btf_up = btf_state.is_up();
         report.push(status(btf_prog, format!("tp_btf/{tp}"), btf_state));
         let raw_state = if btf_up {
             AttachState::NotAttached("not needed: tp_btf attached".to_string())
         } else {
             match hooks {
-                SyscallHooks::Off => AttachState::NotAttached("syscall hooks off".to_string()),
+                SyscallHooks::Off => {
+                    AttachState::Off("syscall hooks off (syscalls.hooks: off)".to_string())
+                }
                 SyscallHooks::TpBtf => AttachState::NotAttached("tp_btf requested".to_string()),
                 SyscallHooks::Auto | SyscallHooks::RawTp => match attach_raw(ebpf, raw_prog, tp) {
                     Ok(()) => ok_state(),
@@ -649,7 +644,7 @@ fn attach_aggregation(
                 },
             }
         };
-        let raw_up = !matches!(raw_state, AttachState::NotAttached(_));
+        let raw_up = raw_state.is_up();
         report.push(status(raw_prog, format!("raw_tp/{tp}"), raw_state));
         if btf_up || raw_up {
             attached += 1;
@@ -708,7 +703,7 @@ fn attach_security(ebpf: &mut Ebpf, plan: &SyscallPlan, report: &mut Vec<ProbeSt
                     Err(e) => AttachState::NotAttached(describe_tracing_error(&e)),
                 }
             };
-        if !matches!(state, AttachState::NotAttached(_)) {
+        if state.is_up() {
             exits.push(hook.syscall);
         }
         report.push(status(hook.program, hook_name, state));
@@ -736,7 +731,7 @@ fn attach_security(ebpf: &mut Ebpf, plan: &SyscallPlan, report: &mut Vec<ProbeSt
         Ok(()) => AttachState::Attached,
         Err(e) => AttachState::NotAttached(describe_tracing_error(&e)),
     };
-    let up = !matches!(state, AttachState::NotAttached(_));
+    let up = state.is_up();
     report.push(status(
         SECURITY_EXIT_PROGRAM,
         format!("tracepoint/syscalls/sys_exit_{{{}}}", exits.join(",")),

@@ -13,9 +13,6 @@ use crate::kernel::{
     tracefs::{Format, Tracefs},
 };
 
-/// Maps `hostscope dump` can read after pinning.
-pub const PINNED_MAPS: &[&str] = &[TCP_CONNS_MAP, TCP_STATS_MAP, TCP_CONFIG_MAP];
-
 /// `tcp:` in the configuration. Both sizes are fixed when the probes load.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -219,7 +216,7 @@ pub fn attach(
                 )),
             }
         };
-        let up = !matches!(state, AttachState::NotAttached(_));
+        let up = state.is_up();
         if hook.required {
             family_up = up;
         }

@@ -17,9 +17,6 @@ use hostscope_common::{tls::*, RingConfig};
 use super::{privilege, AttachState, LoadError, LoaderConfig, ProbeStatus};
 use crate::kernel::mounts;
 
-/// Maps `hostscope dump` can read after pinning.
-pub const PINNED_MAPS: &[&str] = &[TLS_FAILURES_MAP, TLS_STATS_MAP];
-
 /// `tls:` in the configuration.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]

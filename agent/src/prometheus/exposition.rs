@@ -184,13 +184,14 @@ fn health(out: &mut Out, s: &Status) -> std::fmt::Result {
     )?;
     out.gauge(
         "probe_state",
-        "1 per BPF program and its attach state (attached, degraded, not_attached); the reason is in /readyz and `hostscope status`.",
+        "1 per BPF program and its attach state (attached, degraded, not_attached, off); the reason is in /readyz and `hostscope status`.",
         None,
         s.probes.iter().map(|p| {
             let state = match p.state {
                 crate::loader::AttachState::Attached => "attached",
                 crate::loader::AttachState::Degraded(_) => "degraded",
                 crate::loader::AttachState::NotAttached(_) => "not_attached",
+                crate::loader::AttachState::Off(_) => "off",
             };
             (
                 labels([("family", p.family), ("program", p.program), ("state", state)]),

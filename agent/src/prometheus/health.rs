@@ -1,9 +1,7 @@
 //! `/healthz` and `/readyz`: what the kubelet's probes ask, answered from the status
 //! document (which the run loop builds on request, so getting one proves the loop turns).
 
-use std::collections::BTreeMap;
-
-use crate::{loader::AttachState, status::Status};
+use crate::{loader::FamilyHealth, status::Status};
 
 /// An HTTP status and a body saying why.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,14 +46,16 @@ pub fn healthz(
     }
 }
 
-/// Ready: the run loop answers, every probe family has at least one program attached, and
-/// records flow: at least one was decoded from a ring or made from the syscall
-/// aggregation maps (a node always makes syscalls, so this proves the kernel → agent path
-/// within one interval; until then the body says it is waiting). A family with no program attached makes the agent unready. A family with a degraded
-/// program, or a program not attached for another reason than an alternative hook having
-/// attached instead ("not needed: …"), is degraded: named with each reason, but ready (a
-/// node whose kernel lacks one hook still gives the rest; an unready pod would only block
-/// the rollout). The body has one line per family.
+/// Ready: the run loop answers, every probe family the configuration left on has at least
+/// one program attached, and records flow: at least one was decoded from a ring or made
+/// from the syscall aggregation maps (a node always makes syscalls, so this proves the
+/// kernel → agent path within one interval; until then the body says it is waiting). A
+/// family with no program attached makes the agent unready; one whose programs are all
+/// off by configuration is named "off" and does not count. A family with a degraded
+/// program, or a program not attached (or turned off) for another reason than an
+/// alternative hook having attached instead ("not needed: …"), is degraded: named with
+/// each reason, but ready (a node whose kernel lacks one hook still gives the rest; an
+/// unready pod would only block the rollout). The body has one line per family.
 pub fn readyz(status: Option<&Status>) -> Verdict {
     let Some(s) = status else {
         return Verdict {
@@ -63,34 +63,31 @@ pub fn readyz(status: Option<&Status>) -> Verdict {
             body: "not ready: the run loop did not answer a status request\n".to_string(),
         };
     };
-    // family -> (attached programs, degraded reasons, not-attached reasons)
-    let mut families: BTreeMap<&str, (usize, Vec<String>, Vec<String>)> = BTreeMap::new();
-    for p in &s.probes {
-        let f = families.entry(p.family).or_default();
-        match &p.state {
-            AttachState::Attached => f.0 += 1,
-            AttachState::Degraded(why) => {
-                f.0 += 1;
-                f.1.push(format!("{}: {why}", p.program));
-            }
-            AttachState::NotAttached(why) if why.starts_with("not needed") => {}
-            AttachState::NotAttached(why) => f.2.push(format!("{}: {why}", p.program)),
-        }
-    }
-    let mut ok = !families.is_empty();
+    let families = FamilyHealth::of(&s.probes);
+    let mut ok = families.values().any(|f| !f.is_off());
     let mut lines = Vec::new();
-    for (family, (up, degraded, down)) in &families {
-        if *up == 0 {
+    for (family, f) in &families {
+        if f.is_off() {
+            lines.push(format!("{family}: off: {}", f.off_reasons().join("; ")));
+        } else if f.up == 0 {
             ok = false;
-            lines.push(format!("{family}: down: {}", down.join("; ")));
-        } else if !degraded.is_empty() || !down.is_empty() {
-            let why: Vec<&str> = degraded.iter().chain(down).map(String::as_str).collect();
+            let why: Vec<&str> = f.down.iter().chain(&f.off).map(String::as_str).collect();
+            lines.push(format!("{family}: down: {}", why.join("; ")));
+        } else if !f.degraded.is_empty() || !f.down.is_empty() || !f.off.is_empty() {
+            let why: Vec<&str> = f
+                .degraded
+                .iter()
+                .chain(&f.down)
+                .chain(&f.off)
+                .map(String::as_str)
+                .collect();
             lines.push(format!(
-                "{family}: degraded ({up} programs attached): {}",
+                "{family}: degraded ({} programs attached): {}",
+                f.up,
                 why.join("; ")
             ));
         } else {
-            lines.push(format!("{family}: ok ({up} programs attached)"));
+            lines.push(format!("{family}: ok ({} programs attached)", f.up));
         }
     }
     let made = s.agent.records_decoded + s.agent.records_aggregated;
@@ -105,6 +102,9 @@ pub fn readyz(status: Option<&Status>) -> Verdict {
         }
         (true, _) => format!("ready: {made} records made"),
         (false, true) => "not ready: no probe loaded".to_string(),
+        (false, false) if families.values().all(FamilyHealth::is_off) => {
+            "not ready: every probe family is off by configuration".to_string()
+        }
         (false, false) => "not ready: a probe family has no program attached".to_string(),
     };
     Verdict {
@@ -116,7 +116,7 @@ pub fn readyz(status: Option<&Status>) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::ProbeStatus;
+    use crate::loader::{AttachState, ProbeStatus};
 
     fn status(probes: Vec<ProbeStatus>) -> Status {
         Status {
@@ -203,6 +203,47 @@ mod tests {
         );
         assert!(!readyz(None).ok);
         assert!(!healthz(None, Default::default(), Default::default()).ok);
+    }
+
+    #[test]
+    fn a_family_off_by_configuration_does_not_make_the_agent_unready() {
+        let off = |p| probe("sys", p, AttachState::Off("syscall hooks off".into()));
+        let mut s = status(vec![
+            probe("tcp", "tcp_state_change", AttachState::Attached),
+            off("sys_enter_btf"),
+            off("sys_exit_btf"),
+        ]);
+        s.agent.records_decoded = 1;
+        let v = readyz(Some(&s));
+        assert!(v.ok, "{}", v.body);
+        assert!(
+            v.body.contains("sys: off: syscall hooks off\n"),
+            "{}",
+            v.body
+        );
+        // Off beside a failure is no excuse: the family is down.
+        s.probes.push(probe(
+            "sys",
+            "security",
+            AttachState::NotAttached("EPERM".into()),
+        ));
+        let v = readyz(Some(&s));
+        assert!(!v.ok, "{}", v.body);
+        assert!(
+            v.body
+                .contains("sys: down: security: EPERM; sys_enter_btf: syscall hooks off"),
+            "{}",
+            v.body
+        );
+        // Every family off: nothing to be ready with.
+        s.probes.retain(|p| matches!(p.state, AttachState::Off(_)));
+        let v = readyz(Some(&s));
+        assert!(!v.ok);
+        assert!(
+            v.body.starts_with("not ready: every probe family is off"),
+            "{}",
+            v.body
+        );
     }
 
     #[test]
