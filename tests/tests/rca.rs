@@ -276,9 +276,24 @@ fn a_process_out_of_file_descriptors_is_an_fd_limit_incident() {
         })
         .map(|v| v["count"].as_u64().unwrap())
         .sum();
+    // On failure, every fd-limit incident record and alert: a split count shows which.
+    let seen = || {
+        let incidents: Vec<String> = incidents(&lines, pred)
+            .iter()
+            .map(|v| format!("{} {} {}", v["state"], v["source"], v["count"]))
+            .collect();
+        let alerts: Vec<String> = lines
+            .iter()
+            .filter(|v| v["type"] == "syscall_alert" && v["errno_name"] == "EMFILE")
+            .map(|v| format!("{} {} {}", v["pid"], v["comm"], v["count"]))
+            .collect();
+        format!("incidents {incidents:?}; alerts {alerts:?}")
+    };
     assert_eq!(
-        last["count"], alerted,
-        "the incident counts every alerted error"
+        last["count"],
+        alerted,
+        "the incident counts every alerted error: {}",
+        seen()
     );
     assert!(
         alerted <= failed && alerted * 10 >= failed * 9,
