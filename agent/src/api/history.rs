@@ -7,7 +7,8 @@ use std::{collections::VecDeque, sync::Arc};
 use super::{filter::Filter, hub::Entry};
 
 pub struct History {
-    entries: VecDeque<Arc<Entry>>,
+    /// Each entry with its size as counted at push, so eviction does not measure again.
+    entries: VecDeque<(Arc<Entry>, usize)>,
     bytes: usize,
     max_records: usize,
     max_bytes: usize,
@@ -37,10 +38,10 @@ impl History {
             return;
         }
         self.bytes += size;
-        self.entries.push_back(entry);
+        self.entries.push_back((entry, size));
         while self.entries.len() > self.max_records || self.bytes > self.max_bytes {
             match self.entries.pop_front() {
-                Some(old) => self.bytes -= old.bytes(),
+                Some((_, old)) => self.bytes -= old,
                 None => break,
             }
         }
@@ -49,7 +50,7 @@ impl History {
     /// The latest `n` records that match, oldest first.
     pub fn last(&self, n: usize, filter: &Filter) -> VecDeque<Arc<Entry>> {
         let mut out = VecDeque::with_capacity(n.min(self.entries.len()));
-        for e in self.entries.iter().rev() {
+        for (e, _) in self.entries.iter().rev() {
             if out.len() >= n {
                 break;
             }
