@@ -134,6 +134,25 @@ impl AgentSection {
     }
 }
 
+/// Allocations at least this large are mmapped and unmapped when freed. glibc's own
+/// threshold rises to the largest block freed (up to 32 MiB), after which a storm's
+/// megabyte-sized records and the start-up BTF parse stay in the heap as fragments.
+const HEAP_MMAP_THRESHOLD: i32 = 128 * 1024;
+/// malloc arenas: glibc makes up to 8 per core, one per contending thread, each
+/// holding its own free fragments; the agent's threads rarely allocate at once.
+const HEAP_ARENAS: i32 = 2;
+
+/// The allocator's settings for a long-running agent; call before any thread starts.
+/// Measured on the lifecycle bench's storm: start-up peak 32.8 → 28.8 MB, heap after
+/// it a few MB lower.
+pub fn tune_heap() {
+    // SAFETY: mallopt only changes allocator parameters; no thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, HEAP_ARENAS);
+    }
+}
+
 /// How often freed heap goes back to the system.
 const HEAP_TRIM_EVERY: Duration = Duration::from_secs(10);
 

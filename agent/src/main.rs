@@ -600,12 +600,15 @@ struct DumpArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("starting the async runtime")
-            .and_then(|rt| rt.block_on(run(*args))),
+        Command::Run(args) => {
+            hostscope::agent::tune_heap();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")
+                .and_then(|rt| rt.block_on(run(*args)))
+        }
         Command::Dump(args) => run_dump(args),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::default_yaml());

@@ -20,6 +20,9 @@ pub enum OutputFormat {
     None,
 }
 
+/// The printer's line buffer keeps at most this much capacity between records.
+const LINE_BUFFER_KEPT: usize = 64 * 1024;
+
 /// The printer sink: records on stdout, on a dedicated thread, until the channel closes
 /// or stdout goes away (e.g. `| head`). Missed records are counted, never silently
 /// skipped. With `identities`, text lines start with `pod <ns>/<name> <container>` (or
@@ -60,6 +63,9 @@ pub fn spawn_printer(
                 OutputFormat::None => Ok(()),
             };
             let written = formatted.and_then(|_| out.write_all(&line));
+            // One syscall interval record of a process storm is megabytes of JSON: not
+            // kept for the agent's life once written.
+            line.shrink_to(LINE_BUFFER_KEPT);
             let flushed = if rx.is_empty() { out.flush() } else { Ok(()) };
             if written.and(flushed).is_err() {
                 break;

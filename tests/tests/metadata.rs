@@ -278,6 +278,34 @@ fn removed_cgroups_and_exited_processes_are_evicted() {
     );
 }
 
+/// A process that exited before its records were resolved leaves an identity with no
+/// process entry behind; the eviction pass drops it too (10,000 short-lived processes
+/// used to leave 20,000 identities cached for good).
+#[test]
+fn identities_of_processes_gone_before_resolution_are_evicted() {
+    let resolver = hostscope::metadata::Resolver::node_local();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let live = std::process::id();
+    let gone = resolver.identify(hostscope::metadata::Subject {
+        pid: Some(pid),
+        cgroup_id: None,
+    });
+    assert_eq!(gone.get("process.command_line"), None, "{gone:?}");
+    resolver.identify(hostscope::metadata::Subject {
+        pid: Some(live),
+        cgroup_id: None,
+    });
+    assert_eq!(resolver.stats().identities_cached, 2);
+    resolver.maintain();
+    assert_eq!(
+        resolver.stats().identities_cached,
+        1,
+        "only the live one stays"
+    );
+}
+
 /// The Kubernetes side against a local API server speaking the real list + watch wire
 /// format: a list with a resourceVersion, chunked watch events, a dropped connection,
 /// garbage JSON, a `410 Gone` watch event (relist), ending with the right labels and

@@ -6,8 +6,9 @@
 //!   unreachable one (bounded by `export.flush_timeout`). Target: ≤ 1 s without an
 //!   exporter.
 //! - Memory: peak RSS (VmHWM) including start-up, target ≤ 40 MB; RSS once 10,000
-//!   short-lived processes have each made a refused connect (10,000 processes in the
-//!   identity cache), target ≤ 30 MB.
+//!   short-lived processes have each made a refused connect, target ≤ 30 MB. The
+//!   identities of those processes are evicted once they exited (the cache holds the
+//!   live ones), so the steady figure is after the storm, not with 10,000 cached.
 
 use std::{
     io::{BufRead, BufReader},
@@ -115,6 +116,48 @@ fn status_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Resident memory by kind of mapping, in MB, from /proc/<pid>/smaps.
+#[derive(Default)]
+struct Resident {
+    /// Anonymous: heap, stacks.
+    anon: f64,
+    /// BPF maps mmapped from the kernel (the rings: kernel memory, whose data pages
+    /// are mapped twice, so the kernel holds about half of this).
+    bpf_maps: f64,
+    /// The agent's executable: clean file-backed pages shared with the page cache.
+    binary: f64,
+    /// Other files (shared libraries).
+    other_files: f64,
+}
+
+fn resident(pid: u32) -> Resident {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let mut r = Resident::default();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range perms offset dev inode [path].
+            name = fields.nth(4).unwrap_or_default().to_string();
+        } else if first == "Rss:" {
+            let mb = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0.0) / 1024.0;
+            let kind = if name.is_empty() || name.starts_with('[') {
+                &mut r.anon
+            } else if name == "anon_inode:bpf-map" {
+                &mut r.bpf_maps
+            } else if Path::new(&name) == exe {
+                &mut r.binary
+            } else {
+                &mut r.other_files
+            };
+            *kind += mb;
+        }
+    }
+    r
+}
+
 /// 10,000 processes, 50 at a time, each connecting once to a closed port and exiting.
 fn many_processes(n: usize) -> anyhow::Result<()> {
     let port = free_port()?;
@@ -205,11 +248,20 @@ pub fn bench_lifecycle(bin: &Path, rounds: usize) -> anyhow::Result<()> {
         // Steady: past two heap trims (every 10 s) after the storm.
         std::thread::sleep(Duration::from_secs(21));
         let mb = |key| status_kb(pid, key) as f64 / 1024.0;
-        let (rss, anon, file, peak) = (mb("VmRSS:"), mb("RssAnon:"), mb("RssFile:"), mb("VmHWM:"));
+        let (rss, peak) = (mb("VmRSS:"), mb("VmHWM:"));
+        let r = resident(pid);
         stop(agent)?;
         println!(
-            "memory: peak RSS at start-up {:.1} MB (target ≤ 40); after 10,000 processes with a refused connect each ({storm_s:.1} s): RSS {rss:.1} MB (target ≤ 30; heap and stacks {anon:.1} MB, mapped files {file:.1} MB: the binary and the BPF rings), peak {peak:.1} MB",
+            "memory: peak RSS at start-up {:.1} MB (target ≤ 40); through 10,000 processes with a refused connect each ({storm_s:.1} s): peak RSS {peak:.1} MB; 21 s after: RSS {rss:.1} MB (target ≤ 30)",
             peak_start as f64 / 1024.0,
+        );
+        println!(
+            "  of which heap and stacks {:.1} MB, BPF rings {:.1} MB (kernel memory mapped in, data pages twice), the binary {:.1} MB (clean file pages, shared with the page cache), other files {:.1} MB; RSS without the binary's pages {:.1} MB",
+            r.anon,
+            r.bpf_maps,
+            r.binary,
+            r.other_files,
+            rss - r.binary,
         );
         Ok(())
     })();

@@ -192,9 +192,10 @@ fn add_stats(into: &mut SyscallStats, v: &SyscallStats) {
     }
 }
 
-/// Builds the interval record and the alerts from a snapshot.
+/// Builds the interval record and the alerts from a snapshot, consuming it as it goes:
+/// in a process storm both are megabytes, and they need not be held at once.
 pub fn interval_records(
-    snap: &Snapshot,
+    snap: Snapshot,
     key_by_cgroup: bool,
     interval: Duration,
     ts_unix_ns: u64,
@@ -204,7 +205,7 @@ pub fn interval_records(
     let secs = interval.as_secs_f64().max(1e-3);
     let mut procs: BTreeMap<u64, ProcessSyscalls> = BTreeMap::new();
     let mut alerts = Vec::new();
-    for (&(id, nr), s) in &snap.stats {
+    for ((id, nr), s) in snap.stats {
         let p = procs.entry(id).or_insert_with(|| ProcessSyscalls {
             id,
             comm: String::new(),
@@ -250,7 +251,7 @@ pub fn interval_records(
             }
         }
     }
-    for (&(id, nr, errno), &count) in &snap.errors {
+    for ((id, nr, errno), count) in snap.errors {
         let comm = procs.get(&id).map(|p| p.comm.clone()).unwrap_or_default();
         let row = ErrnoRow {
             syscall: syscall_name(nr),
@@ -550,7 +551,7 @@ pub async fn run_aggregator(
             slow_ns: runtime.slow_ns,
         };
         let (mut record, alerts) = interval_records(
-            &snap,
+            snap,
             runtime.key_by_cgroup,
             elapsed,
             clock.unix_ns(monotonic_ns()),
@@ -873,7 +874,7 @@ mod tests {
         snap.errors.insert((7, openat, libc::EMFILE as u32), 450);
         snap.errors.insert((8, close, libc::EBADF as u32), 1);
         let (rec, alerts) = interval_records(
-            &snap,
+            snap,
             false,
             Duration::from_secs(1),
             0,

@@ -10,7 +10,7 @@ pub mod process;
 pub mod upkeep;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     path::PathBuf,
     sync::{
@@ -664,19 +664,32 @@ impl Resolver {
 
     /// Evicts exited processes (and reused pids) and removed cgroups; run on a timer.
     pub fn maintain(&self) {
-        let used: std::collections::HashSet<u32> = self
+        let (mut used, mut pids) = (HashSet::new(), HashSet::new());
+        for (s, c) in self
             .identities
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|(_, c)| c.used.swap(false, Ordering::Relaxed))
-            .filter_map(|(s, _)| s.pid)
-            .collect();
-        let gone: std::collections::HashSet<u32> = self
+        {
+            if let Some(pid) = s.pid {
+                pids.insert(pid);
+                if c.used.swap(false, Ordering::Relaxed) {
+                    used.insert(pid);
+                }
+            }
+        }
+        let mut gone: HashSet<u32> = self
             .processes
             .revalidate_some(Some(&used))
             .into_iter()
             .collect();
+        // Identities built once their process had already exited (short-lived processes
+        // are often gone when their records are resolved) have no process entry to
+        // revalidate: without this they would pile up until the cache bound clears it.
+        gone.extend(
+            pids.into_iter()
+                .filter(|&pid| !self.processes.contains(pid) && !process::alive(pid)),
+        );
         let pruned = self.cgroups.prune();
         if gone.is_empty() && pruned == 0 {
             return;

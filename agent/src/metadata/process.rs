@@ -306,6 +306,11 @@ impl ProcessCache {
         self.lock().by_pid.clear();
     }
 
+    /// Whether `pid` has a cached entry (revalidated by [`Self::revalidate_some`]).
+    pub fn contains(&self, pid: u32) -> bool {
+        self.lock().by_pid.contains_key(&pid)
+    }
+
     pub fn stats(&self) -> ProcessStats {
         let inner = self.lock();
         let mut s = inner.stats.clone();
@@ -315,7 +320,7 @@ impl ProcessCache {
 }
 
 /// Whether a process exists (zombies included), without reading /proc.
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
