@@ -1,7 +1,7 @@
 //! `hostscope dump <map>`: the probes' pinned maps decoded with the shared types, while
 //! the agent runs or after it exited.
 
-use std::{io::Write, path::Path};
+use std::{collections::BTreeMap, io::Write, path::Path};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use hostscope_common::{
@@ -33,7 +33,8 @@ pub const DUMPABLE: &[(&str, &str)] = &[
     // -- syscalls family
     (
         syscalls::SYSCALL_AGG_MAP,
-        "syscall counts/latency per process (or cgroup) since the last interval read",
+        "syscall counts/latency per process (or cgroup) since the last interval read\n\
+         (this map and the per-CPU slots of SYSCALL_AGG_SLOTS, summed)",
     ),
     (
         syscalls::SYSCALL_ERRORS_MAP,
@@ -211,7 +212,7 @@ pub fn dump(
                 )?,
             }
         }
-        other => return dump_syscalls(other, map, format, out),
+        other => return dump_syscalls(pin_dir, other, map, format, out),
     }
     Ok(())
 }
@@ -351,7 +352,42 @@ pub struct SyscallErrorRow {
     pub count: u64,
 }
 
+/// The per-CPU slots pinned next to `SYSCALL_AGG`, summed by (id, generation, syscall).
+fn slot_sums(
+    pin_dir: &Path,
+) -> Result<BTreeMap<(u64, u32, u32), syscalls::SyscallStats>, DumpError> {
+    use syscalls::*;
+    let path = pin_dir.join(SYSCALL_AGG_SLOTS_MAP);
+    let shown = path.display().to_string();
+    if !path.exists() {
+        return Err(DumpError::NotPinned { path: shown });
+    }
+    let open = |source| DumpError::Open {
+        path: shown.clone(),
+        source,
+    };
+    let map = Map::from_map_data(MapData::from_pin(&path).map_err(open)?).map_err(open)?;
+    let read = |source| DumpError::Read {
+        name: SYSCALL_AGG_SLOTS_MAP,
+        source,
+    };
+    let slots: PerCpuArray<_, SyscallSlot> = PerCpuArray::try_from(map).map_err(read)?;
+    let mut sums = BTreeMap::new();
+    for index in 0..slots.len() {
+        for v in slots.get(&index, 0).map_err(read)?.iter() {
+            if v.stats.count != 0 {
+                let e = sums
+                    .entry((v.id, index & 1, v.nr))
+                    .or_insert(SyscallStats::ZERO);
+                crate::events::syscalls::add_stats(e, &v.stats);
+            }
+        }
+    }
+    Ok(sums)
+}
+
 fn dump_syscalls(
+    pin_dir: &Path,
     name: &str,
     map: Map,
     format: DumpFormat,
@@ -369,28 +405,24 @@ fn dump_syscalls(
         SYSCALL_AGG_MAP => {
             let agg: PerCpuHashMap<_, SyscallKey, SyscallStats> =
                 PerCpuHashMap::try_from(map).map_err(read)?;
-            let mut rows = Vec::new();
+            // The busy keys count in the per-CPU slots, the others in the hash map.
+            let mut sums = slot_sums(pin_dir)?;
             for entry in agg.iter() {
                 let (k, values) = entry.map_err(read)?;
-                let mut sum = SyscallStats::ZERO;
+                let sum = sums
+                    .entry((k.id, k.generation, k.nr))
+                    .or_insert(SyscallStats::ZERO);
                 for v in values.iter() {
-                    sum.count += v.count;
-                    sum.errors += v.errors;
-                    sum.timed += v.timed;
-                    sum.total_ns += v.total_ns;
-                    sum.max_ns = sum.max_ns.max(v.max_ns);
-                    for (a, b) in sum.hist.iter_mut().zip(v.hist.iter()) {
-                        *a += b;
-                    }
-                    if sum.comm[0] == 0 {
-                        sum.comm = v.comm;
-                    }
+                    crate::events::syscalls::add_stats(sum, v);
                 }
+            }
+            let mut rows = Vec::new();
+            for ((id, generation, nr), sum) in sums {
                 rows.push(SyscallAggRow {
-                    id: k.id,
-                    generation: k.generation,
-                    syscall: syscall_name(k.nr),
-                    nr: k.nr,
+                    id,
+                    generation,
+                    syscall: syscall_name(nr),
+                    nr,
                     comm: comm_string(&sum.comm),
                     count: sum.count,
                     errors: sum.errors,

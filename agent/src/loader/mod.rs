@@ -171,6 +171,10 @@ pub fn load(config: &LoaderConfig) -> Result<LoadedProbes, LoadError> {
         loader
             .override_global(sc::SYSCALL_OFFSETS_GLOBAL, &sys_plan.offsets, true)
             .map_max_entries(sc::SYSCALL_START_MAP, sys_plan.slots)
+            .map_max_entries(
+                sc::SYSCALL_AGG_SLOTS_MAP,
+                2 * (sys_plan.offsets.agg_slot_mask + 1),
+            )
             .map_max_entries(sc::SYSCALL_EVENTS_MAP, config.syscalls.ring_bytes)
             .map_max_entries(sc::SYSCALL_AGG_MAP, syscalls::max_keys(&config.syscalls));
     }
