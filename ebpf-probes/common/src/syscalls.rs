@@ -12,7 +12,8 @@ pub const SYSCALL_START_MAP: &str = "SYSCALL_START";
 /// Per-CPU aggregation: (process or cgroup, syscall, generation) -> [`SyscallStats`].
 pub const SYSCALL_AGG_MAP: &str = "SYSCALL_AGG";
 /// Per-CPU array of [`SyscallSlot`]s: the hot keys of [`SYSCALL_AGG_MAP`] without its
-/// hash lookup (slot [`agg_slot`]); a key whose slot another key holds goes to the hash.
+/// hash lookup (slot [`agg_slot`] or its neighbour); a key whose two slots other keys
+/// hold goes to the hash.
 pub const SYSCALL_AGG_SLOTS_MAP: &str = "SYSCALL_AGG_SLOTS";
 /// Per-CPU error counts: (process or cgroup, syscall, errno, generation) -> u64.
 pub const SYSCALL_ERRORS_MAP: &str = "SYSCALL_ERRORS";
@@ -50,7 +51,7 @@ pub const SECURITY_PENDING_MAX: u32 = 4_096;
 pub const SYSCALL_START_SLOTS_MAX: u32 = 1 << 20;
 /// Upper bound of [`SYSCALL_AGG_SLOTS_MAP`] slots per generation (a power of two); the
 /// loader takes fewer on machines with many CPUs (the values are per CPU).
-pub const SYSCALL_AGG_SLOTS_MAX: u32 = 256;
+pub const SYSCALL_AGG_SLOTS_MAX: u32 = 2048;
 
 /// Log2 latency buckets: bucket `i` holds latencies in `[2^i, 2^(i+1))` ns, bucket 0
 /// also holds 0 and 1 ns, the last bucket everything from `2^31` ns (≈ 2.1 s) up.

@@ -12,10 +12,13 @@
 //! survives sleeping and migration). Measured here over a getppid storm: enter 57 ns +
 //! exit 76 ns per run, against 89 + 112 ns with a hash map keyed by tid. Exit
 //! updates the stats of (pid or cgroup, syscall, generation): count, errors, log2
-//! latency histogram. They live in a per-CPU array slot picked by a hash of the key
-//! (`agg_slot`), claimed by the first key that lands on it in a generation: no hash-map
-//! lookup for the busy keys: exit went from 78 to 63 ns per run (2026-12-03). A key
-//! whose slot another key holds goes to the per-CPU hash map as before. Userspace flips
+//! latency histogram. They live in a per-CPU array slot, one of two picked by a hash of
+//! the key (`agg_slot` and its neighbour), claimed by the first key that lands on it in
+//! a generation: no hash-map lookup for the busy keys (exit 56 ns per run instead of ~76,
+//! 2026-12-03). A key whose two slots other keys hold goes to the per-CPU hash map as
+//! before (with one candidate slot of 256 the agent's exit stayed at ~95 ns in the bench
+//! on a busy machine, most likely because other processes' keys held the storm's slot).
+//! Userspace flips
 //! the generation in the runtime config, then reads and clears the other one (slots and
 //! hash), so no count is lost or read twice. What is left is mostly fixed: the hook
 //! itself (~24 ns per program with an empty one) and `bpf_ktime_get_ns`, ~18 ns here,
@@ -260,11 +263,17 @@ fn on_exit(regs: impl FnOnce() -> u64, ret: i64) {
     }
 }
 
-/// The stats of (id, nr, generation) in this CPU's slot for them, claiming the slot if
-/// it is free; None when another key holds it.
+/// The stats of (id, nr, generation) in one of this CPU's two slots for them (the hash's
+/// slot and its neighbour of the same generation), claiming a free one; None when other
+/// keys hold both. Slots are freed only between generations, so a key is in one slot.
 #[inline(always)]
 fn slot_entry(id: u64, nr: u32, generation: u32) -> Option<*mut SyscallStats> {
     let index = agg_slot(id, nr, generation, offset!(agg_slot_mask));
+    claim_slot(index, id, nr).or_else(|| claim_slot(index ^ 2, id, nr))
+}
+
+#[inline(always)]
+fn claim_slot(index: u32, id: u64, nr: u32) -> Option<*mut SyscallStats> {
     let slot = unsafe { &mut *SYSCALL_AGG_SLOTS.get_ptr_mut(index)? };
     if slot.stats.count == 0 {
         // Free (zeroed by userspace, or never used): the caller counts the call next.
