@@ -17,7 +17,8 @@ pub struct PinnedMap {
     pub name: &'static str,
     /// What it holds, for `hostscope dump --list`.
     pub about: &'static str,
-    pub decode: fn(Map, DumpFormat, &mut dyn Write) -> Result<(), DumpError>,
+    /// Given the pin directory too, for a decoder that reads a companion map.
+    pub decode: fn(&Path, Map, DumpFormat, &mut dyn Write) -> Result<(), DumpError>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -69,7 +70,13 @@ pub fn dump(
     else {
         return Err(unknown(name));
     };
-    let path = pin_dir.join(pinned.name);
+    let map = open_pinned(pin_dir, pinned.name)?;
+    (pinned.decode)(pin_dir, map, format, out)
+}
+
+/// The map pinned as `name` in `pin_dir`.
+pub fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map, DumpError> {
+    let path = pin_dir.join(name);
     let shown = path.display().to_string();
     if !path.exists() {
         return Err(DumpError::NotPinned { path: shown });
@@ -78,11 +85,10 @@ pub fn dump(
         path: shown.clone(),
         source,
     })?;
-    let map = Map::from_map_data(data).map_err(|source| DumpError::Open {
+    Map::from_map_data(data).map_err(|source| DumpError::Open {
         path: shown,
         source,
-    })?;
-    (pinned.decode)(map, format, out)
+    })
 }
 
 /// A family's per-CPU counters array, summed over CPUs: `stats` are (index, name).

@@ -187,8 +187,11 @@ fn known_workload() -> Vec<Duration> {
         .collect()
 }
 
-fn exact_counts(hooks: SyscallHooks, expect_program: &str) {
-    let h = Harness::start_with(options(|o| o.hooks = hooks));
+fn exact_counts(hooks: SyscallHooks, expect_program: &str, agg_slots: Option<u32>) {
+    let h = Harness::start_with(options(|o| {
+        o.hooks = hooks;
+        o.agg_slots = agg_slots;
+    }));
     for p in ["syscall_enter", "syscall_exit"] {
         let program = if expect_program == "raw" {
             format!("{p}_raw")
@@ -266,7 +269,7 @@ fn known_syscalls_are_counted_exactly_tp_btf() {
     if !privileged("known_syscalls_are_counted_exactly_tp_btf") {
         return;
     }
-    exact_counts(SyscallHooks::TpBtf, "btf");
+    exact_counts(SyscallHooks::TpBtf, "btf", None);
 }
 
 #[test]
@@ -274,7 +277,57 @@ fn raw_tracepoint_fallback_counts_exactly() {
     if !privileged("raw_tracepoint_fallback_counts_exactly") {
         return;
     }
-    exact_counts(SyscallHooks::RawTp, "raw");
+    exact_counts(SyscallHooks::RawTp, "raw", None);
+}
+
+/// One per-CPU slot per generation: the first key of each interval counts in it, every
+/// other key in the hash map, and the agent adds both up.
+#[test]
+fn keys_beyond_the_per_cpu_slots_count_exactly() {
+    if !privileged("keys_beyond_the_per_cpu_slots_count_exactly") {
+        return;
+    }
+    exact_counts(SyscallHooks::TpBtf, "btf", Some(1));
+}
+
+/// Counts held in the per-CPU slots reach userspace at the agent's stop, not only at
+/// its interval (60 s here: no interval read happens before the stop).
+#[test]
+fn slot_counts_reach_userspace_at_stop() {
+    if !privileged("slot_counts_reach_userspace_at_stop") {
+        return;
+    }
+    let h = Harness::start_with(options(|o| o.interval = Duration::from_secs(60)));
+    on_filtered_thread(&h, || {
+        for _ in 0..GETPPID_CALLS {
+            // SAFETY: getppid has no arguments and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+    });
+    assert!(
+        interval_records(&h).is_empty(),
+        "no interval read before the stop"
+    );
+    let mut h = h;
+    let stats = h.stop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let t = loop {
+        let t = totals(&interval_records(&h));
+        if t.by_syscall.contains_key("getppid") || Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let getppid = t
+        .by_syscall
+        .get("getppid")
+        .expect("getppid in the final record");
+    assert_eq!(
+        (getppid.0, getppid.2),
+        (GETPPID_CALLS, GETPPID_CALLS),
+        "{t:#?}"
+    );
+    assert_eq!(stats.kernel["syscalls"]["agg_map_full"], 0, "{stats}");
 }
 
 #[test]
@@ -488,6 +541,7 @@ fn full_aggregation_map_is_counted() {
     }
     let h = Harness::start_with(options(|o| {
         o.max_keys = Some(2);
+        o.agg_slots = Some(1);
         o.interval = Duration::from_secs(60);
     }));
     on_filtered_thread(&h, || {
@@ -503,8 +557,8 @@ fn full_aggregation_map_is_counted() {
     let mut h = h;
     let stats = h.stop();
     assert!(
-        stats.kernel["syscalls"]["agg_map_full"] >= 3,
-        "5 distinct syscalls into 2 keys: {stats}"
+        stats.kernel["syscalls"]["agg_map_full"] >= 2,
+        "5 distinct syscalls into 1 per-CPU slot and 2 keys: {stats}"
     );
 }
 

@@ -1,17 +1,17 @@
 //! The syscalls family's pinned maps: the aggregation since the last interval read,
 //! errors by errno, counters, runtime config, watched paths.
 
-use std::io::Write;
+use std::{collections::BTreeMap, io::Write, path::Path};
 
-use aya::maps::{Array, LpmTrie, Map, PerCpuHashMap};
+use aya::maps::{Array, LpmTrie, Map, PerCpuArray, PerCpuHashMap};
 use hostscope_common::syscalls::*;
 use serde::Serialize;
 
-use super::{read_error, write_counters, DumpError, DumpFormat, PinnedMap};
+use super::{open_pinned, read_error, write_counters, DumpError, DumpFormat, PinnedMap};
 use crate::{
     events::{
         comm_string,
-        syscalls::{errno_name, syscall_name},
+        syscalls::{add_stats, errno_name, syscall_name},
     },
     output::write_json,
 };
@@ -19,8 +19,14 @@ use crate::{
 pub const MAPS: &[PinnedMap] = &[
     PinnedMap {
         name: SYSCALL_AGG_MAP,
-        about: "syscall counts/latency per process (or cgroup) since the last interval read",
+        about: "syscall counts/latency per process (or cgroup) since the last interval read\n\
+                (this map and the per-CPU slots of SYSCALL_AGG_SLOTS, summed)",
         decode: aggregation,
+    },
+    PinnedMap {
+        name: SYSCALL_AGG_SLOTS_MAP,
+        about: "the per-CPU slots where the busiest keys count (part of SYSCALL_AGG)",
+        decode: |_, map, format, out| write_aggregation(slot_sums(map)?, format, out),
     },
     PinnedMap {
         name: SYSCALL_ERRORS_MAP,
@@ -30,7 +36,7 @@ pub const MAPS: &[PinnedMap] = &[
     PinnedMap {
         name: SYSCALL_STATS_MAP,
         about: "syscalls probe counters, summed over CPUs",
-        decode: |map, format, out| {
+        decode: |_, map, format, out| {
             let stats = SyscallStat::ALL.map(|s| (s as u32, s.name()));
             write_counters(map, SYSCALL_STATS_MAP, stats, format, out)
         },
@@ -73,32 +79,60 @@ pub struct SyscallErrorRow {
     pub count: u64,
 }
 
-fn aggregation(map: Map, format: DumpFormat, mut out: &mut dyn Write) -> Result<(), DumpError> {
+fn aggregation(
+    pin_dir: &Path,
+    map: Map,
+    format: DumpFormat,
+    out: &mut dyn Write,
+) -> Result<(), DumpError> {
     let read = read_error(SYSCALL_AGG_MAP);
     let agg: PerCpuHashMap<_, SyscallKey, SyscallStats> =
         PerCpuHashMap::try_from(map).map_err(read)?;
-    let mut rows = Vec::new();
+    // The busy keys count in the per-CPU slots, the others in the hash map.
+    let mut sums = slot_sums(open_pinned(pin_dir, SYSCALL_AGG_SLOTS_MAP)?)?;
     for entry in agg.iter() {
         let (k, values) = entry.map_err(read)?;
-        let mut sum = SyscallStats::ZERO;
+        let sum = sums
+            .entry((k.id, k.generation, k.nr))
+            .or_insert(SyscallStats::ZERO);
         for v in values.iter() {
-            sum.count += v.count;
-            sum.errors += v.errors;
-            sum.timed += v.timed;
-            sum.total_ns += v.total_ns;
-            sum.max_ns = sum.max_ns.max(v.max_ns);
-            for (a, b) in sum.hist.iter_mut().zip(v.hist.iter()) {
-                *a += b;
-            }
-            if sum.comm[0] == 0 {
-                sum.comm = v.comm;
+            add_stats(sum, v);
+        }
+    }
+    write_aggregation(sums, format, out)
+}
+
+/// Per-CPU slots summed by (id, generation, syscall); a slot's generation is the low
+/// bit of its index.
+fn slot_sums(map: Map) -> Result<BTreeMap<(u64, u32, u32), SyscallStats>, DumpError> {
+    let read = read_error(SYSCALL_AGG_SLOTS_MAP);
+    let slots: PerCpuArray<_, SyscallSlot> = PerCpuArray::try_from(map).map_err(read)?;
+    let mut sums = BTreeMap::new();
+    for index in 0..slots.len() {
+        for v in slots.get(&index, 0).map_err(read)?.iter() {
+            if v.stats.count != 0 {
+                let e = sums
+                    .entry((v.id, index & 1, v.nr))
+                    .or_insert(SyscallStats::ZERO);
+                add_stats(e, &v.stats);
             }
         }
+    }
+    Ok(sums)
+}
+
+fn write_aggregation(
+    sums: BTreeMap<(u64, u32, u32), SyscallStats>,
+    format: DumpFormat,
+    mut out: &mut dyn Write,
+) -> Result<(), DumpError> {
+    let mut rows = Vec::new();
+    for ((id, generation, nr), sum) in sums {
         rows.push(SyscallAggRow {
-            id: k.id,
-            generation: k.generation,
-            syscall: syscall_name(k.nr),
-            nr: k.nr,
+            id,
+            generation,
+            syscall: syscall_name(nr),
+            nr,
             comm: comm_string(&sum.comm),
             count: sum.count,
             errors: sum.errors,
@@ -137,7 +171,12 @@ fn aggregation(map: Map, format: DumpFormat, mut out: &mut dyn Write) -> Result<
     Ok(())
 }
 
-fn errors(map: Map, format: DumpFormat, mut out: &mut dyn Write) -> Result<(), DumpError> {
+fn errors(
+    _pin_dir: &Path,
+    map: Map,
+    format: DumpFormat,
+    mut out: &mut dyn Write,
+) -> Result<(), DumpError> {
     let read = read_error(SYSCALL_ERRORS_MAP);
     let errors: PerCpuHashMap<_, SyscallErrorKey, u64> =
         PerCpuHashMap::try_from(map).map_err(read)?;
@@ -174,7 +213,12 @@ fn errors(map: Map, format: DumpFormat, mut out: &mut dyn Write) -> Result<(), D
     Ok(())
 }
 
-fn config(map: Map, format: DumpFormat, mut out: &mut dyn Write) -> Result<(), DumpError> {
+fn config(
+    _pin_dir: &Path,
+    map: Map,
+    format: DumpFormat,
+    mut out: &mut dyn Write,
+) -> Result<(), DumpError> {
     let read = read_error(SYSCALL_CONFIG_MAP);
     let config: Array<_, SyscallConfig> = Array::try_from(map).map_err(read)?;
     let c = config.get(&0, 0).map_err(read)?;
@@ -222,7 +266,12 @@ fn config(map: Map, format: DumpFormat, mut out: &mut dyn Write) -> Result<(), D
     Ok(())
 }
 
-fn watched_paths(map: Map, format: DumpFormat, mut out: &mut dyn Write) -> Result<(), DumpError> {
+fn watched_paths(
+    _pin_dir: &Path,
+    map: Map,
+    format: DumpFormat,
+    mut out: &mut dyn Write,
+) -> Result<(), DumpError> {
     let read = read_error(WATCHED_PATHS_MAP);
     let trie: LpmTrie<_, [u8; PATH_MAX_BYTES], u32> = LpmTrie::try_from(map).map_err(read)?;
     let mut paths = Vec::new();

@@ -1,6 +1,6 @@
 //! The TCP family's pinned maps: connections being tracked, counters, runtime config.
 
-use std::io::Write;
+use std::{io::Write, path::Path};
 
 use aya::maps::{Array, HashMap, Map};
 use hostscope_common::{
@@ -29,7 +29,7 @@ pub const MAPS: &[PinnedMap] = &[
     PinnedMap {
         name: TCP_STATS_MAP,
         about: "TCP probe counters, summed over CPUs",
-        decode: |map, format, out| {
+        decode: |_, map, format, out| {
             write_counters(
                 map,
                 TCP_STATS_MAP,
@@ -88,7 +88,12 @@ fn conn_row(c: &TcpConn, now_ns: u64) -> ConnRow {
     }
 }
 
-fn conns(map: Map, format: DumpFormat, mut out: &mut dyn Write) -> Result<(), DumpError> {
+fn conns(
+    _pin_dir: &Path,
+    map: Map,
+    format: DumpFormat,
+    mut out: &mut dyn Write,
+) -> Result<(), DumpError> {
     let read = read_error(TCP_CONNS_MAP);
     let conns: HashMap<_, u64, TcpConn> = HashMap::try_from(map).map_err(read)?;
     let now = monotonic_ns();
@@ -131,7 +136,12 @@ fn write_conn_table(out: &mut dyn Write, rows: &[ConnRow]) -> std::io::Result<()
     writeln!(out, "{} connections", rows.len())
 }
 
-fn config(map: Map, format: DumpFormat, mut out: &mut dyn Write) -> Result<(), DumpError> {
+fn config(
+    _pin_dir: &Path,
+    map: Map,
+    format: DumpFormat,
+    mut out: &mut dyn Write,
+) -> Result<(), DumpError> {
     let read = read_error(TCP_CONFIG_MAP);
     let config: Array<_, TcpConfig> = Array::try_from(map).map_err(read)?;
     let c = config.get(&0, 0).map_err(read)?;

@@ -1,6 +1,6 @@
 //! The TLS family's pinned maps: the most recent handshake failures, counters.
 
-use std::io::Write;
+use std::{io::Write, path::Path};
 
 use aya::maps::{Array, Map};
 use hostscope_common::{
@@ -21,7 +21,7 @@ pub const MAPS: &[PinnedMap] = &[
     PinnedMap {
         name: TLS_STATS_MAP,
         about: "TLS probe counters, summed over CPUs",
-        decode: |map, format, out| {
+        decode: |_, map, format, out| {
             write_counters(
                 map,
                 TLS_STATS_MAP,
@@ -78,7 +78,12 @@ fn failure_row(s: &TlsFailureSlot) -> FailureRow {
     }
 }
 
-fn failures(map: Map, format: DumpFormat, mut out: &mut dyn Write) -> Result<(), DumpError> {
+fn failures(
+    _pin_dir: &Path,
+    map: Map,
+    format: DumpFormat,
+    mut out: &mut dyn Write,
+) -> Result<(), DumpError> {
     let read = read_error(TLS_FAILURES_MAP);
     let slots: Array<_, TlsFailureSlot> = Array::try_from(map).map_err(read)?;
     let mut rows = Vec::new();

@@ -4,8 +4,9 @@
 //!
 //! Read and reset without loss: the probes write generation `g` (runtime config); at
 //! each interval the aggregator flips to `1 - g`, waits a grace period far longer than
-//! any program run, then reads and deletes every entry of `g`. A call lands in exactly
-//! one generation, and each generation is read once.
+//! any program run, then reads and deletes every entry of `g`, in the per-CPU slots and
+//! in the hash map. A call lands in exactly one generation, and each generation is read
+//! once.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, MapData, MapError, PerCpuHashMap};
+use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use hostscope_common::{syscalls::*, RingConfig};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
@@ -178,7 +179,8 @@ impl Snapshot {
     }
 }
 
-fn add_stats(into: &mut SyscallStats, v: &SyscallStats) {
+/// Adds one CPU's (or one slot's) stats of a key into a sum.
+pub(crate) fn add_stats(into: &mut SyscallStats, v: &SyscallStats) {
     into.count += v.count;
     into.errors += v.errors;
     into.total_ns += v.total_ns;
@@ -327,6 +329,7 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> AggregatorError {
 pub struct SyscallMaps {
     config: Array<MapData, SyscallConfig>,
     agg: PerCpuHashMap<MapData, SyscallKey, SyscallStats>,
+    slots: PerCpuArray<MapData, SyscallSlot>,
     errors: PerCpuHashMap<MapData, SyscallErrorKey, u64>,
     current: SyscallConfig,
     runtime: SyscallRuntime,
@@ -346,12 +349,15 @@ impl SyscallMaps {
             Array::try_from(take(SYSCALL_CONFIG_MAP)?).map_err(map_err(SYSCALL_CONFIG_MAP))?;
         let agg =
             PerCpuHashMap::try_from(take(SYSCALL_AGG_MAP)?).map_err(map_err(SYSCALL_AGG_MAP))?;
+        let slots = PerCpuArray::try_from(take(SYSCALL_AGG_SLOTS_MAP)?)
+            .map_err(map_err(SYSCALL_AGG_SLOTS_MAP))?;
         let errors = PerCpuHashMap::try_from(take(SYSCALL_ERRORS_MAP)?)
             .map_err(map_err(SYSCALL_ERRORS_MAP))?;
         let current = config.get(&0, 0).map_err(map_err(SYSCALL_CONFIG_MAP))?;
         Ok(SyscallMaps {
             config,
             agg,
+            slots,
             errors,
             current,
             runtime,
@@ -393,6 +399,7 @@ impl SyscallMaps {
     /// Reads, sums over CPUs and deletes every entry of `generation`.
     pub fn drain(&mut self, generation: u32) -> Result<Snapshot, AggregatorError> {
         let mut snap = Snapshot::default();
+        self.drain_slots(generation, &mut snap);
         // Entries of the old generation no longer change; a second pass catches any
         // the first iteration skipped while new-generation keys were being inserted.
         for _ in 0..2 {
@@ -432,6 +439,43 @@ impl SyscallMaps {
             }
         }
         Ok(snap)
+    }
+
+    /// Adds the per-CPU slots of `generation` to `snap` and frees them. A slot that
+    /// cannot be freed is left out and said so: it keeps its counts, read with its
+    /// generation next time (late, neither lost nor counted twice).
+    fn drain_slots(&mut self, generation: u32, snap: &mut Snapshot) {
+        let mut kept = Vec::new();
+        for index in (generation & 1..self.slots.len()).step_by(2) {
+            let values = match self.slots.get(&index, 0) {
+                Ok(v) => v,
+                Err(e) => {
+                    kept.push(format!("{index}: {e}"));
+                    continue;
+                }
+            };
+            if values.iter().all(|v| v.stats.count == 0) {
+                continue;
+            }
+            let freed = PerCpuValues::try_from(vec![SyscallSlot::FREE; values.len()])
+                .map_err(|e| e.to_string())
+                .and_then(|free| self.slots.set(index, free, 0).map_err(|e| e.to_string()));
+            if let Err(e) = freed {
+                kept.push(format!("{index}: {e}"));
+                continue;
+            }
+            for v in values.iter().filter(|v| v.stats.count != 0) {
+                let e = snap.stats.entry((v.id, v.nr)).or_insert(SyscallStats::ZERO);
+                add_stats(e, &v.stats);
+            }
+        }
+        if !kept.is_empty() {
+            eprintln!(
+                "hostscope: syscalls aggregator: could not free slots of {SYSCALL_AGG_SLOTS_MAP} \
+                 ({}); their counts are read with their generation next time",
+                kept.join(", ")
+            );
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use std::{
 
 use aya::{Btf, Ebpf, EbpfLoader};
 use hostscope_common::syscalls::{
-    SyscallStat, SYSCALL_AGG_MAP, SYSCALL_EVENTS_MAP, SYSCALL_OFFSETS_GLOBAL, SYSCALL_START_MAP,
-    SYSCALL_STATS_MAP,
+    SyscallStat, SYSCALL_AGG_MAP, SYSCALL_AGG_SLOTS_MAP, SYSCALL_EVENTS_MAP,
+    SYSCALL_OFFSETS_GLOBAL, SYSCALL_START_MAP, SYSCALL_STATS_MAP,
 };
 use tokio::sync::watch;
 
@@ -124,7 +124,9 @@ impl Family for Syscalls {
         if let Some(plan) = &self.plan {
             loader
                 .override_global(SYSCALL_OFFSETS_GLOBAL, &plan.offsets, true)
-                .map_max_entries(SYSCALL_START_MAP, plan.slots);
+                .map_max_entries(SYSCALL_START_MAP, plan.slots)
+                // Both generations' slots.
+                .map_max_entries(SYSCALL_AGG_SLOTS_MAP, 2 * (plan.offsets.agg_slot_mask + 1));
         }
         loader
             .map_max_entries(SYSCALL_EVENTS_MAP, self.options.ring_bytes)

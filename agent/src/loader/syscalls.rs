@@ -53,6 +53,9 @@ pub struct SyscallOptions {
     pub max_keys: Option<u32>,
     /// Start-time slots; None sizes them to `pid_max` (capped).
     pub start_slots: Option<u32>,
+    /// Per-CPU aggregation slots per generation (rounded up to a power of two); None
+    /// sizes them to this machine's CPU count ([`default_agg_slots`]).
+    pub agg_slots: Option<u32>,
     /// Filters and thresholds written to the runtime config at start.
     pub runtime: SyscallRuntime,
     /// How often the aggregation maps are read and reset.
@@ -324,6 +327,7 @@ impl SyscallsSection {
             ring_bytes: self.ring_bytes,
             max_keys: self.max_keys,
             start_slots: None,
+            agg_slots: None,
             runtime,
             interval: self.interval,
             error_burst_per_s: self.error_burst_rate,
@@ -438,6 +442,27 @@ pub fn max_keys(options: &SyscallOptions) -> u32 {
         .unwrap_or_else(|| default_max_keys(aya::util::nr_cpus().unwrap_or(1)))
 }
 
+/// Memory the per-CPU aggregation slots may take by default (both generations).
+pub const AGG_SLOTS_MEMORY_BUDGET: usize = 16 << 20;
+
+/// Slots per generation that fit the budget with `cpus` copies of each, a power of two
+/// within [16, SYSCALL_AGG_SLOTS_MAX].
+pub fn default_agg_slots(cpus: usize) -> u32 {
+    let per_slot = 2 * std::mem::size_of::<SyscallSlot>() * cpus.max(1);
+    let fit = (AGG_SLOTS_MEMORY_BUDGET / per_slot).max(1) as u32;
+    // The largest power of two that fits.
+    (1u32 << (31 - fit.leading_zeros())).clamp(16, SYSCALL_AGG_SLOTS_MAX)
+}
+
+/// Per-CPU aggregation slots per generation: as requested (rounded up to a power of
+/// two, at least 1), else [`default_agg_slots`].
+pub fn agg_slots(options: &SyscallOptions) -> u32 {
+    match options.agg_slots {
+        Some(n) => n.clamp(1, SYSCALL_AGG_SLOTS_MAX).next_power_of_two(),
+        None => default_agg_slots(aya::util::nr_cpus().unwrap_or(1)),
+    }
+}
+
 /// `pid_max` rounded up to a power of two, capped: one slot per possible tid.
 pub fn start_slots(pid_max: Option<u32>, requested: Option<u32>) -> u32 {
     let want = requested.or(pid_max).unwrap_or(SYSCALL_START_SLOTS_MAX);
@@ -457,6 +482,7 @@ pub fn plan(btf: Option<&KernelBtf>, tracefs: &Tracefs, options: &SyscallOptions
     let slots = start_slots(read_pid_max(), options.start_slots);
     let mut offsets = SyscallOffsets::DEFAULT;
     offsets.start_mask = slots - 1;
+    offsets.agg_slot_mask = agg_slots(options) - 1;
     let mut missing = Vec::new();
     let mut member = |s: &str, m: &str, size: usize| match btf.map(|b| b.member(s, m, size)) {
         Some(Ok(o)) => o.offset,
@@ -781,6 +807,27 @@ mod tests {
         assert!(k * 64 * std::mem::size_of::<SyscallStats>() <= AGG_MEMORY_BUDGET);
         assert!(k > 3000, "{k}");
         assert_eq!(default_max_keys(100_000), 1024);
+    }
+
+    #[test]
+    fn agg_slots_fit_their_budget() {
+        assert_eq!(default_agg_slots(2), SYSCALL_AGG_SLOTS_MAX);
+        for cpus in [1, 2, 64, 96, 512, 100_000] {
+            let n = default_agg_slots(cpus);
+            assert!(n.is_power_of_two() && (16..=SYSCALL_AGG_SLOTS_MAX).contains(&n));
+            if n > 16 {
+                let bytes = 2 * n as usize * cpus * std::mem::size_of::<SyscallSlot>();
+                assert!(bytes <= AGG_SLOTS_MEMORY_BUDGET, "{cpus} CPUs: {bytes}");
+            }
+        }
+        assert_eq!(default_agg_slots(512), 32);
+        let mut o = SyscallOptions {
+            agg_slots: Some(5),
+            ..SyscallOptions::default()
+        };
+        assert_eq!(agg_slots(&o), 8);
+        o.agg_slots = Some(0);
+        assert_eq!(agg_slots(&o), 1);
     }
 
     #[test]

@@ -11,6 +11,10 @@ use crate::{RingConfig, TASK_COMM_LEN};
 pub const SYSCALL_START_MAP: &str = "SYSCALL_START";
 /// Per-CPU aggregation: (process or cgroup, syscall, generation) -> [`SyscallStats`].
 pub const SYSCALL_AGG_MAP: &str = "SYSCALL_AGG";
+/// Per-CPU array of [`SyscallSlot`]s: the hot keys of [`SYSCALL_AGG_MAP`] without its
+/// hash lookup (slot [`agg_slot`] or its neighbour); a key whose two slots other keys
+/// hold goes to the hash.
+pub const SYSCALL_AGG_SLOTS_MAP: &str = "SYSCALL_AGG_SLOTS";
 /// Per-CPU error counts: (process or cgroup, syscall, errno, generation) -> u64.
 pub const SYSCALL_ERRORS_MAP: &str = "SYSCALL_ERRORS";
 pub const SYSCALL_STATS_MAP: &str = "SYSCALL_STATS";
@@ -45,6 +49,9 @@ pub const SECURITY_PENDING_MAX: u32 = 4_096;
 /// Upper bound of start-time slots (16 MiB); below it the loader sizes the array to
 /// `pid_max`, which makes slots exact (one per possible tid).
 pub const SYSCALL_START_SLOTS_MAX: u32 = 1 << 20;
+/// Upper bound of [`SYSCALL_AGG_SLOTS_MAP`] slots per generation (a power of two); the
+/// loader takes fewer on machines with many CPUs (the values are per CPU).
+pub const SYSCALL_AGG_SLOTS_MAX: u32 = 2048;
 
 /// Log2 latency buckets: bucket `i` holds latencies in `[2^i, 2^(i+1))` ns, bucket 0
 /// also holds 0 and 1 ns, the last bucket everything from `2^31` ns (≈ 2.1 s) up.
@@ -122,6 +129,10 @@ pub struct SyscallOffsets {
     /// `task_struct.real_parent` and `task_struct.tgid`, for the parent pid.
     pub task_real_parent: u32,
     pub task_tgid: u32,
+    /// Slots per generation of [`SYSCALL_AGG_SLOTS_MAP`] minus one (a power of two
+    /// minus one); the map holds twice as many.
+    pub agg_slot_mask: u32,
+    pub _pad: u32,
 }
 
 impl SyscallOffsets {
@@ -130,6 +141,8 @@ impl SyscallOffsets {
         regs_nr: OFFSET_ABSENT,
         task_real_parent: OFFSET_ABSENT,
         task_tgid: OFFSET_ABSENT,
+        agg_slot_mask: 0,
+        _pad: 0,
     };
 }
 
@@ -213,6 +226,35 @@ pub struct SyscallErrorKey {
     pub _pad: u32,
 }
 
+/// Index in [`SYSCALL_AGG_SLOTS_MAP`] of the slot a key may use: a multiplicative hash
+/// of (id, syscall) under `mask`, then the generation as the low bit, so the two
+/// generations never share a slot.
+#[inline(always)]
+pub fn agg_slot(id: u64, nr: u32, generation: u32, mask: u32) -> u32 {
+    let h = ((id << 10) ^ nr as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    ((h as u32 & mask) << 1) | (generation & 1)
+}
+
+/// Per-CPU value of [`SYSCALL_AGG_SLOTS_MAP`]: free while `stats.count` is 0, else the
+/// (id, syscall) its counts belong to. Userspace zeroes it after reading its generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallSlot {
+    pub id: u64,
+    pub nr: u32,
+    pub _pad: u32,
+    pub stats: SyscallStats,
+}
+
+impl SyscallSlot {
+    pub const FREE: SyscallSlot = SyscallSlot {
+        id: 0,
+        nr: 0,
+        _pad: 0,
+        stats: SyscallStats::ZERO,
+    };
+}
+
 /// Per-CPU value of [`SYSCALL_AGG_MAP`]; userspace sums the CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,36 +285,21 @@ impl SyscallStats {
 /// Index of the log2 bucket of a latency in ns.
 #[inline(always)]
 pub fn latency_bucket(ns: u64) -> usize {
-    // Branch-light binary search: BPF has no count-leading-zeros instruction.
-    let mut v = ns;
-    let mut b = 0usize;
-    if v >= 1 << 32 {
+    // BPF has no count-leading-zeros instruction: a binary search whose steps shift by
+    // 16, 8, 4, 2 when the value is that large (a compare and a shift each, no
+    // data-dependent branch around several instructions), then the last bit.
+    if ns >= 1 << 32 {
         return LATENCY_BUCKETS - 1;
     }
-    if v >= 1 << 16 {
-        v >>= 16;
-        b += 16;
+    let mut v = ns;
+    let mut b = 0;
+    for bits in [16, 8, 4, 2] {
+        let s = if v >= 1 << bits { bits } else { 0 };
+        v >>= s;
+        b += s;
     }
-    if v >= 1 << 8 {
-        v >>= 8;
-        b += 8;
-    }
-    if v >= 1 << 4 {
-        v >>= 4;
-        b += 4;
-    }
-    if v >= 1 << 2 {
-        v >>= 2;
-        b += 2;
-    }
-    if v >= 1 << 1 {
-        b += 1;
-    }
-    if b >= LATENCY_BUCKETS {
-        LATENCY_BUCKETS - 1
-    } else {
-        b
-    }
+    // v < 4 here; at most 16 + 8 + 4 + 2 + 1 = 31.
+    (b + (v >> 1)) as usize
 }
 
 /// Key of [`WATCHED_PATHS_MAP`]: layout of `struct bpf_lpm_trie_key` + path bytes.
@@ -413,16 +440,19 @@ mod pod {
     unsafe impl aya::Pod for super::SyscallKey {}
     unsafe impl aya::Pod for super::SyscallErrorKey {}
     unsafe impl aya::Pod for super::SyscallStats {}
+    unsafe impl aya::Pod for super::SyscallSlot {}
     unsafe impl aya::Pod for super::SecurityEvent {}
     unsafe impl aya::Pod for super::SlowSyscallEvent {}
 }
 
-const _: () = assert!(core::mem::size_of::<SyscallOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<SyscallOffsets>() == 24);
 const _: () = assert!(core::mem::size_of::<SyscallConfig>() == 112);
 const _: () = assert!(core::mem::size_of::<SyscallStart>() == 16);
 const _: () = assert!(core::mem::size_of::<SyscallKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SyscallErrorKey>() == 24);
 const _: () = assert!(core::mem::size_of::<SyscallStats>() == 40 + 8 * LATENCY_BUCKETS + 16);
+const _: () =
+    assert!(core::mem::size_of::<SyscallSlot>() == 16 + core::mem::size_of::<SyscallStats>());
 const _: () = assert!(core::mem::size_of::<PathKey>() == 4 + PATH_MAX_BYTES);
 const _: () = assert!(core::mem::size_of::<SecurityEvent>() == 72 + 16 + PATH_MAX_BYTES);
 const _: () = assert!(core::mem::size_of::<SlowSyscallEvent>() == 64);
@@ -446,6 +476,27 @@ mod tests {
         for i in 0..31 {
             assert_eq!(latency_bucket(1 << i), i as usize);
         }
+    }
+
+    #[test]
+    fn agg_slots_stay_in_the_map_and_split_generations() {
+        for mask in [0u32, 1, 255] {
+            for id in [0u64, 1, 4242, u64::MAX] {
+                for nr in [0u32, 39, 511, u32::MAX] {
+                    let a = agg_slot(id, nr, 0, mask);
+                    let b = agg_slot(id, nr, 1, mask);
+                    assert!(a < 2 * (mask + 1) && b < 2 * (mask + 1));
+                    assert_eq!((a & 1, b), (0, a | 1));
+                }
+            }
+        }
+        // One process's syscalls spread over the slots rather than piling on a few.
+        let mut used = [false; 512];
+        for nr in 0..64 {
+            used[agg_slot(4242, nr, 0, 255) as usize] = true;
+        }
+        let n = used.iter().filter(|u| **u).count();
+        assert!(n > 48, "{n} slots for 64 syscalls");
     }
 
     #[test]
