@@ -29,7 +29,7 @@ pub struct ProgramCost {
     pub run_count: u64,
     pub run_time_ns: u64,
     /// Runs the kernel skipped because another BPF program was running on the CPU
-    /// (`kernel::program_misses`); counted whether or not bpf_stats are enabled.
+    /// (`kernel::program_runs`); counted whether or not bpf_stats are enabled.
     pub runs_missed: u64,
 }
 
@@ -143,12 +143,12 @@ pub fn read_counters(
 pub fn read_program_costs(ebpf: &Ebpf) -> Vec<ProgramCost> {
     ebpf.programs()
         .filter_map(|(name, program)| {
-            let info = program.info().ok()?;
+            let runs = crate::kernel::program_runs::read(program)?;
             Some(ProgramCost {
                 program: name.to_string(),
-                run_count: info.run_count(),
-                run_time_ns: info.run_time().as_nanos() as u64,
-                runs_missed: crate::kernel::program_misses::recursion_misses(program).unwrap_or(0),
+                run_count: runs.run_count,
+                run_time_ns: runs.run_time_ns,
+                runs_missed: runs.recursion_misses,
             })
         })
         .collect()

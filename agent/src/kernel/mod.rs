@@ -2,5 +2,5 @@
 pub mod btf;
 pub mod map_fill;
 pub mod mounts;
-pub mod program_misses;
+pub mod program_runs;
 pub mod tracefs;
