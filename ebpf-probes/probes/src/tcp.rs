@@ -241,7 +241,7 @@ fn closing_by_owner(sk: u64, new: u32) {
     if conn.pid == 0 {
         set_owner(conn);
     }
-    recover_established(sk, conn, TCP_CONFIG.get(0));
+    recover_established(sk, conn);
     conn.state = new;
 }
 
@@ -251,7 +251,7 @@ fn closing_by_owner(sk: u64, new: u32) {
 /// an established socket makes has missed its ESTABLISHED run: the connect record it
 /// owed is made now, flagged, without a connect latency (`established_ns` stays 0).
 #[inline(always)]
-fn recover_established(sk: u64, conn: &mut TcpConn, config: Option<&TcpConfig>) {
+fn recover_established(sk: u64, conn: &mut TcpConn) {
     if conn.state != TCP_SYN_SENT && conn.state != TCP_SYN_RECV {
         return;
     }
@@ -267,7 +267,7 @@ fn recover_established(sk: u64, conn: &mut TcpConn, config: Option<&TcpConfig>) 
     };
     conn.flags |= CONN_ESTABLISHED_UNSEEN;
     conn.state = TCP_ESTABLISHED;
-    emit(&event, conn, config);
+    emit(&event, conn, TCP_CONFIG.get(0));
 }
 
 #[inline(always)]
@@ -291,10 +291,9 @@ fn closed(ctx: &TracePointContext, old: u32) {
 /// CLOSE, otherwise a close (preceded by the connect record if that run was skipped).
 #[inline(always)]
 fn finish(sk: u64, conn: &mut TcpConn, old: u32) {
-    let config = TCP_CONFIG.get(0);
     let failed = old == TCP_SYN_SENT || old == TCP_SYN_RECV;
     if !failed {
-        recover_established(sk, conn, config);
+        recover_established(sk, conn);
     }
     let now = unsafe { bpf_ktime_get_ns() };
     conn.closed_ns = now;
@@ -319,6 +318,7 @@ fn finish(sk: u64, conn: &mut TcpConn, old: u32) {
         srtt_us: srtt,
         totals: Some(totals),
     };
+    let config = TCP_CONFIG.get(0);
     emit(&event, conn, config);
     if !config.is_some_and(|c| c.keep_until_destroy != 0) {
         let _ = TCP_CONNS.remove(sk);
