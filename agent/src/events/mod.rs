@@ -1,4 +1,5 @@
 //! Decoding of ring-buffer records into the agent's records, one module per family.
+pub mod dns;
 pub mod syscalls;
 pub mod tcp;
 pub mod tls;
@@ -12,6 +13,8 @@ pub enum Record {
     Tcp(tcp::TcpRecord),
     Tls(tls::TlsRecord),
     TlsCertificate(tls::TlsCertificateRecord),
+    /// One lookup: question, answer or timeout (`"type":"dns"`).
+    Dns(dns::DnsRecord),
     // -- syscalls family
     /// Per-interval syscall aggregation (`"type":"syscalls"`).
     Syscalls(syscalls::SyscallsRecord),
@@ -35,6 +38,10 @@ impl Record {
                 cgroup_id: r.cgroup_id,
             },
             Record::Tls(r) => Subject {
+                pid: r.pid,
+                cgroup_id: r.cgroup_id,
+            },
+            Record::Dns(r) => Subject {
                 pid: r.pid,
                 cgroup_id: r.cgroup_id,
             },
@@ -64,6 +71,7 @@ impl Record {
             Record::Tcp(_) => "tcp",
             Record::Tls(_) => "tls",
             Record::TlsCertificate(_) => "tls_certificate",
+            Record::Dns(_) => "dns",
             Record::Syscalls(_) => "syscalls",
             Record::SyscallAlert(_) => "syscall_alert",
             Record::SyscallSlow(_) => "syscall_slow",
@@ -78,6 +86,7 @@ impl Record {
             Record::Tcp(r) => r.timestamp_unix_ns,
             Record::Tls(r) => r.timestamp_unix_ns,
             Record::TlsCertificate(r) => r.timestamp_unix_ns,
+            Record::Dns(r) => r.timestamp_unix_ns,
             Record::Syscalls(r) => r.ts_unix_ns,
             Record::SyscallAlert(r) => r.ts_unix_ns,
             Record::SyscallSlow(r) => r.ts_unix_ns,
@@ -112,6 +121,14 @@ impl Record {
             Record::TlsCertificate(r) => {
                 r.server_name.capacity() + r.subject.capacity() + r.issuer.capacity()
             }
+            Record::Dns(r) => {
+                s(&r.comm)
+                    + r.query_name.capacity()
+                    + r.query_type.capacity()
+                    + s(&r.rcode)
+                    + list(&r.addresses, |_| 0)
+                    + r.search.as_ref().map_or(0, |x| x.base.capacity())
+            }
             Record::Syscalls(r) => list(&r.processes, |p| {
                 p.comm.capacity()
                     + list(&p.syscalls, |x| x.syscall.capacity())
@@ -141,6 +158,7 @@ impl Record {
             Record::Tcp(r) => Some(r.remote),
             Record::Tls(r) => r.remote,
             Record::TlsCertificate(r) => Some(r.server),
+            Record::Dns(r) => Some(r.server),
             Record::Rca(r) => r.target_address,
             _ => None,
         }
@@ -153,6 +171,7 @@ impl std::fmt::Display for Record {
             Record::Tcp(r) => r.fmt(f),
             Record::Tls(r) => r.fmt(f),
             Record::TlsCertificate(r) => r.fmt(f),
+            Record::Dns(r) => r.fmt(f),
             Record::Syscalls(r) => r.fmt(f),
             Record::SyscallAlert(r) => r.fmt(f),
             Record::SyscallSlow(r) => r.fmt(f),

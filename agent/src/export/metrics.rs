@@ -471,6 +471,8 @@ impl MetricsState {
             Record::Tcp(r) => self.observe_tcp(r, identity, now_ns),
             Record::Tls(r) => self.observe_tls(r, identity, now_ns),
             Record::TlsCertificate(r) => self.observe_cert(r),
+            // TODO(issue 14, lead): dns.lookup.duration and failures.
+            Record::Dns(_) => {}
             Record::Syscalls(r) => self.observe_syscalls(r, now_ns),
             // Alerts, slow calls and security events are exported as logs.
             Record::SyscallAlert(_) | Record::SyscallSlow(_) | Record::Security(_) => {}
