@@ -5,7 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hostscope_common::dns::{
-    DnsEvent, DIR_EGRESS, DIR_INGRESS, DNS_CAPTURE_MAX, IPPROTO_TCP, IPPROTO_UDP,
+    DnsEventHeader, DIR_EGRESS, DIR_INGRESS, DNS_CAPTURE_MAX, DNS_EVENT_HEADER_BYTES, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -225,9 +226,19 @@ fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// A DNS event of the ring (`probes/src/dns.rs`).
+/// A DNS event of the ring (`probes/src/dns.rs`): the header, then the copied bytes
+/// (records have one of several capacities, `DNS_DATA_SIZES`).
 pub fn decode(bytes: &[u8]) -> Result<WireMessage, DecodeError> {
-    let ev: DnsEvent = super::read_record(bytes, "dns")?;
+    let ev: DnsEventHeader = super::read_record(bytes, "dns")?;
+    let data = &bytes[DNS_EVENT_HEADER_BYTES..];
+    let len = ev.len as usize;
+    if len > data.len() || len > DNS_CAPTURE_MAX {
+        return Err(DecodeError::Size {
+            family: "dns",
+            len: bytes.len(),
+            expected: DNS_EVENT_HEADER_BYTES + len,
+        });
+    }
     let transport = match ev.protocol as u8 {
         IPPROTO_UDP => Transport::Udp,
         IPPROTO_TCP => Transport::Tcp,
@@ -251,7 +262,6 @@ pub fn decode(bytes: &[u8]) -> Result<WireMessage, DecodeError> {
     let src = SocketAddr::new(ip(ev.family, &ev.saddr), ev.sport);
     let dst = SocketAddr::new(ip(ev.family, &ev.daddr), ev.dport);
     let (local, remote) = if egress { (src, dst) } else { (dst, src) };
-    let len = (ev.len as usize).min(DNS_CAPTURE_MAX);
     let comm = comm_string(&ev.comm);
     Ok(WireMessage {
         ts_ns: ev.ts_ns,
@@ -264,7 +274,7 @@ pub fn decode(bytes: &[u8]) -> Result<WireMessage, DecodeError> {
         local,
         remote,
         seq: ev.seq,
-        data: ev.data[..len].to_vec(),
+        data: data[..len].to_vec(),
         uncaptured: (ev.orig_len as usize).saturating_sub(len),
     })
 }
@@ -272,6 +282,7 @@ pub fn decode(bytes: &[u8]) -> Result<WireMessage, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hostscope_common::dns::DnsEvent;
 
     fn record() -> DnsRecord {
         DnsRecord {
@@ -326,8 +337,8 @@ mod tests {
         assert_eq!(qtype_name(99), "TYPE99");
     }
 
-    fn event(direction: u16, protocol: u8) -> DnsEvent {
-        let mut ev = DnsEvent {
+    fn event(direction: u16, protocol: u8) -> DnsEvent<128> {
+        let mut header = DnsEventHeader {
             ts_ns: 5,
             cookie: 9,
             cgroup_id: 3,
@@ -344,19 +355,25 @@ mod tests {
             saddr: [0; 16],
             daddr: [0; 16],
             comm: [0; 16],
-            data: [0; DNS_CAPTURE_MAX],
         };
-        ev.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        ev.daddr[..4].copy_from_slice(&[127, 0, 0, 77]);
-        ev.comm[..3].copy_from_slice(b"dig");
+        header.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        header.daddr[..4].copy_from_slice(&[127, 0, 0, 77]);
+        header.comm[..3].copy_from_slice(b"dig");
+        let mut ev = DnsEvent {
+            header,
+            data: [0; 128],
+        };
         ev.data[..3].copy_from_slice(&[1, 2, 3]);
         ev
     }
 
-    fn bytes(ev: &DnsEvent) -> Vec<u8> {
-        // SAFETY: DnsEvent is plain old data.
+    fn bytes<const N: usize>(ev: &DnsEvent<N>) -> Vec<u8> {
+        // SAFETY: DnsEvent is plain old data without padding.
         unsafe {
-            std::slice::from_raw_parts((ev as *const DnsEvent).cast::<u8>(), size_of::<DnsEvent>())
+            std::slice::from_raw_parts(
+                (ev as *const DnsEvent<N>).cast::<u8>(),
+                size_of::<DnsEvent<N>>(),
+            )
         }
         .to_vec()
     }
@@ -387,6 +404,10 @@ mod tests {
             decode(&ok[..100]),
             Err(DecodeError::Size { family: "dns", .. })
         ));
+        // A length beyond the record's data.
+        let mut long = event(DIR_EGRESS, IPPROTO_UDP);
+        long.header.len = 129;
+        assert!(decode(&bytes(&long)).is_err());
         assert!(decode(&bytes(&event(DIR_EGRESS, 1))).is_err());
         assert!(decode(&bytes(&event(7, IPPROTO_UDP))).is_err());
     }

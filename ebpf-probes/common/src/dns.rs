@@ -59,10 +59,23 @@ impl DnsPorts {
     }
 }
 
-/// One copied DNS message ([`DNS_EVENTS_MAP`]).
+/// Data capacities of the records of [`DNS_EVENTS_MAP`]: the probe reserves the
+/// smallest that holds the message (a ring reservation has a constant size), so a
+/// typical question takes 232 bytes of the ring, not 1128.
+pub const DNS_DATA_SIZES: [usize; 4] = [128, 256, 512, DNS_CAPTURE_MAX];
+
+/// One copied DNS message ([`DNS_EVENTS_MAP`]): the header and up to `N` bytes.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct DnsEvent {
+pub struct DnsEvent<const N: usize> {
+    pub header: DnsEventHeader,
+    pub data: [u8; N],
+}
+
+/// What the probe says of a copied message.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEventHeader {
     /// CLOCK_MONOTONIC.
     pub ts_ns: u64,
     /// Socket cookie: stable for the socket's life.
@@ -74,7 +87,7 @@ pub struct DnsEvent {
     pub pid_tgid: u64,
     /// TCP sequence number of `data[0]`; 0 for UDP.
     pub seq: u32,
-    /// Bytes in `data`.
+    /// Bytes copied after the header.
     pub len: u32,
     /// Bytes of the message (UDP payload, TCP segment payload) on the wire; more than
     /// `len` when the copy was cut at `DNS_CAPTURE_MAX`.
@@ -91,7 +104,6 @@ pub struct DnsEvent {
     pub daddr: [u8; 16],
     /// Current task's command on egress, zeros on ingress.
     pub comm: [u8; TASK_COMM_LEN],
-    pub data: [u8; DNS_CAPTURE_MAX],
 }
 
 pub const DNS_EVENT_HEADER_BYTES: usize = 104;
@@ -135,12 +147,15 @@ pub const DNS_FAILURES_SLOTS: u32 = 64;
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::DnsPorts {}
-    unsafe impl aya::Pod for super::DnsEvent {}
+    unsafe impl aya::Pod for super::DnsEventHeader {}
     unsafe impl aya::Pod for super::DnsConfig {}
     unsafe impl aya::Pod for super::DnsFailureSlot {}
 }
 
 const _: () = assert!(core::mem::size_of::<DnsPorts>() == 8);
-const _: () = assert!(core::mem::size_of::<DnsEvent>() == DNS_EVENT_HEADER_BYTES + DNS_CAPTURE_MAX);
+const _: () = assert!(core::mem::size_of::<DnsEventHeader>() == DNS_EVENT_HEADER_BYTES);
+const _: () = assert!(
+    core::mem::size_of::<DnsEvent<DNS_CAPTURE_MAX>>() == DNS_EVENT_HEADER_BYTES + DNS_CAPTURE_MAX
+);
 const _: () = assert!(core::mem::size_of::<DnsFailureSlot>() == 256);
 const _: () = assert!(DNS_CAPTURE_MAX.is_power_of_two());

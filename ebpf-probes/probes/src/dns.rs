@@ -84,44 +84,91 @@ fn is_dns_port(port: u16) -> bool {
     port == p[0] || port == p[1] || port == p[2] || port == p[3]
 }
 
+/// What the filter reads of a packet: its IP family, transport, IP header length and
+/// ports.
+struct Headers {
+    family: u16,
+    protocol: u8,
+    l3: u32,
+    sport: u16,
+    dport: u16,
+}
+
+/// The headers, straight from the linear data (a few loads): every packet of the host
+/// passes here, so nothing is read that the filter does not need.
 #[inline(always)]
-fn observe(ctx: &SkBuffContext, dir: u16) -> Option<()> {
+fn headers(ctx: &SkBuffContext) -> Option<Headers> {
     let skb = ctx.skb.skb;
     let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
-    // The IP header, straight from the linear data when it is there.
-    let mut ip = [0u8; 40];
-    if data + 40 <= end {
-        ip = unsafe { *(data as *const [u8; 40]) };
-    } else {
-        let b0 = load::<1>(ctx, 0)?[0];
-        if b0 >> 4 == 6 {
-            ip = load::<40>(ctx, 0)?;
-        } else {
-            ip[..20].copy_from_slice(&load::<20>(ctx, 0)?);
-        }
+    if data + 20 > end {
+        return headers_slow(ctx);
     }
+    let b0 = unsafe { *(data as *const u8) };
+    let (family, protocol, l3) = match b0 >> 4 {
+        4 => (
+            AF_INET,
+            unsafe { *((data + 9) as *const u8) },
+            ((b0 & 0x0f) as u32) * 4,
+        ),
+        // Extension headers are rare on DNS; such packets are not inspected.
+        6 => (AF_INET6, unsafe { *((data + 6) as *const u8) }, 40),
+        _ => return None,
+    };
+    if protocol != IPPROTO_UDP && protocol != IPPROTO_TCP {
+        return None;
+    }
+    let l4_at = data + l3 as usize;
+    if l4_at + 4 > end {
+        return headers_slow(ctx);
+    }
+    // Both ports in one load (the verifier allows unaligned packet reads here).
+    let ports = unsafe { core::ptr::read_unaligned(l4_at as *const [u16; 2]) };
+    Some(Headers {
+        family,
+        protocol,
+        l3,
+        sport: u16::from_be(ports[0]),
+        dport: u16::from_be(ports[1]),
+    })
+}
+
+/// The same through `bpf_skb_load_bytes`, for headers outside the linear data (rare).
+#[inline(never)]
+fn headers_slow(ctx: &SkBuffContext) -> Option<Headers> {
+    let ip = load::<10>(ctx, 0)?;
     let (family, protocol, l3) = match ip[0] >> 4 {
         4 => (AF_INET, ip[9], ((ip[0] & 0x0f) as u32) * 4),
-        // Extension headers are rare on DNS; such packets are not inspected.
         6 => (AF_INET6, ip[6], 40),
         _ => return None,
     };
     if protocol != IPPROTO_UDP && protocol != IPPROTO_TCP {
         return None;
     }
-    // Ports, and for TCP the sequence number and data offset.
-    let l4_at = data + l3 as usize;
-    let l4 = if l4_at + 13 <= end {
-        unsafe { *(l4_at as *const [u8; 13]) }
-    } else {
-        load::<13>(ctx, l3)?
-    };
-    let sport = u16::from_be_bytes([l4[0], l4[1]]);
-    let dport = u16::from_be_bytes([l4[2], l4[3]]);
-    if !is_dns_port(if dir == DIR_EGRESS { dport } else { sport }) {
+    let ports = load::<4>(ctx, l3)?;
+    Some(Headers {
+        family,
+        protocol,
+        l3,
+        sport: u16::from_be_bytes([ports[0], ports[1]]),
+        dport: u16::from_be_bytes([ports[2], ports[3]]),
+    })
+}
+
+#[inline(always)]
+fn observe(ctx: &SkBuffContext, dir: u16) -> Option<()> {
+    let h = headers(ctx)?;
+    if !is_dns_port(if dir == DIR_EGRESS { h.dport } else { h.sport }) {
         return None;
     }
+    copy(ctx, dir, &h)
+}
 
+/// Copies a packet to or from a DNS port: its message, addresses and socket.
+#[inline(never)]
+fn copy(ctx: &SkBuffContext, dir: u16, h: &Headers) -> Option<()> {
+    let (family, protocol, l3, sport, dport) = (h.family, h.protocol, h.l3, h.sport, h.dport);
+    // For TCP, the sequence number and data offset.
+    let l4 = load::<13>(ctx, l3)?;
     let (payload_off, seq) = if protocol == IPPROTO_TCP {
         (
             l3 + ((l4[12] >> 4) as u32) * 4,
@@ -137,23 +184,60 @@ fn observe(ctx: &SkBuffContext, dir: u16) -> Option<()> {
     }
     let orig_len = len - payload_off;
 
-    let Some(mut entry) = DNS_EVENTS.reserve::<DnsEvent>(0) else {
+    let sizes = DNS_DATA_SIZES;
+    let m = Copied {
+        dir,
+        family,
+        protocol,
+        sport,
+        dport,
+        payload_off,
+        seq,
+        orig_len,
+    };
+    if orig_len as usize <= sizes[0] {
+        emit::<{ DNS_DATA_SIZES[0] }>(ctx, &m)
+    } else if orig_len as usize <= sizes[1] {
+        emit::<{ DNS_DATA_SIZES[1] }>(ctx, &m)
+    } else if orig_len as usize <= sizes[2] {
+        emit::<{ DNS_DATA_SIZES[2] }>(ctx, &m)
+    } else {
+        emit::<{ DNS_DATA_SIZES[3] }>(ctx, &m)
+    }
+}
+
+/// A message to copy and where it is.
+struct Copied {
+    dir: u16,
+    family: u16,
+    protocol: u8,
+    sport: u16,
+    dport: u16,
+    payload_off: u32,
+    seq: u32,
+    orig_len: u32,
+}
+
+/// Writes one record of capacity `N` (a power of two) to the ring.
+#[inline(always)]
+fn emit<const N: usize>(ctx: &SkBuffContext, m: &Copied) -> Option<()> {
+    let skb = ctx.skb.skb;
+    let Some(mut entry) = DNS_EVENTS.reserve::<DnsEvent<N>>(0) else {
         bump(&DNS_STATS, Stat::RingFull);
         return None;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    // orig_len is at least 1; this form keeps 1..=DNS_CAPTURE_MAX visible to the
-    // verifier (DNS_CAPTURE_MAX is a power of two).
-    let n = if orig_len > DNS_CAPTURE_MAX as u32 {
-        DNS_CAPTURE_MAX as u32
+    // orig_len is at least 1; this form keeps 1..=N visible to the verifier.
+    let n = if m.orig_len > N as u32 {
+        N as u32
     } else {
-        orig_len
+        m.orig_len
     };
-    let n = ((n - 1) & (DNS_CAPTURE_MAX as u32 - 1)) + 1;
+    let n = ((n - 1) & (N as u32 - 1)) + 1;
     let copied = unsafe {
         bpf_skb_load_bytes(
             skb as *const __sk_buff as *const _,
-            payload_off,
+            m.payload_off,
             ev.data.as_mut_ptr() as *mut _,
             n,
         )
@@ -163,33 +247,43 @@ fn observe(ctx: &SkBuffContext, dir: u16) -> Option<()> {
         bump(&DNS_STATS, Stat::ReadFailed);
         return None;
     }
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.cookie = unsafe { bpf_get_socket_cookie(skb as *mut _) };
-    ev.cgroup_id = unsafe { bpf_skb_cgroup_id(skb as *mut _) };
-    ev.seq = seq;
-    ev.len = n;
-    ev.orig_len = orig_len;
-    ev.direction = dir;
-    ev.protocol = protocol as u16;
-    ev.family = family;
-    ev.sport = sport;
-    ev.dport = dport;
-    ev._pad = 0;
-    ev.saddr = [0; 16];
-    ev.daddr = [0; 16];
-    if family == AF_INET {
-        ev.saddr[..4].copy_from_slice(&ip[12..16]);
-        ev.daddr[..4].copy_from_slice(&ip[16..20]);
+    let h = &mut ev.header;
+    h.ts_ns = unsafe { bpf_ktime_get_ns() };
+    h.cookie = unsafe { bpf_get_socket_cookie(skb as *mut _) };
+    h.cgroup_id = unsafe { bpf_skb_cgroup_id(skb as *mut _) };
+    h.seq = m.seq;
+    h.len = n;
+    h.orig_len = m.orig_len;
+    h.direction = m.dir;
+    h.protocol = m.protocol as u16;
+    h.family = m.family;
+    h.sport = m.sport;
+    h.dport = m.dport;
+    h._pad = 0;
+    h.saddr = [0; 16];
+    h.daddr = [0; 16];
+    let addresses = if m.family == AF_INET {
+        load::<8>(ctx, 12).map(|a| {
+            h.saddr[..4].copy_from_slice(&a[..4]);
+            h.daddr[..4].copy_from_slice(&a[4..]);
+        })
     } else {
-        ev.saddr.copy_from_slice(&ip[8..24]);
-        ev.daddr.copy_from_slice(&ip[24..40]);
+        load::<32>(ctx, 8).map(|a| {
+            h.saddr.copy_from_slice(&a[..16]);
+            h.daddr.copy_from_slice(&a[16..]);
+        })
+    };
+    if addresses.is_none() {
+        entry.discard(0);
+        bump(&DNS_STATS, Stat::ReadFailed);
+        return None;
     }
-    ev.comm = [0; TASK_COMM_LEN];
-    if dir == DIR_EGRESS {
-        ev.pid_tgid = bpf_get_current_pid_tgid();
-        unsafe { bpf_get_current_comm(ev.comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32) };
+    h.comm = [0; TASK_COMM_LEN];
+    if m.dir == DIR_EGRESS {
+        h.pid_tgid = bpf_get_current_pid_tgid();
+        unsafe { bpf_get_current_comm(h.comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32) };
     } else {
-        ev.pid_tgid = 0;
+        h.pid_tgid = 0;
     }
     submit(
         &DNS_EVENTS,
