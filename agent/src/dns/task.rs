@@ -51,9 +51,12 @@ pub struct DnsStats {
     pub tcp_framing_lost: u64,
 }
 
+/// Values by name.
+pub type Named = Vec<(&'static str, u64)>;
+
 impl DnsStats {
     /// (counters, gauges) by name, for the status document and Prometheus.
-    pub fn pairs(&self) -> (Vec<(&'static str, u64)>, Vec<(&'static str, u64)>) {
+    pub fn pairs(&self) -> (Named, Named) {
         let j = &self.join;
         (
             vec![
