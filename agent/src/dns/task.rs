@@ -27,7 +27,7 @@ use crate::{
         dns::{DnsRecord, Transport, WireMessage},
         monotonic_ns, Clock, Record,
     },
-    stats::Counters,
+    stats::{Counters, FamilyStats},
 };
 
 /// How often unanswered questions are looked at.
@@ -36,6 +36,7 @@ pub const EXPIRE_EVERY: Duration = Duration::from_millis(100);
 /// The family's userspace account (`hostscope status`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DnsStats {
+    #[serde(flatten)]
     pub join: JoinStats,
     /// Messages parsed (questions and answers).
     pub messages: u64,
@@ -54,31 +55,25 @@ pub struct DnsStats {
     pub tcp_framing_lost: u64,
 }
 
-/// Values by name.
-pub type Named = Vec<(&'static str, u64)>;
+/// Its fields that are levels, not counts.
+const GAUGES: [&str; 2] = ["pending", "tcp_streams"];
 
 impl DnsStats {
-    /// (counters, gauges) by name, for the status document and Prometheus.
-    pub fn pairs(&self) -> (Named, Named) {
-        let j = &self.join;
-        (
-            vec![
-                ("answered", j.answered),
-                ("timeouts", j.timeouts),
-                ("retries", j.retries),
-                ("unmatched_responses", j.unmatched_responses),
-                ("pending_evicted", j.pending_evicted),
-                ("messages", self.messages),
-                ("parse_errors", self.parse_errors),
-                ("truncated", self.truncated),
-                ("not_client", self.not_client),
-                ("tcp_streams_evicted", self.tcp_streams_evicted),
-                ("tcp_gap_bytes", self.tcp_gap_bytes),
-                ("tcp_retransmissions", self.tcp_retransmissions),
-                ("tcp_framing_lost", self.tcp_framing_lost),
-            ],
-            vec![("pending", j.pending), ("tcp_streams", self.tcp_streams)],
-        )
+    /// By name, for the status document and Prometheus: every field, the joiner's too
+    /// (whatever it counts), levels apart.
+    pub fn family_stats(&self) -> FamilyStats {
+        let mut out = FamilyStats::default();
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) {
+            for (name, value) in fields {
+                let Some(v) = value.as_u64() else { continue };
+                if GAUGES.contains(&name.as_str()) {
+                    out.gauges.insert(name, v);
+                } else {
+                    out.counters.insert(name, v);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -448,6 +443,21 @@ mod tests {
         let s = p.stats();
         assert_eq!((s.parse_errors, s.truncated, s.messages), (2, 1, 2));
         assert_eq!(s.not_client, 2);
+    }
+
+    #[test]
+    fn status_shows_every_count_and_the_levels_apart() {
+        let s = DnsStats {
+            parse_errors: 3,
+            tcp_streams: 2,
+            ..DnsStats::default()
+        };
+        let f = s.family_stats();
+        assert_eq!(f.counters["parse_errors"], 3);
+        assert_eq!(f.counters["answered"], 0, "the joiner's counts: {f:?}");
+        assert_eq!(f.gauges["tcp_streams"], 2);
+        assert_eq!(f.gauges["pending"], 0);
+        assert!(!f.counters.contains_key("pending"));
     }
 
     #[test]
