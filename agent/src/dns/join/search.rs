@@ -96,6 +96,23 @@ impl Walks {
             .map(|w| w.hold_until_ns)
     }
 
+    /// A walk with nothing in the table (its records evicted) is forgotten: every walk
+    /// has an entry in the table, so the table's bound bounds the walks.
+    fn drop_if_empty(&mut self, key: &WalkKey) {
+        if self
+            .walks
+            .get(key)
+            .is_some_and(|w| w.held.is_empty() && w.in_flight.is_none())
+        {
+            self.walks.remove(key);
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.walks.len()
+    }
+
     fn current(&self, r: &WalkRef) -> bool {
         self.walks.get(&r.key).is_some_and(|w| w.id == r.id)
     }
@@ -257,6 +274,7 @@ impl Joiner {
             let hold_end = w.hold_until_ns;
             self.walk_due_at(hold_end);
         }
+        self.walks.drop_if_empty(&r.key);
     }
 
     /// A held record pushed out of a full table: emitted now, with its walk so far.
@@ -271,6 +289,7 @@ impl Joiner {
             w.held.retain(|&s| s != seq);
             record.search = w.search(held.walk.position);
         }
+        self.walks.drop_if_empty(&held.walk.key);
         out.push(record);
     }
 }

@@ -846,6 +846,7 @@ fn arbitrary_traffic_keeps_the_bound_and_the_accounts() {
         assert_eq!(j.deadlines.len(), lookups);
         assert!(j.questions.len() <= lookups);
         assert!(j.attempts.len() <= lookups * MAX_ATTEMPTS);
+        assert!(j.walks.len() <= j.table.len());
     }
     run.expire(u64::MAX);
     let got = run.take();
@@ -888,4 +889,21 @@ fn stats_serialize_with_their_names() {
     ] {
         assert_eq!(json[field], 0, "{field}");
     }
+}
+
+#[test]
+fn walks_are_bounded_by_the_table() {
+    let mut run = Run::new(5_000, 2);
+    let s = udp(1, 40000, Some(78));
+    for i in 0..20u16 {
+        let name = format!("n{i}.example");
+        run.send(i as u64 * MS, s, &query(i, &name, TYPE_A));
+        run.recv(i as u64 * MS, s, &nxdomain(i, &name, TYPE_A));
+        assert!(run.joiner.walks.len() <= 2, "walk {i}");
+    }
+    // Every NXDOMAIN is reported: 18 pushed out early, 2 at the flush.
+    assert_eq!(run.take().len(), 18);
+    run.expire(u64::MAX);
+    assert_eq!(run.take().len(), 2);
+    assert_eq!(run.joiner.walks.len(), 0);
 }
