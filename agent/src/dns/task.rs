@@ -91,7 +91,8 @@ impl LiveConfig {
 }
 
 pub struct DnsTask {
-    pub input: mpsc::Receiver<WireMessage>,
+    /// Batches of messages, in ring order.
+    pub input: mpsc::Receiver<Vec<WireMessage>>,
     pub out: broadcast::Sender<SharedRecord>,
     pub failures: Option<Array<MapData, DnsFailureSlot>>,
     pub config: watch::Receiver<LiveConfig>,
@@ -215,7 +216,11 @@ impl DnsTask {
         loop {
             tokio::select! {
                 input = self.input.recv() => match input {
-                    Some(m) => pipeline.message(m, &mut out),
+                    Some(batch) => {
+                        for m in batch {
+                            pipeline.message(m, &mut out);
+                        }
+                    }
                     // The reader ended (the agent stops) after its last drain.
                     None => break,
                 },

@@ -17,9 +17,10 @@ use crate::{
     agent::{AgentConfig, AgentError},
     config::Config,
     dns::task::{DnsStats, DnsTask, LiveConfig},
-    events,
+    events::{self, dns::WireMessage},
     loader::{self, dns::DnsSection, LoadError, ProbeStatus},
-    stats::AgentStats,
+    ring,
+    stats::{AgentStats, Counters},
 };
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
@@ -60,6 +61,53 @@ impl Dns {
     }
 }
 
+/// Messages handed to the task at once at most.
+const BATCH: usize = 256;
+
+/// The ring's consumer: decodes each record and hands the task a drain's messages
+/// together, so that a lookup storm wakes the task once per drain, not per message.
+struct Reader {
+    tx: mpsc::Sender<Vec<WireMessage>>,
+    counters: Arc<Counters>,
+    batch: Vec<WireMessage>,
+}
+
+impl Reader {
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        // A full channel means the task fell behind: every message of the batch counted.
+        if let Err(e) = self.tx.try_send(batch) {
+            let lost = e.into_inner().len() as u64;
+            self.counters
+                .records_lagged
+                .fetch_add(lost, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ring::Consumer for Reader {
+    fn record(&mut self, bytes: &[u8]) {
+        match events::dns::decode(bytes) {
+            Ok(m) => {
+                self.batch.push(m);
+                if self.batch.len() >= BATCH {
+                    self.flush();
+                }
+            }
+            Err(_) => {
+                self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn drained(&mut self) {
+        self.flush();
+    }
+}
+
 impl Family for Dns {
     fn name(&self) -> &'static str {
         DESCRIPTOR.name
@@ -87,20 +135,12 @@ impl Family for Dns {
             return Ok(());
         }
         let (tx, rx) = mpsc::channel(start.channel_capacity);
-        let counters = start.counters.clone();
-        consume::read_ring(&mut start, DNS_EVENTS_MAP, move |bytes: &[u8]| {
-            match events::dns::decode(bytes) {
-                // A full channel means the task fell behind: counted.
-                Ok(m) => {
-                    if tx.try_send(m).is_err() {
-                        counters.records_lagged.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(_) => {
-                    counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })?;
+        let reader = Reader {
+            tx,
+            counters: start.counters.clone(),
+            batch: Vec::new(),
+        };
+        consume::read_ring(&mut start, DNS_EVENTS_MAP, reader)?;
         let failures = lock(start.ebpf)
             .take_map(DNS_FAILURES_MAP)
             .and_then(|m| Array::try_from(m).ok());
