@@ -87,6 +87,8 @@ pub struct Folder {
     sources: HashMap<usize, SourceNames, foldhash::fast::RandomState>,
     targets: HashMap<SocketAddr, TargetName, foldhash::fast::RandomState>,
     out: Vec<RcaRecord>,
+    /// Reused for each record's successes.
+    successes: Vec<classify::Success>,
 }
 
 impl Folder {
@@ -98,6 +100,7 @@ impl Folder {
             sources: HashMap::default(),
             targets: HashMap::default(),
             out: Vec::new(),
+            successes: Vec::new(),
         }
     }
 
@@ -151,6 +154,13 @@ impl Folder {
         target
     }
 
+    fn label(&mut self, target: &Target) -> Label {
+        match target {
+            Target::Address(a) => self.target(*a),
+            Target::Name(n) | Target::Syscall(n) => n.as_str().into(),
+        }
+    }
+
     /// Feeds one record; the incident records it causes are in [`Folder::take`].
     pub fn observe(&mut self, record: &Record, now: u64) {
         match record {
@@ -175,10 +185,10 @@ impl Folder {
             let subject = record.subject();
             let identity = self.resolver.identify(subject);
             let (source, workload) = self.source(identity, c.comm.as_deref());
-            let (target, target_address) = match &c.target {
-                Target::Address(a) => (self.target(*a), Some(*a)),
-                Target::Name(n) => (n.as_str().into(), None),
-                Target::Syscall(s) => (s.as_str().into(), None),
+            let target = self.label(&c.target);
+            let target_address = match &c.target {
+                Target::Address(a) => Some(*a),
+                _ => None,
             };
             let failure = Failure {
                 cause: c.cause,
@@ -199,10 +209,12 @@ impl Folder {
             };
             self.engine.failure(failure, now, &mut self.out);
         } else if self.engine.open_count() > 0 {
-            if let Some(s) = classify::success(record) {
+            let mut successes = std::mem::take(&mut self.successes);
+            classify::successes(record, &mut successes);
+            for s in successes.drain(..) {
                 let identity = self.resolver.identify(record.subject());
                 let (source, _) = self.source(identity, s.comm.as_deref());
-                let target = self.target(s.target);
+                let target = self.label(&s.target);
                 self.engine.success(
                     source,
                     target,
@@ -212,6 +224,7 @@ impl Folder {
                     &mut self.out,
                 );
             }
+            self.successes = successes;
         }
     }
 
