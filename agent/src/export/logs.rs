@@ -134,6 +134,9 @@ pub fn log(record: &Record, observed_ns: u64, failure_logs: bool) -> Option<LogR
                 let reason = super::metrics::reason_str(f.reason);
                 let mut a = vec![kv("error.type", str_value(reason))];
                 a.extend(tcp_endpoint_kvs(r));
+                if let Some(name) = &r.remote_name {
+                    a.push(kv("server.address", str_value(name)));
+                }
                 a.push(kv(
                     "hostscope.tcp.syn_retransmits",
                     int_value(r.syn_retransmits as i64),
@@ -150,7 +153,13 @@ pub fn log(record: &Record, observed_ns: u64, failure_logs: bool) -> Option<LogR
                 if let Some(us) = r.duration_us {
                     a.push(kv("hostscope.duration_us", int_value(us as i64)));
                 }
-                let body = format!("connect to {} {reason} ({})", r.remote, f.errno_name);
+                let body = match &r.remote_name {
+                    Some(name) => format!(
+                        "connect to {} ({name}) {reason} ({})",
+                        r.remote, f.errno_name
+                    ),
+                    None => format!("connect to {} {reason} ({})", r.remote, f.errno_name),
+                };
                 (
                     r.timestamp_unix_ns,
                     SeverityNumber::Warn,

@@ -29,6 +29,7 @@ fn tcp(event: TcpEventKind, errno: u32, port: u16) -> Record {
         direction: Direction::Active,
         local: "10.0.0.1:40000".parse().unwrap(),
         remote: format!("10.0.0.2:{port}").parse().unwrap(),
+        remote_name: None,
         pid: Some(42),
         tid: Some(42),
         comm: Some("curl".into()),
