@@ -12,6 +12,7 @@ use tokio::{
 
 use crate::{
     config::Problems,
+    dns::names::ResolvedNames,
     events::{self, Clock, Record},
     family::{self, Family, SharedEbpf},
     loader::{self, LoadError, LoaderConfig, ProbeStatus},
@@ -230,6 +231,7 @@ impl Agent {
         let ebpf: SharedEbpf = Arc::new(std::sync::Mutex::new(probes.ebpf));
         let mut consumers = Vec::new();
         let mut tasks = Vec::new();
+        let names = ResolvedNames::new();
         for f in families.iter_mut() {
             f.start(family::Start {
                 ebpf: &ebpf,
@@ -238,6 +240,7 @@ impl Agent {
                 clock,
                 records: &records,
                 counters: &counters,
+                names: &names,
                 shutdown: &shutdown_rx,
                 consumers: &mut consumers,
                 tasks: &mut tasks,

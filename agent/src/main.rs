@@ -361,6 +361,9 @@ struct ExportFlags {
     /// Peer addresses on metric data points [export.metric_peers].
     #[arg(long)]
     otlp_metric_peers: bool,
+    /// Looked-up names on DNS metric data points [export.metric_dns_names].
+    #[arg(long)]
+    otlp_metric_dns_names: bool,
     /// One span per TCP connection [export.connection_spans].
     #[arg(long)]
     otlp_connection_spans: bool,
@@ -503,6 +506,7 @@ impl RunArgs {
         set(&mut e.series_limit, f.otlp_series_limit);
         e.metric_pids |= f.otlp_metric_pids;
         e.metric_peers |= f.otlp_metric_peers;
+        e.metric_dns_names |= f.otlp_metric_dns_names;
         e.connection_spans |= f.otlp_connection_spans;
         e.failure_logs |= f.otlp_failure_logs;
         for (k, v) in &f.otlp_resource {

@@ -24,6 +24,7 @@ fn refused(i: u64, at: u64, pid: u32) -> Record {
         direction: Direction::Active,
         local: "127.0.0.1:40000".parse().expect("address"),
         remote: "127.0.0.1:9".parse().expect("address"),
+        remote_name: None,
         pid: Some(pid),
         tid: Some(pid),
         comm: Some("storm".into()),

@@ -362,6 +362,7 @@ fn every_documented_flag_lands_in_the_tree() {
         ),
         (&["--otlp-series-limit", "99"], "series_limit: 99"),
         (&["--otlp-metric-pids"], "metric_pids: true"),
+        (&["--otlp-metric-dns-names"], "metric_dns_names: true"),
         (&["--otlp-metric-peers"], "metric_peers: true"),
         (&["--otlp-connection-spans"], "connection_spans: true"),
         (&["--otlp-failure-logs"], "failure_logs: true"),

@@ -128,6 +128,7 @@ fn failed_connect(conn_id: u64) -> Record {
         direction: Direction::Active,
         local: "10.9.9.1:40000".parse().unwrap(),
         remote: "10.9.9.9:9".parse().unwrap(),
+        remote_name: None,
         pid: Some(4242),
         tid: Some(4242),
         comm: Some("synthetic".into()),

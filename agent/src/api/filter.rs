@@ -255,6 +255,9 @@ pub struct Fields {
     failure: Option<Value>,
     errno_name: Option<Value>,
     cause: Option<Value>,
+    /// dns: `answered` or `timeout`, and the response code.
+    outcome: Option<Value>,
+    rcode: Option<Value>,
     /// Timestamps under the names the record types use.
     timestamp_unix_ns: Option<Value>,
     ts_unix_ns: Option<Value>,
@@ -298,6 +301,9 @@ impl Fields {
             )
             || self.kind() == Some("rca")
             || text(&self.alert_kind) == Some("error_burst")
+            || (self.kind() == Some("dns")
+                && (text(&self.outcome) == Some("timeout")
+                    || text(&self.rcode).is_some_and(|r| r != "NOERROR")))
     }
 
     pub fn peer(&self) -> Option<SocketAddr> {
@@ -326,6 +332,8 @@ impl Fields {
                 .and_then(Value::as_str),
             text(&self.errno_name),
             text(&self.cause),
+            text(&self.rcode),
+            text(&self.outcome).filter(|o| *o == "timeout"),
         ]
         .into_iter()
         .flatten()
@@ -443,6 +451,13 @@ mod tests {
             r#"{"type":"syscall_alert","kind":"error_burst","errno_name":"EMFILE"}"#
         )));
         assert!(!failures.matches(&rec(r#"{"type":"syscall_alert","kind":"slow"}"#)));
+        assert!(failures.matches(&rec(
+            r#"{"type":"dns","outcome":"answered","rcode":"NXDOMAIN"}"#
+        )));
+        assert!(failures.matches(&rec(r#"{"type":"dns","outcome":"timeout"}"#)));
+        assert!(!failures.matches(&rec(
+            r#"{"type":"dns","outcome":"answered","rcode":"NOERROR"}"#
+        )));
         assert!(filter(|r| r.comm = "curl".into()).matches(&rec(REFUSED)));
         assert!(!filter(|r| r.comm = "cur".into()).matches(&rec(REFUSED)));
         assert!(filter(|r| r.pid = 7).matches(&rec(REFUSED)));
@@ -469,6 +484,12 @@ mod tests {
             r#"{"type":"syscall_alert","kind":"error_burst","errno_name":"EMFILE"}"#
         )));
         assert!(!filter(|r| r.reasons = vec!["timed_out".into()]).matches(&rec(REFUSED)));
+        let nxdomain =
+            r#"{"type":"dns","outcome":"answered","rcode":"NXDOMAIN","server":"10.96.0.10:53"}"#;
+        assert!(filter(|r| r.reasons = vec!["nxdomain".into()]).matches(&rec(nxdomain)));
+        assert!(filter(|r| r.ports = vec![53]).matches(&rec(nxdomain)));
+        assert!(filter(|r| r.reasons = vec!["timeout".into()])
+            .matches(&rec(r#"{"type":"dns","outcome":"timeout"}"#)));
         assert!(!filter(|r| r.reasons = vec!["refused".into()]).matches(&rec(CONNECT)));
     }
 

@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{
     join::{JoinConfig, JoinStats, Joiner, Packet},
+    names::ResolvedNames,
     parser,
     streams::{StreamStats, Streams, MAX_STREAMS},
 };
@@ -99,6 +100,8 @@ pub struct DnsTask {
     pub clock: Clock,
     pub counters: Arc<Counters>,
     pub stats: Arc<Mutex<DnsStats>>,
+    /// Where answers' addresses are remembered for later connections (`remote_name`).
+    pub names: Arc<ResolvedNames>,
 }
 
 /// Everything the task mutates per message, apart from its channels.
@@ -245,6 +248,18 @@ impl DnsTask {
 
     fn publish(&mut self, out: &mut Vec<DnsRecord>, next_slot: &mut u32) {
         for record in out.drain(..) {
+            if !record.addresses.is_empty() {
+                // Remembered before the record goes out, as of the answer's arrival.
+                let answered_ns = record.timestamp_unix_ns
+                    + record.latency_us.map_or(0, |us| (us * 1_000.0) as u64);
+                self.names.insert(
+                    record.pid,
+                    record.cgroup_id,
+                    &record.query_name,
+                    &record.addresses,
+                    answered_ns,
+                );
+            }
             if record.is_failure() {
                 if let Some(failures) = self.failures.as_mut() {
                     if failures

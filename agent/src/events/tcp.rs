@@ -96,6 +96,10 @@ pub struct TcpRecord {
     pub direction: Direction,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// The name the process looked `remote` up as, when the DNS family saw that lookup
+    /// (active connections; `crate::dns::names`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_name: Option<String>,
     /// Owning process; unknown for a passive connection until its owner acts on it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -219,6 +223,7 @@ pub fn from_event(ev: &TcpEvent, clock: &Clock) -> Result<TcpRecord, DecodeError
         direction,
         local,
         remote,
+        remote_name: None,
         pid: known(c.pid),
         tid: known(c.tid),
         comm: (c.pid != 0).then(|| comm_string(&c.comm)),
@@ -279,6 +284,9 @@ impl std::fmt::Display for TcpRecord {
             self.local,
             self.remote,
         )?;
+        if let Some(name) = &self.remote_name {
+            write!(f, "({name}) ")?;
+        }
         match self.event {
             TcpEventKind::Connect => {
                 if let Some(l) = self.connect_latency_us {

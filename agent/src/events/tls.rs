@@ -148,6 +148,9 @@ pub struct TlsRecord {
     pub local: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<SocketAddr>,
+    /// The name the process looked `remote` up as (`crate::dns::names`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conn_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

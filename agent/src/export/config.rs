@@ -75,6 +75,7 @@ pub struct ExportSection {
     pub series_limit: usize,
     pub metric_pids: bool,
     pub metric_peers: bool,
+    pub metric_dns_names: bool,
     pub connection_spans: bool,
     pub failure_logs: bool,
     pub resource: BTreeMap<String, String>,
@@ -104,6 +105,7 @@ impl Default for ExportSection {
             series_limit: 10_000,
             metric_pids: false,
             metric_peers: false,
+            metric_dns_names: false,
             connection_spans: false,
             failure_logs: false,
             resource: BTreeMap::new(),
@@ -218,6 +220,11 @@ impl ExportSection {
         (
             "metric_peers",
             "Put peer addresses (network.peer.address) on metric data points.",
+        ),
+        (
+            "metric_dns_names",
+            "Put looked-up names (dns.question.name) on DNS metric data points\n\
+             (unbounded cardinality: every search-list expansion is a series).",
         ),
         (
             "connection_spans",
@@ -386,6 +393,7 @@ pub struct ExportConfig {
     pub series_limit: usize,
     pub metric_pids: bool,
     pub metric_peers: bool,
+    pub metric_dns_names: bool,
     pub connection_spans: bool,
     pub failure_logs: bool,
     /// Static resource attributes (config and OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME).
@@ -704,6 +712,7 @@ impl ExportSection {
             series_limit: self.series_limit.max(1),
             metric_pids: self.metric_pids,
             metric_peers: self.metric_peers,
+            metric_dns_names: self.metric_dns_names,
             connection_spans: self.connection_spans,
             failure_logs: self.failure_logs,
             resource,

@@ -211,6 +211,7 @@ mod tests {
             direction: Direction::Active,
             local: "10.0.0.1:40000".parse().unwrap(),
             remote: "10.0.0.2:443".parse().unwrap(),
+            remote_name: None,
             pid: Some(7),
             tid: Some(7),
             comm: Some("curl".into()),

@@ -1,7 +1,7 @@
 //! Records -> OTLP log records: security events (watched-path access), RCA incidents
 //! (`hostscope.rca.incident`), slow syscalls and, with `export.failure_logs`, one log record
-//! per failure (refused / timed-out / unreachable connects, failed TLS handshakes, syscall
-//! error bursts), with a severity and structured attributes. Only metadata is exported:
+//! per failure (refused / timed-out / unreachable connects, failed TLS handshakes, failed
+//! or unanswered DNS lookups, syscall error bursts), with a severity and structured attributes. Only metadata is exported:
 //! never TLS application data nor file contents (the probes capture neither).
 
 use opentelemetry_proto::tonic::{
@@ -11,6 +11,7 @@ use opentelemetry_proto::tonic::{
 
 use super::resource::{int_value, kv, str_value, tcp_endpoint_kvs};
 use crate::events::{
+    dns::{DnsOutcome, Transport},
     syscalls::{Access, AlertKind},
     tcp::{FailureReason, TcpEventKind},
     tls::Outcome,
@@ -24,6 +25,7 @@ pub fn is_failure(record: &Record) -> bool {
     match record {
         Record::Tcp(r) => r.event == TcpEventKind::ConnectFailed,
         Record::Tls(r) => r.outcome == Outcome::Failure,
+        Record::Dns(r) => r.is_failure(),
         Record::SyscallAlert(r) => r.kind == AlertKind::ErrorBurst,
         _ => false,
     }
@@ -132,6 +134,9 @@ pub fn log(record: &Record, observed_ns: u64, failure_logs: bool) -> Option<LogR
                 let reason = super::metrics::reason_str(f.reason);
                 let mut a = vec![kv("error.type", str_value(reason))];
                 a.extend(tcp_endpoint_kvs(r));
+                if let Some(name) = &r.remote_name {
+                    a.push(kv("server.address", str_value(name)));
+                }
                 a.push(kv(
                     "hostscope.tcp.syn_retransmits",
                     int_value(r.syn_retransmits as i64),
@@ -148,7 +153,13 @@ pub fn log(record: &Record, observed_ns: u64, failure_logs: bool) -> Option<LogR
                 if let Some(us) = r.duration_us {
                     a.push(kv("hostscope.duration_us", int_value(us as i64)));
                 }
-                let body = format!("connect to {} {reason} ({})", r.remote, f.errno_name);
+                let body = match &r.remote_name {
+                    Some(name) => format!(
+                        "connect to {} ({name}) {reason} ({})",
+                        r.remote, f.errno_name
+                    ),
+                    None => format!("connect to {} {reason} ({})", r.remote, f.errno_name),
+                };
                 (
                     r.timestamp_unix_ns,
                     SeverityNumber::Warn,
@@ -200,6 +211,51 @@ pub fn log(record: &Record, observed_ns: u64, failure_logs: bool) -> Option<LogR
                     r.timestamp_unix_ns,
                     SeverityNumber::Warn,
                     "hostscope.tls.handshake_failed",
+                    body,
+                    a,
+                )
+            }
+            Record::Dns(r) if r.is_failure() => {
+                let kind = r.failure_kind().unwrap_or("UNKNOWN");
+                let transport = match r.transport {
+                    Transport::Udp => "udp",
+                    Transport::Tcp => "tcp",
+                };
+                let mut a = vec![
+                    kv("error.type", str_value(kind)),
+                    kv("dns.question.name", str_value(&r.query_name)),
+                    kv("hostscope.dns.question.type", str_value(&r.query_type)),
+                    kv("server.address", str_value(r.server.ip().to_string())),
+                    kv("server.port", int_value(r.server.port() as i64)),
+                    kv("network.transport", str_value(transport)),
+                    kv("hostscope.dns.retries", int_value(r.retries as i64)),
+                ];
+                if let Some(pid) = r.pid {
+                    a.push(kv("process.pid", int_value(pid as i64)));
+                }
+                if let Some(comm) = &r.comm {
+                    a.push(kv("process.executable.name", str_value(comm)));
+                }
+                if let Some(us) = r.latency_us {
+                    a.push(kv("hostscope.duration_us", int_value(us as i64)));
+                }
+                if let Some(s) = &r.search {
+                    a.push(kv("hostscope.dns.search.base", str_value(&s.base)));
+                }
+                let body = match r.outcome {
+                    DnsOutcome::Timeout => format!(
+                        "lookup of {} {} not answered by {} ({} retries)",
+                        r.query_type, r.query_name, r.server, r.retries
+                    ),
+                    DnsOutcome::Answered => format!(
+                        "lookup of {} {} failed: {kind} from {}",
+                        r.query_type, r.query_name, r.server
+                    ),
+                };
+                (
+                    r.timestamp_unix_ns,
+                    SeverityNumber::Warn,
+                    "hostscope.dns.lookup_failed",
                     body,
                     a,
                 )

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     events::{
+        dns::{DnsRecord, Transport},
         syscalls::SyscallsRecord,
         tcp::{Direction, TcpEventKind, TcpRecord},
         tls::{Outcome, TlsCertificateRecord, TlsRecord},
@@ -91,6 +92,13 @@ metrics! {
         "Failed handshakes by reason (error.type) and where it was learned.";
     TlsCertTimeToExpiry = "tls.certificate.time_to_expiry", Gauge, "s", false, NONE,
         "Seconds until the server certificate's notAfter (negative once expired).";
+    DnsLookupDuration = "dns.lookup.duration", Histogram, "s", false,
+        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+        "DNS lookups, question sent to answer, by response code and question type (first attempt to answer, retries included).";
+    DnsLookupFailures = "dns.lookup.failures", Counter, "{lookup}", false, NONE,
+        "Lookups answered with an rcode other than NOERROR, or not answered (error.type: NXDOMAIN, SERVFAIL, TIMEOUT, ...).";
+    DnsLookupRetries = "dns.lookup.retries", Counter, "{query}", false, NONE,
+        "Questions sent again because no answer came (lost UDP packets, slow servers).";
     SyscallCalls = "syscall.calls", Counter, "{call}", false, NONE,
         "System calls, per syscall and process name.";
     SyscallErrors = "syscall.errors", Counter, "{call}", false, NONE,
@@ -302,6 +310,8 @@ pub struct Options {
     pub series_limit: usize,
     pub pids: bool,
     pub peers: bool,
+    /// `dns.question.name` on DNS metric data points.
+    pub dns_names: bool,
     /// Histograms as base-2 exponential histograms instead of explicit buckets.
     pub exponential: bool,
 }
@@ -471,8 +481,7 @@ impl MetricsState {
             Record::Tcp(r) => self.observe_tcp(r, identity, now_ns),
             Record::Tls(r) => self.observe_tls(r, identity, now_ns),
             Record::TlsCertificate(r) => self.observe_cert(r),
-            // TODO(issue 14, lead): dns.lookup.duration and failures.
-            Record::Dns(_) => {}
+            Record::Dns(r) => self.observe_dns(r, identity, now_ns),
             Record::Syscalls(r) => self.observe_syscalls(r, now_ns),
             // Alerts, slow calls and security events are exported as logs.
             Record::SyscallAlert(_) | Record::SyscallSlow(_) | Record::Security(_) => {}
@@ -604,6 +613,49 @@ impl MetricsState {
         if let (Some(name), Some(not_after)) = (&r.server_name, r.cert_not_after_unix) {
             let subject = r.cert_subject.clone().unwrap_or_default();
             self.certs.insert(name.clone(), (not_after, subject));
+        }
+    }
+
+    /// Query names are unbounded (every pod's search-list expansions): on data points
+    /// only when asked (`export.metric_dns_names`).
+    fn observe_dns(&mut self, r: &DnsRecord, identity: &Identity, now: u64) {
+        let transport = match r.transport {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        };
+        let mut key: Key = vec![
+            ("network.transport".into(), Val::S(transport.into())),
+            (
+                "server.address".into(),
+                Val::S(r.server.ip().to_string().into()),
+            ),
+            ("server.port".into(), Val::I(r.server.port() as i64)),
+            (
+                "hostscope.dns.question.type".into(),
+                Val::S(r.query_type.as_str().into()),
+            ),
+        ];
+        if self.opts.dns_names {
+            key.push((
+                "dns.question.name".into(),
+                Val::S(r.query_name.as_str().into()),
+            ));
+        }
+        self.identity_key(identity, &mut key);
+        if r.retries > 0 {
+            self.add(M::DnsLookupRetries, key.clone(), r.retries as i64, now);
+        }
+        if let Some(kind) = r.failure_kind() {
+            let mut k = key.clone();
+            k.push(("error.type".into(), Val::S(kind.into())));
+            self.add(M::DnsLookupFailures, k, 1, now);
+        }
+        if let (Some(us), Some(rcode)) = (r.latency_us, &r.rcode) {
+            key.push((
+                "hostscope.dns.response_code".into(),
+                Val::S(rcode.as_str().into()),
+            ));
+            self.record(M::DnsLookupDuration, key, us / 1e6, now);
         }
     }
 

@@ -724,6 +724,7 @@ fn metrics_options(config: &ExportConfig) -> metrics::Options {
         series_limit: config.series_limit,
         pids: config.metric_pids,
         peers: config.metric_peers,
+        dns_names: config.metric_dns_names,
         exponential: config.exponential_histograms,
     }
 }

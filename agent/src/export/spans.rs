@@ -41,6 +41,8 @@ fn tls_span(r: &TlsRecord) -> Span {
     if let Some(name) = &r.server_name {
         attrs.push(kv("server.address", str_value(name)));
         attrs.push(kv("tls.client.server_name", str_value(name)));
+    } else if let Some(name) = &r.remote_name {
+        attrs.push(kv("server.address", str_value(name)));
     }
     if let Some(rem) = r.remote {
         attrs.push(kv("network.peer.address", str_value(rem.ip().to_string())));
@@ -122,7 +124,15 @@ fn connect_failed_span(r: &TcpRecord) -> Span {
     let mut attrs = tcp_endpoint_kvs(r);
     attrs.extend([
         network_type_kv(r),
-        kv("server.address", str_value(r.remote.ip().to_string())),
+        // The name the process looked the server up as, when the DNS family saw it.
+        kv(
+            "server.address",
+            str_value(
+                r.remote_name
+                    .clone()
+                    .unwrap_or_else(|| r.remote.ip().to_string()),
+            ),
+        ),
         kv("server.port", int_value(r.remote.port() as i64)),
         kv(
             "hostscope.tcp.syn_retransmits",

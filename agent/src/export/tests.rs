@@ -29,6 +29,7 @@ fn tcp(event: TcpEventKind, errno: u32, port: u16) -> Record {
         direction: Direction::Active,
         local: "10.0.0.1:40000".parse().unwrap(),
         remote: format!("10.0.0.2:{port}").parse().unwrap(),
+        remote_name: None,
         pid: Some(42),
         tid: Some(42),
         comm: Some("curl".into()),
@@ -57,6 +58,7 @@ fn opts() -> Options {
         series_limit: 100,
         pids: false,
         peers: false,
+        dns_names: false,
         exponential: false,
     }
 }
@@ -143,6 +145,7 @@ fn refused_connect_counts_by_reason_without_pid_or_peer() {
         Options {
             pids: true,
             peers: true,
+            dns_names: false,
             ..opts()
         },
         0,
@@ -475,4 +478,101 @@ fn reconfigure_keeps_counters_and_restarts_only_rebucketed_histograms() {
     assert_eq!(p.start_time_unix_nano, 3);
     assert_eq!(p.explicit_bounds, vec![0.001, 0.002, 0.004]);
     assert_eq!(p.bucket_counts.len(), 4);
+}
+
+fn lookup(rcode: Option<u16>, name: &str, retries: u32) -> Record {
+    use crate::events::dns::*;
+    Record::Dns(DnsRecord {
+        timestamp_unix_ns: 1,
+        outcome: if rcode.is_some() {
+            DnsOutcome::Answered
+        } else {
+            DnsOutcome::Timeout
+        },
+        pid: Some(42),
+        comm: Some("curl".into()),
+        cgroup_id: None,
+        transport: Transport::Udp,
+        local: "127.0.0.1:40000".parse().unwrap(),
+        server: "10.96.0.10:53".parse().unwrap(),
+        id: 7,
+        query_name: name.into(),
+        query_type: qtype_name(28),
+        rcode: rcode.map(rcode_name),
+        answer_count: 0,
+        addresses: Vec::new(),
+        latency_us: rcode.map(|_| 2_000.0),
+        retries,
+        after_truncation: false,
+        search: None,
+    })
+}
+
+#[test]
+fn lookups_are_timed_by_rcode_and_failures_counted_without_names() {
+    let id = pid_identity();
+    for dns_names in [false, true] {
+        let mut m = MetricsState::new(
+            Options {
+                dns_names,
+                ..opts()
+            },
+            0,
+        );
+        m.observe(&lookup(Some(0), "a.test", 0), &id, 1);
+        m.observe(&lookup(Some(3), "b.test", 0), &id, 1);
+        m.observe(&lookup(Some(3), "c.test", 0), &id, 1);
+        m.observe(&lookup(None, "d.test", 2), &id, 1);
+        let (metrics, _) = m.collect(10);
+        let failures = int_points(find(&metrics, "dns.lookup.failures"));
+        let count = |kind: &str| -> i64 {
+            failures
+                .iter()
+                .filter(|(a, _)| attr(a, "error.type") == Some(&AV::StringValue(kind.into())))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        assert_eq!((count("NXDOMAIN"), count("TIMEOUT")), (2, 1));
+        assert_eq!(
+            failures
+                .iter()
+                .any(|(a, _)| attr(a, "dns.question.name").is_some()),
+            dns_names,
+            "names only when asked"
+        );
+        let (a, _) = &failures[0];
+        assert_eq!(
+            attr(a, "hostscope.dns.question.type"),
+            Some(&AV::StringValue("AAAA".into()))
+        );
+        assert_eq!(
+            attr(a, "server.address"),
+            Some(&AV::StringValue("10.96.0.10".into()))
+        );
+        let retries = int_points(find(&metrics, "dns.lookup.retries"));
+        assert_eq!(retries.iter().map(|(_, n)| n).sum::<i64>(), 2);
+        let Some(Data::Histogram(h)) = find(&metrics, "dns.lookup.duration").data.as_ref() else {
+            panic!("dns.lookup.duration is not a histogram");
+        };
+        let codes: Vec<_> = h
+            .data_points
+            .iter()
+            .map(|p| {
+                (
+                    attr(&p.attributes, "hostscope.dns.response_code").cloned(),
+                    p.count,
+                )
+            })
+            .collect();
+        // A timeout has no latency: only answers are timed.
+        assert_eq!(
+            h.data_points.iter().map(|p| p.count).sum::<u64>(),
+            3,
+            "{codes:?}"
+        );
+        assert!(
+            codes.contains(&(Some(AV::StringValue("NOERROR".into())), 1)),
+            "{codes:?}"
+        );
+    }
 }

@@ -153,6 +153,7 @@ impl Family for Dns {
                 clock: start.clock,
                 counters: start.counters.clone(),
                 stats: self.stats.clone(),
+                names: start.names.clone(),
             }
             .run(),
         ));

@@ -95,6 +95,9 @@ pub struct Start<'a> {
     pub clock: Clock,
     pub records: &'a broadcast::Sender<SharedRecord>,
     pub counters: &'a Arc<Counters>,
+    /// Names of resolved addresses: the DNS family writes them, connection records read
+    /// them (`remote_name`).
+    pub names: &'a Arc<crate::dns::names::ResolvedNames>,
     pub shutdown: &'a watch::Receiver<bool>,
     /// Ring and aggregation readers: counted by status, one that ends is unhealthy.
     pub consumers: &'a mut Vec<JoinHandle<std::io::Result<()>>>,

@@ -9,7 +9,7 @@ use hostscope_common::tcp::{TCP_CONNS_MAP, TCP_EVENTS_MAP, TCP_OFFSETS_GLOBAL, T
 use super::{consume, Descriptor, Family, KernelView, Start};
 use crate::{
     agent::{AgentConfig, AgentError},
-    events::{self, Record},
+    events::{self, tcp::Direction, Record},
     loader::{self, tcp::TcpPlan, LoadError, LoaderConfig, ProbeStatus},
 };
 
@@ -79,8 +79,14 @@ impl Family for Tcp {
             return Ok(());
         }
         let clock = start.clock;
+        let names = start.names.clone();
         consume::publish_ring(&mut start, TCP_EVENTS_MAP, move |bytes| {
-            events::tcp::decode(bytes, &clock).map(Record::Tcp)
+            let mut r = events::tcp::decode(bytes, &clock)?;
+            if r.direction == Direction::Active {
+                let ip = r.remote.ip();
+                r.remote_name = names.lookup(r.pid, r.cgroup_id, ip, r.timestamp_unix_ns);
+            }
+            Ok(Record::Tcp(r))
         })
     }
 

@@ -67,7 +67,7 @@ pub struct Prometheus {
 }
 
 /// The record metrics' bounds are the OTLP exporter's keys (`export.series_limit`,
-/// `metric_pids`, `metric_peers`, `buckets`): one setting bounds both.
+/// `metric_pids`, `metric_peers`, `metric_dns_names`, `buckets`): one setting bounds both.
 pub fn record_options(export: &crate::export::config::ExportSection) -> metrics::Options {
     metrics::Options {
         temporality: crate::export::config::Temporality::Cumulative,
@@ -75,6 +75,7 @@ pub fn record_options(export: &crate::export::config::ExportSection) -> metrics:
         series_limit: export.series_limit.max(1),
         pids: export.metric_pids,
         peers: export.metric_peers,
+        dns_names: export.metric_dns_names,
         exponential: false,
     }
 }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use crate::events::{
+    dns::{DnsOutcome, DnsRecord},
     syscalls::{AlertKind, SyscallAlert},
     tcp::{Direction, FailureReason as TcpReason, TcpEventKind, TcpRecord},
     tls::{Outcome, Role, TlsRecord},
@@ -21,6 +22,9 @@ pub enum Recovery {
     TcpCleanClose,
     /// A TLS handshake that completed.
     TlsHandshake,
+    /// A lookup answered with NOERROR (by the server, or for the name, the incident is
+    /// against).
+    DnsAnswer,
     /// Nothing tells success: the incident ends after its quiet period.
     QuietOnly,
 }
@@ -59,6 +63,11 @@ causes! {
     TLS_NOT_TLS = "tls_not_tls", "tls", TlsHandshake;
     TLS_STALLED = "tls_stalled", "tls", TlsHandshake;
     TLS_ERROR = "tls_error", "tls", TlsHandshake;
+    DNS_NXDOMAIN = "dns_nxdomain", "dns", DnsAnswer;
+    DNS_SERVFAIL = "dns_servfail", "dns", DnsAnswer;
+    DNS_REFUSED = "dns_refused", "dns", DnsAnswer;
+    DNS_TIMEOUT = "dns_timeout", "dns", DnsAnswer;
+    DNS_ERROR = "dns_error", "dns", DnsAnswer;
     FD_LIMIT = "fd_limit", "syscalls", QuietOnly;
     SYSTEM_FD_LIMIT = "system_fd_limit", "syscalls", QuietOnly;
     NO_SPACE = "no_space", "syscalls", QuietOnly;
@@ -73,7 +82,8 @@ causes! {
 pub enum Target {
     /// The remote end of a connection.
     Address(SocketAddr),
-    /// A TLS server known only by name (no wire view of the handshake).
+    /// A TLS server known only by name (no wire view of the handshake), or a name
+    /// that does not resolve.
     Name(String),
     /// A syscall (error bursts).
     Syscall(String),
@@ -98,7 +108,7 @@ pub struct Classified {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Success {
     pub recovery: Recovery,
-    pub target: SocketAddr,
+    pub target: Target,
     pub comm: Option<String>,
     pub seen_unix_ns: u64,
 }
@@ -121,12 +131,38 @@ pub fn classify(record: &Record, cert: Option<&KnownCertificate>) -> Option<Clas
             tls(r, cert)
         }
         Record::SyscallAlert(r) if r.kind == AlertKind::ErrorBurst => syscall(r),
+        Record::Dns(r) => dns(r),
         _ => None,
     }
 }
 
-/// The success a record reports, if it can end an incident.
-pub fn success(record: &Record) -> Option<Success> {
+/// The successes a record reports that can end incidents, into `out`: a NOERROR answer
+/// recovers incidents against its server and against its name (and the name its search
+/// list expanded).
+pub fn successes(record: &Record, out: &mut Vec<Success>) {
+    if let Record::Dns(r) = record {
+        if r.outcome == DnsOutcome::Answered && r.rcode.as_deref() == Some("NOERROR") {
+            let mut push = |target| {
+                out.push(Success {
+                    recovery: Recovery::DnsAnswer,
+                    target,
+                    comm: r.comm.clone(),
+                    seen_unix_ns: r.timestamp_unix_ns,
+                })
+            };
+            push(Target::Address(r.server));
+            push(Target::Name(r.query_name.clone()));
+            if let Some(s) = &r.search {
+                push(Target::Name(s.base.clone()));
+            }
+        }
+        return;
+    }
+    out.extend(success(record));
+}
+
+/// The success a connection record reports, if it can end an incident.
+fn success(record: &Record) -> Option<Success> {
     match record {
         Record::Tcp(r) if r.direction == Direction::Active => {
             let recovery = match (r.event, &r.failure) {
@@ -136,7 +172,7 @@ pub fn success(record: &Record) -> Option<Success> {
             };
             Some(Success {
                 recovery,
-                target: r.remote,
+                target: Target::Address(r.remote),
                 comm: r.comm.clone(),
                 seen_unix_ns: r.timestamp_unix_ns,
             })
@@ -144,7 +180,7 @@ pub fn success(record: &Record) -> Option<Success> {
         Record::Tls(r) if r.outcome == Outcome::Success && r.role != Some(Role::Server) => {
             Some(Success {
                 recovery: Recovery::TlsHandshake,
-                target: r.remote?,
+                target: Target::Address(r.remote?),
                 comm: r.comm.clone(),
                 seen_unix_ns: r.timestamp_unix_ns,
             })
@@ -357,6 +393,68 @@ fn syscall(r: &SyscallAlert) -> Option<Classified> {
     })
 }
 
+/// A failed lookup. NXDOMAIN is against the name (the server answered: the name is
+/// wrong); the others are against the server. NXDOMAINs of a search-list walk's
+/// expansions are the resolver's routine, not failures: only the name as asked (the
+/// walk's base) is, once every expansion failed too.
+fn dns(r: &DnsRecord) -> Option<Classified> {
+    let kind = r.failure_kind()?;
+    let name = &r.query_name;
+    let server = r.server;
+    let (cause, sentence, target) = match kind {
+        "NXDOMAIN" => {
+            let sentence = match &r.search {
+                Some(s) if s.base != *name => return None,
+                Some(s) => format!(
+                    "lookup of {name} failed — NXDOMAIN for the name and its {} search-list expansions: no such name (a wrong service or namespace name?)",
+                    s.nxdomain_before
+                ),
+                None => format!(
+                    "lookup of {name} failed — NXDOMAIN: no such name (a wrong service or namespace name?)"
+                ),
+            };
+            (&DNS_NXDOMAIN, sentence, Target::Name(name.clone()))
+        }
+        "SERVFAIL" => (
+            &DNS_SERVFAIL,
+            format!(
+                "lookup of {name} failed — SERVFAIL from {server}: the server could not get an answer (its upstream is failing, or the zone is broken)"
+            ),
+            Target::Address(server),
+        ),
+        "REFUSED" => (
+            &DNS_REFUSED,
+            format!(
+                "lookup of {name} failed — REFUSED by {server}: the server will not answer this client (an ACL, or not a recursive resolver)"
+            ),
+            Target::Address(server),
+        ),
+        "TIMEOUT" => (
+            &DNS_TIMEOUT,
+            format!(
+                "DNS server {server} not answering — no answer to {} {name} after {} retries: the server is overloaded or its packets are dropped",
+                r.query_type, r.retries
+            ),
+            Target::Address(server),
+        ),
+        rcode => (
+            &DNS_ERROR,
+            format!("lookup of {name} failed — {rcode} from {server}"),
+            Target::Address(server),
+        ),
+    };
+    Some(Classified {
+        cause,
+        sentence,
+        target,
+        weight: 1,
+        conn_id: None,
+        comm: r.comm.clone(),
+        seen_unix_ns: r.timestamp_unix_ns,
+        over_ns: 0,
+    })
+}
+
 /// The C library's description of an errno, without Rust's "(os error N)" suffix.
 fn errno_meaning(errno: i32) -> String {
     let text = std::io::Error::from_raw_os_error(errno).to_string();
@@ -380,6 +478,7 @@ mod tests {
             direction: Direction::Active,
             local: "10.0.0.1:40000".parse().unwrap(),
             remote: "10.0.3.7:443".parse().unwrap(),
+            remote_name: None,
             pid: Some(42),
             tid: Some(42),
             comm: Some("curl".into()),
@@ -408,6 +507,7 @@ mod tests {
             role: Some(Role::Client),
             local: None,
             remote: Some("10.0.3.7:443".parse().unwrap()),
+            remote_name: None,
             conn_id: Some(9),
             pid: Some(42),
             comm: Some("curl".into()),
@@ -532,6 +632,115 @@ mod tests {
             "{}",
             c.sentence
         );
+    }
+
+    fn lookup(rcode: Option<u16>) -> DnsRecord {
+        use crate::events::dns::*;
+        DnsRecord {
+            timestamp_unix_ns: 1_700_000_000_000_000_000,
+            outcome: if rcode.is_some() {
+                DnsOutcome::Answered
+            } else {
+                DnsOutcome::Timeout
+            },
+            pid: Some(42),
+            comm: Some("curl".into()),
+            cgroup_id: None,
+            transport: Transport::Udp,
+            local: "10.0.0.1:40000".parse().unwrap(),
+            server: "10.96.0.10:53".parse().unwrap(),
+            id: 1,
+            query_name: "payments.shop.svc.cluster.local".into(),
+            query_type: "A".into(),
+            rcode: rcode.map(rcode_name),
+            answer_count: 0,
+            addresses: Vec::new(),
+            latency_us: rcode.map(|_| 900.0),
+            retries: if rcode.is_some() { 0 } else { 2 },
+            after_truncation: false,
+            search: None,
+        }
+    }
+
+    #[test]
+    fn dns_failures_name_the_name_or_the_server() {
+        let c = classify(&Record::Dns(lookup(Some(3))), None).unwrap();
+        assert_eq!(c.cause.code, "dns_nxdomain");
+        assert_eq!(
+            c.target,
+            Target::Name("payments.shop.svc.cluster.local".into())
+        );
+        assert!(
+            c.sentence.contains("NXDOMAIN: no such name"),
+            "{}",
+            c.sentence
+        );
+        let c = classify(&Record::Dns(lookup(Some(2))), None).unwrap();
+        assert_eq!(c.cause.code, "dns_servfail");
+        assert_eq!(c.target, Target::Address("10.96.0.10:53".parse().unwrap()));
+        let c = classify(&Record::Dns(lookup(None)), None).unwrap();
+        assert_eq!(c.cause.code, "dns_timeout");
+        assert!(
+            c.sentence
+                .starts_with("DNS server 10.96.0.10:53 not answering")
+                && c.sentence.contains("after 2 retries"),
+            "{}",
+            c.sentence
+        );
+        assert_eq!(
+            classify(&Record::Dns(lookup(Some(5))), None)
+                .unwrap()
+                .cause
+                .code,
+            "dns_refused"
+        );
+        assert_eq!(
+            classify(&Record::Dns(lookup(Some(4))), None)
+                .unwrap()
+                .cause
+                .code,
+            "dns_error"
+        );
+        assert!(classify(&Record::Dns(lookup(Some(0))), None).is_none());
+        // A search-list expansion's NXDOMAIN is routine; the name as asked failing is not.
+        let mut expansion = lookup(Some(3));
+        expansion.search = Some(crate::events::dns::SearchExpansion {
+            base: "payments".into(),
+            nxdomain_before: 1,
+        });
+        assert!(classify(&Record::Dns(expansion.clone()), None).is_none());
+        expansion.query_name = "payments".into();
+        expansion.search.as_mut().unwrap().nxdomain_before = 4;
+        let c = classify(&Record::Dns(expansion), None).unwrap();
+        assert!(
+            c.sentence.contains("its 4 search-list expansions"),
+            "{}",
+            c.sentence
+        );
+    }
+
+    #[test]
+    fn a_noerror_answer_recovers_its_server_and_its_names() {
+        let mut ok = lookup(Some(0));
+        ok.search = Some(crate::events::dns::SearchExpansion {
+            base: "payments".into(),
+            nxdomain_before: 2,
+        });
+        let mut out = Vec::new();
+        successes(&Record::Dns(ok), &mut out);
+        let targets: Vec<_> = out.iter().map(|s| s.target.clone()).collect();
+        assert_eq!(
+            targets,
+            [
+                Target::Address("10.96.0.10:53".parse().unwrap()),
+                Target::Name("payments.shop.svc.cluster.local".into()),
+                Target::Name("payments".into())
+            ]
+        );
+        assert!(out.iter().all(|s| s.recovery == Recovery::DnsAnswer));
+        out.clear();
+        successes(&Record::Dns(lookup(Some(3))), &mut out);
+        assert!(out.is_empty(), "an NXDOMAIN recovers nothing");
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub struct RcaRecord {
     pub count: u64,
     /// Stable snake_case code (docs/rca.md lists them all).
     pub cause: &'static str,
-    /// `tcp`, `tls` or `syscalls`.
+    /// `tcp`, `tls`, `dns` or `syscalls`.
     pub family: &'static str,
     /// One plain sentence saying what happened and what it means.
     pub sentence: String,

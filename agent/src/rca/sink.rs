@@ -74,6 +74,7 @@ struct SourceNames {
 /// A target's name, valid while the resolver says the same about the address.
 struct TargetName {
     peer: Option<Arc<Identity>>,
+    looked_up: Option<String>,
     target: Label,
 }
 
@@ -87,6 +88,8 @@ pub struct Folder {
     sources: HashMap<usize, SourceNames, foldhash::fast::RandomState>,
     targets: HashMap<SocketAddr, TargetName, foldhash::fast::RandomState>,
     out: Vec<RcaRecord>,
+    /// Reused for each record's successes.
+    successes: Vec<classify::Success>,
 }
 
 impl Folder {
@@ -98,6 +101,7 @@ impl Folder {
             sources: HashMap::default(),
             targets: HashMap::default(),
             out: Vec::new(),
+            successes: Vec::new(),
         }
     }
 
@@ -125,7 +129,9 @@ impl Folder {
 
     /// `service <ns>/<name>:<port>` or `pod <ns>/<name>:<port>` when the resolver knows
     /// the address, else the address.
-    fn target(&mut self, addr: SocketAddr) -> Label {
+    /// With the name the process looked the address up as (`remote_name`) after a bare
+    /// address: `10.0.3.7:443 (payments.shop.svc.cluster.local)`.
+    fn target(&mut self, addr: SocketAddr, looked_up: Option<&str>) -> Label {
         let peer = self.resolver.peer(addr.ip());
         if let Some(t) = self.targets.get(&addr) {
             let same = match (&t.peer, &peer) {
@@ -133,22 +139,34 @@ impl Folder {
                 (None, None) => true,
                 _ => false,
             };
-            if same {
+            if same && t.looked_up.as_deref() == looked_up {
                 return t.target.clone();
             }
         }
         if self.targets.len() >= MAX_LABELS {
             self.targets.clear();
         }
-        let target: Label = target_label(peer.as_deref(), addr).into();
+        let mut target = target_label(peer.as_deref(), addr);
+        if let (None, Some(name)) = (&peer, looked_up) {
+            target = format!("{target} ({name})");
+        }
+        let target: Label = target.into();
         self.targets.insert(
             addr,
             TargetName {
                 peer,
+                looked_up: looked_up.map(str::to_string),
                 target: target.clone(),
             },
         );
         target
+    }
+
+    fn label(&mut self, target: &Target, looked_up: Option<&str>) -> Label {
+        match target {
+            Target::Address(a) => self.target(*a, looked_up),
+            Target::Name(n) | Target::Syscall(n) => n.as_str().into(),
+        }
     }
 
     /// Feeds one record; the incident records it causes are in [`Folder::take`].
@@ -175,10 +193,10 @@ impl Folder {
             let subject = record.subject();
             let identity = self.resolver.identify(subject);
             let (source, workload) = self.source(identity, c.comm.as_deref());
-            let (target, target_address) = match &c.target {
-                Target::Address(a) => (self.target(*a), Some(*a)),
-                Target::Name(n) => (n.as_str().into(), None),
-                Target::Syscall(s) => (s.as_str().into(), None),
+            let target = self.label(&c.target, remote_name(record));
+            let target_address = match &c.target {
+                Target::Address(a) => Some(*a),
+                _ => None,
             };
             let failure = Failure {
                 cause: c.cause,
@@ -199,10 +217,12 @@ impl Folder {
             };
             self.engine.failure(failure, now, &mut self.out);
         } else if self.engine.open_count() > 0 {
-            if let Some(s) = classify::success(record) {
+            let mut successes = std::mem::take(&mut self.successes);
+            classify::successes(record, &mut successes);
+            for s in successes.drain(..) {
                 let identity = self.resolver.identify(record.subject());
                 let (source, _) = self.source(identity, s.comm.as_deref());
-                let target = self.target(s.target);
+                let target = self.label(&s.target, remote_name(record));
                 self.engine.success(
                     source,
                     target,
@@ -212,6 +232,7 @@ impl Folder {
                     &mut self.out,
                 );
             }
+            self.successes = successes;
         }
     }
 
@@ -225,6 +246,15 @@ impl Folder {
 
     pub fn take(&mut self) -> std::vec::Drain<'_, RcaRecord> {
         self.out.drain(..)
+    }
+}
+
+/// The name a connection record's process looked its peer up as.
+fn remote_name(record: &Record) -> Option<&str> {
+    match record {
+        Record::Tcp(r) => r.remote_name.as_deref(),
+        Record::Tls(r) => r.remote_name.as_deref(),
+        _ => None,
     }
 }
 
@@ -436,6 +466,7 @@ mod tests {
             direction: Direction::Active,
             local: "127.0.0.1:40000".parse().unwrap(),
             remote: "127.0.0.1:9".parse().unwrap(),
+            remote_name: None,
             pid: Some(std::process::id()),
             tid: None,
             comm: Some("storm".into()),
@@ -478,6 +509,61 @@ mod tests {
         let closed: Vec<RcaRecord> = folder.take().collect();
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].count, 100);
+        assert_eq!(
+            closed[0].ended,
+            Some(super::super::record::Ending::Recovered)
+        );
+    }
+
+    #[test]
+    fn a_looked_up_target_is_named_and_a_lookup_answer_recovers_its_server() {
+        let section = RcaSection::default();
+        let mut folder = Folder::new(settings(&section), Arc::new(Resolver::node_local()));
+        let Record::Tcp(mut refused) =
+            tcp(TcpEventKind::ConnectFailed, Some(libc::ECONNREFUSED), 1)
+        else {
+            unreachable!()
+        };
+        refused.remote_name = Some("payments.shop.test".into());
+        folder.observe(&Record::Tcp(refused), 1_000);
+        let out: Vec<RcaRecord> = folder.take().collect();
+        assert_eq!(out[0].target, "127.0.0.1:9 (payments.shop.test)");
+
+        use crate::events::dns::*;
+        let mut lookup = DnsRecord {
+            timestamp_unix_ns: 2_000,
+            outcome: DnsOutcome::Timeout,
+            pid: Some(std::process::id()),
+            comm: Some("storm".into()),
+            cgroup_id: None,
+            transport: Transport::Udp,
+            local: "127.0.0.1:40000".parse().unwrap(),
+            server: "127.0.0.77:53".parse().unwrap(),
+            id: 1,
+            query_name: "x.test".into(),
+            query_type: qtype_name(1),
+            rcode: None,
+            answer_count: 0,
+            addresses: Vec::new(),
+            latency_us: None,
+            retries: 2,
+            after_truncation: false,
+            search: None,
+        };
+        folder.observe(&Record::Dns(lookup.clone()), 2_000);
+        let out: Vec<RcaRecord> = folder.take().collect();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].cause, out[0].target.as_str()),
+            ("dns_timeout", "127.0.0.77:53")
+        );
+        lookup.outcome = DnsOutcome::Answered;
+        lookup.rcode = Some(rcode_name(0));
+        lookup.query_name = "y.test".into();
+        folder.observe(&Record::Dns(lookup), 3_000);
+        let closed: Vec<RcaRecord> = folder.take().collect();
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert_eq!(closed[0].cause, "dns_timeout");
         assert_eq!(
             closed[0].ended,
             Some(super::super::record::Ending::Recovered)

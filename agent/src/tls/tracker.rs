@@ -39,6 +39,8 @@ struct Owner {
     pid: Option<u32>,
     comm: Option<String>,
     cgroup_id: Option<u64>,
+    /// What the TCP record named the peer (the process's lookup of it).
+    remote_name: Option<String>,
 }
 
 /// What the TCP records said about a 4-tuple. Kept for `TCP_MEMORY_NS` after the close,
@@ -276,6 +278,7 @@ impl Tracker {
             pid: r.pid,
             comm: r.comm.clone(),
             cgroup_id: r.cgroup_id,
+            remote_name: r.remote_name.clone(),
         };
         let ended = matches!(
             r.event,
@@ -654,6 +657,7 @@ fn flow_record(flow: &Flow, clock: &Clock) -> TlsRecord {
         role: Some(flow.role),
         local: Some(flow.local),
         remote: Some(flow.remote),
+        remote_name: flow.owner.remote_name.clone(),
         conn_id: flow.owner.conn_id,
         pid: flow.owner.pid,
         comm: flow.owner.comm.clone(),
@@ -698,6 +702,7 @@ fn lib_only_record(ev: &LibEvent, clock: &Clock) -> TlsRecord {
         role: None,
         local: None,
         remote: None,
+        remote_name: None,
         conn_id: None,
         pid: Some(ev.pid),
         comm: Some(ev.comm.clone()),

@@ -204,6 +204,7 @@ fn failed_connect(id: u64, port: u16) -> Record {
         direction: Direction::Active,
         local: "10.1.0.1:40000".parse().expect("address"),
         remote: std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 1, 0, 2)), port),
+        remote_name: None,
         pid: Some(1000 + (id % 50) as u32),
         tid: None,
         comm: Some("bench".into()),

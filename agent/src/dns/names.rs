@@ -1,0 +1,221 @@
+//! Addresses that lookups resolved, kept briefly per process (and per cgroup, for a
+//! container whose resolving and connecting processes differ) so that a later TCP or
+//! TLS record to one of them can name the host it was looked up as (`remote_name`).
+//!
+//! Written by the DNS family for every answer with addresses, read for each active
+//! connection record: a lookup is one short lock, and an empty store (no DNS family, no
+//! lookups) costs one atomic load.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use serde::Serialize;
+
+/// How long a resolved address names its host for the process that looked it up.
+pub const NAME_TTL_NS: u64 = 60 * 1_000_000_000;
+/// Entries at most; beyond it expired entries are swept, then the oldest half dropped
+/// (counted in `evicted`).
+pub const MAX_NAMES: usize = 16_384;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Scope {
+    Pid(u32),
+    Cgroup(u64),
+}
+
+struct Entry {
+    name: Arc<str>,
+    expires_ns: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NamesStats {
+    pub cached: u64,
+    /// Entries dropped before they expired because the store was full.
+    pub evicted: u64,
+    /// Connection records that were given a name.
+    pub named: u64,
+}
+
+#[derive(Default)]
+pub struct ResolvedNames {
+    entries: Mutex<HashMap<(Scope, IpAddr), Entry>>,
+    len: AtomicUsize,
+    evicted: AtomicU64,
+    named: AtomicU64,
+}
+
+impl ResolvedNames {
+    pub fn new() -> Arc<ResolvedNames> {
+        Arc::new(ResolvedNames::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Scope, IpAddr), Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers that `name` resolved to `addrs` for this process and cgroup at `now_ns`
+    /// (Unix ns, the records' clock).
+    pub fn insert(
+        &self,
+        pid: Option<u32>,
+        cgroup_id: Option<u64>,
+        name: &str,
+        addrs: &[IpAddr],
+        now_ns: u64,
+    ) {
+        if addrs.is_empty() || (pid.is_none() && cgroup_id.is_none()) {
+            return;
+        }
+        let name: Arc<str> = name.into();
+        let expires_ns = now_ns.saturating_add(NAME_TTL_NS);
+        let scopes = pid
+            .map(Scope::Pid)
+            .into_iter()
+            .chain(cgroup_id.map(Scope::Cgroup));
+        let mut entries = self.lock();
+        if entries.len() + 2 * addrs.len() > MAX_NAMES {
+            entries.retain(|_, e| e.expires_ns > now_ns);
+            if entries.len() + 2 * addrs.len() > MAX_NAMES {
+                // Still full of live names: drop those closest to expiry.
+                let mut ends: Vec<u64> = entries.values().map(|e| e.expires_ns).collect();
+                ends.sort_unstable();
+                let cut = ends[ends.len() / 2];
+                let before = entries.len();
+                entries.retain(|_, e| e.expires_ns > cut);
+                self.evicted
+                    .fetch_add((before - entries.len()) as u64, Ordering::Relaxed);
+            }
+        }
+        for scope in scopes {
+            for &ip in addrs {
+                entries.insert(
+                    (scope, ip),
+                    Entry {
+                        name: name.clone(),
+                        expires_ns,
+                    },
+                );
+            }
+        }
+        self.len.store(entries.len(), Ordering::Relaxed);
+    }
+
+    /// The name `ip` was looked up as by this process (or else by its cgroup), if that
+    /// lookup is younger than [`NAME_TTL_NS`] at `now_ns`.
+    pub fn lookup(
+        &self,
+        pid: Option<u32>,
+        cgroup_id: Option<u64>,
+        ip: IpAddr,
+        now_ns: u64,
+    ) -> Option<String> {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let entries = self.lock();
+        let found = pid
+            .map(Scope::Pid)
+            .into_iter()
+            .chain(cgroup_id.map(Scope::Cgroup))
+            .find_map(|scope| entries.get(&(scope, ip)))
+            .filter(|e| e.expires_ns > now_ns)
+            .map(|e| e.name.to_string());
+        if found.is_some() {
+            self.named.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    pub fn stats(&self) -> NamesStats {
+        NamesStats {
+            cached: self.len.load(Ordering::Relaxed) as u64,
+            evicted: self.evicted.load(Ordering::Relaxed),
+            named: self.named.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000_000_000;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_connect_after_a_lookup_is_named_by_pid_then_by_cgroup_until_the_ttl() {
+        let names = ResolvedNames::new();
+        assert_eq!(names.lookup(Some(1), None, ip("10.0.3.7"), T0), None);
+        names.insert(
+            Some(1),
+            Some(77),
+            "payments.shop.svc.cluster.local",
+            &[ip("10.0.3.7"), ip("fd00::7")],
+            T0,
+        );
+        assert_eq!(
+            names
+                .lookup(Some(1), None, ip("10.0.3.7"), T0 + 1)
+                .as_deref(),
+            Some("payments.shop.svc.cluster.local")
+        );
+        assert!(names.lookup(Some(1), None, ip("fd00::7"), T0 + 1).is_some());
+        // Another process of the same container.
+        assert!(names
+            .lookup(Some(2), Some(77), ip("10.0.3.7"), T0 + 1)
+            .is_some());
+        // Another process elsewhere, another address, or too late: no name.
+        assert!(names
+            .lookup(Some(2), Some(78), ip("10.0.3.7"), T0 + 1)
+            .is_none());
+        assert!(names
+            .lookup(Some(1), None, ip("10.0.3.8"), T0 + 1)
+            .is_none());
+        assert!(names
+            .lookup(Some(1), None, ip("10.0.3.7"), T0 + NAME_TTL_NS)
+            .is_none());
+        assert_eq!(names.stats().named, 3);
+    }
+
+    #[test]
+    fn the_store_is_bounded_and_counts_what_it_drops() {
+        let names = ResolvedNames::new();
+        for i in 0..(MAX_NAMES as u32) {
+            let addr = IpAddr::from(i.to_be_bytes());
+            names.insert(Some(i), None, "n.test", &[addr], T0 + i as u64);
+        }
+        let s = names.stats();
+        assert!(s.cached as usize <= MAX_NAMES, "{s:?}");
+        assert!(s.evicted > 0, "{s:?}");
+        // The newest survive.
+        let last = MAX_NAMES as u32 - 1;
+        assert!(names
+            .lookup(
+                Some(last),
+                None,
+                IpAddr::from(last.to_be_bytes()),
+                T0 + last as u64
+            )
+            .is_some());
+        // Expired entries go first, without counting as evictions.
+        let later = T0 + 2 * NAME_TTL_NS;
+        let before = names.stats();
+        for i in 0..(MAX_NAMES - before.cached as usize + 1) as u32 {
+            let addr = IpAddr::from((i | 0x8000_0000).to_be_bytes());
+            names.insert(Some(i), None, "m.test", &[addr], later);
+        }
+        let after = names.stats();
+        assert_eq!(after.evicted, before.evicted, "{after:?}");
+        assert!(after.cached as usize <= MAX_NAMES / 2 + 2, "{after:?}");
+    }
+}
