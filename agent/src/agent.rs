@@ -408,6 +408,7 @@ impl Agent {
             records_aggregated,
             programs: stats::read_program_costs(&ebpf),
             tls: Default::default(),
+            families: Default::default(),
             config: Default::default(),
         };
         for f in &self.families {

@@ -2,6 +2,7 @@
 //! the agent runs or after it exited. Each family lists its maps and their decoders in
 //! its own module here ([`PinnedMap`]); the loader pins the same list.
 
+pub mod dns;
 pub mod syscalls;
 pub mod tcp;
 pub mod tls;

@@ -44,8 +44,32 @@ pub struct AgentStats {
     /// Every loaded program; run counts and times stay 0 unless bpf_stats are enabled.
     pub programs: Vec<ProgramCost>,
     pub tls: crate::tls::tracker::TrackerStats,
+    /// Each family's userspace account (its joiner's or tracker's), by family name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub families: BTreeMap<&'static str, FamilyStats>,
     /// Configuration generation and reloads (set by the run loop).
     pub config: crate::daemon::ReloadStats,
+}
+
+/// A family's userspace account: counters only grow, gauges are current levels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FamilyStats {
+    pub counters: BTreeMap<&'static str, u64>,
+    pub gauges: BTreeMap<&'static str, u64>,
+}
+
+impl std::fmt::Display for FamilyStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (name, value) in self.counters.iter().chain(&self.gauges) {
+            if !first {
+                write!(f, " ")?;
+            }
+            first = false;
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
+    }
 }
 
 impl AgentStats {
@@ -83,6 +107,9 @@ impl std::fmt::Display for AgentStats {
             self.tls.truncated_captures,
             self.tls.lib_events_unmatched
         )?;
+        for (family, stats) in &self.families {
+            write!(f, "; {family} (agent): {stats}")?;
+        }
         for (family, counters) in &self.kernel {
             write!(f, "; {family}:")?;
             for (name, value) in counters {

@@ -202,6 +202,9 @@ impl std::fmt::Display for Status {
             "tls tracker: {} handshakes, {} failures, {} stream gaps, {} truncated, {} unmatched",
             t.handshakes, t.failures, t.stream_gaps, t.truncated_captures, t.lib_events_unmatched
         )?;
+        for (family, stats) in &a.families {
+            writeln!(f, "{family}: {stats}")?;
+        }
         match &self.export {
             Some(e) => writeln!(f, "\nexport: {e}")?,
             None => writeln!(f, "\nexport: off (no OTLP endpoint)")?,

@@ -417,6 +417,7 @@ mod tests {
                 "syscall_alert",
                 "syscall_slow",
                 "security",
+                "dns",
                 "rca"
             ]
         );

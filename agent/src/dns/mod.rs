@@ -1,4 +1,7 @@
-//! The DNS family's userspace side: the wire parser (the family's probe, joining and
-//! records arrive with issue 14's family interface).
+//! The DNS family's userspace side: the wire parser, TCP stream reassembly, the
+//! question/answer joiner and the task that runs them on the probe's messages.
 
+pub mod join;
 pub mod parser;
+pub mod streams;
+pub mod task;

@@ -2,11 +2,15 @@
 //! retries, or its timeout), built by the family's joiner (`crate::dns::join`) from
 //! the packets the wire probe copies (probes/src/dns.rs).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use hostscope_common::dns::{
+    DnsEventHeader, DIR_EGRESS, DIR_INGRESS, DNS_CAPTURE_MAX, DNS_EVENT_HEADER_BYTES, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
 use serde::Serialize;
 
-use super::format_time_of_day;
+use super::{comm_string, format_time_of_day, DecodeError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -190,9 +194,95 @@ impl std::fmt::Display for DnsRecord {
     }
 }
 
+/// One DNS message the probe copied, with endpoints from the local socket's point of
+/// view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireMessage {
+    /// CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    /// Sent by a local socket (a question out); else received (an answer in).
+    pub egress: bool,
+    pub transport: Transport,
+    /// The sender, known on egress only.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// TCP sequence number of `data[0]`.
+    pub seq: u32,
+    /// What was copied: the message (UDP) or the segment's payload (TCP), from its start.
+    pub data: Vec<u8>,
+    /// Bytes of the message or segment not copied (beyond the probe's bound).
+    pub uncaptured: usize,
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+    if family == hostscope_common::tcp::AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+/// A DNS event of the ring (`probes/src/dns.rs`): the header, then the copied bytes
+/// (records have one of several capacities, `DNS_DATA_SIZES`).
+pub fn decode(bytes: &[u8]) -> Result<WireMessage, DecodeError> {
+    let ev: DnsEventHeader = super::read_record(bytes, "dns")?;
+    let data = &bytes[DNS_EVENT_HEADER_BYTES..];
+    let len = ev.len as usize;
+    if len > data.len() || len > DNS_CAPTURE_MAX {
+        return Err(DecodeError::Size {
+            family: "dns",
+            len: bytes.len(),
+            expected: DNS_EVENT_HEADER_BYTES + len,
+        });
+    }
+    let transport = match ev.protocol as u8 {
+        IPPROTO_UDP => Transport::Udp,
+        IPPROTO_TCP => Transport::Tcp,
+        other => {
+            return Err(DecodeError::Kind {
+                family: "dns",
+                kind: other as u32,
+            })
+        }
+    };
+    let egress = match ev.direction {
+        DIR_EGRESS => true,
+        DIR_INGRESS => false,
+        other => {
+            return Err(DecodeError::Kind {
+                family: "dns",
+                kind: other as u32,
+            })
+        }
+    };
+    let src = SocketAddr::new(ip(ev.family, &ev.saddr), ev.sport);
+    let dst = SocketAddr::new(ip(ev.family, &ev.daddr), ev.dport);
+    let (local, remote) = if egress { (src, dst) } else { (dst, src) };
+    let comm = comm_string(&ev.comm);
+    Ok(WireMessage {
+        ts_ns: ev.ts_ns,
+        cookie: ev.cookie,
+        cgroup_id: ev.cgroup_id,
+        egress,
+        transport,
+        pid: (egress && ev.pid_tgid != 0).then_some((ev.pid_tgid >> 32) as u32),
+        comm: (egress && !comm.is_empty()).then_some(comm),
+        local,
+        remote,
+        seq: ev.seq,
+        data: data[..len].to_vec(),
+        uncaptured: (ev.orig_len as usize).saturating_sub(len),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hostscope_common::dns::DnsEvent;
 
     fn record() -> DnsRecord {
         DnsRecord {
@@ -245,5 +335,80 @@ mod tests {
         assert!(json.get("addresses").is_none());
         assert_eq!(rcode_name(23), "RCODE23");
         assert_eq!(qtype_name(99), "TYPE99");
+    }
+
+    fn event(direction: u16, protocol: u8) -> DnsEvent<128> {
+        let mut header = DnsEventHeader {
+            ts_ns: 5,
+            cookie: 9,
+            cgroup_id: 3,
+            pid_tgid: (1234u64 << 32) | 1240,
+            seq: 77,
+            len: 3,
+            orig_len: 1500,
+            direction,
+            protocol: protocol as u16,
+            family: hostscope_common::tcp::AF_INET,
+            sport: 40000,
+            dport: 53,
+            _pad: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; 16],
+        };
+        header.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        header.daddr[..4].copy_from_slice(&[127, 0, 0, 77]);
+        header.comm[..3].copy_from_slice(b"dig");
+        let mut ev = DnsEvent {
+            header,
+            data: [0; 128],
+        };
+        ev.data[..3].copy_from_slice(&[1, 2, 3]);
+        ev
+    }
+
+    fn bytes<const N: usize>(ev: &DnsEvent<N>) -> Vec<u8> {
+        // SAFETY: DnsEvent is plain old data without padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                (ev as *const DnsEvent<N>).cast::<u8>(),
+                size_of::<DnsEvent<N>>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decode_gives_the_local_view_the_sender_and_the_uncaptured_rest() {
+        let m = decode(&bytes(&event(DIR_EGRESS, IPPROTO_UDP))).unwrap();
+        assert!(m.egress);
+        assert_eq!(m.transport, Transport::Udp);
+        assert_eq!(m.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(m.remote, "127.0.0.77:53".parse().unwrap());
+        assert_eq!((m.pid, m.comm.as_deref()), (Some(1234), Some("dig")));
+        assert_eq!((m.data.as_slice(), m.uncaptured), (&[1u8, 2, 3][..], 1497));
+
+        // An answer: the packet's destination is the local socket; no sender.
+        let m = decode(&bytes(&event(DIR_INGRESS, IPPROTO_TCP))).unwrap();
+        assert!(!m.egress);
+        assert_eq!(m.transport, Transport::Tcp);
+        assert_eq!(m.local, "127.0.0.77:53".parse().unwrap());
+        assert_eq!((m.pid, m.comm), (None, None));
+        assert_eq!(m.seq, 77);
+    }
+
+    #[test]
+    fn decode_refuses_short_records_and_unknown_kinds() {
+        let ok = bytes(&event(DIR_EGRESS, IPPROTO_UDP));
+        assert!(matches!(
+            decode(&ok[..100]),
+            Err(DecodeError::Size { family: "dns", .. })
+        ));
+        // A length beyond the record's data.
+        let mut long = event(DIR_EGRESS, IPPROTO_UDP);
+        long.header.len = 129;
+        assert!(decode(&bytes(&long)).is_err());
+        assert!(decode(&bytes(&event(DIR_EGRESS, 1))).is_err());
+        assert!(decode(&bytes(&event(7, IPPROTO_UDP))).is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! [`Family`], describes its pinned maps, and is registered once, in [`REGISTERED`].
 
 pub mod consume;
+pub mod dns;
 pub mod syscalls;
 pub mod tcp;
 pub mod tls;
@@ -34,7 +35,12 @@ use crate::{
 };
 
 /// Every family, in the order they are planned, attached, started and reported.
-pub const REGISTERED: &[Descriptor] = &[tcp::DESCRIPTOR, tls::DESCRIPTOR, syscalls::DESCRIPTOR];
+pub const REGISTERED: &[Descriptor] = &[
+    tcp::DESCRIPTOR,
+    tls::DESCRIPTOR,
+    syscalls::DESCRIPTOR,
+    dns::DESCRIPTOR,
+];
 
 /// What is known of a family without a running agent: its name, the maps it pins (which
 /// `hostscope dump` decodes) and how to make it from the configuration.

@@ -2,6 +2,7 @@
 //! family (or one of its programs) that the running kernel cannot take is reported as
 //! not attached, with the reason, and never stops the others.
 
+pub mod dns;
 pub mod pin;
 pub mod privilege;
 pub mod syscalls;
@@ -166,6 +167,8 @@ pub struct LoaderConfig {
     pub tls_uprobe_io: bool,
     /// Syscall telemetry and security events.
     pub syscalls: syscalls::SyscallOptions,
+    /// DNS lookups: ports and ring (load time), join options (live).
+    pub dns: dns::DnsSection,
 }
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/hostscope";
@@ -179,6 +182,7 @@ impl Default for LoaderConfig {
             wakeup_bytes: hostscope_common::RingConfig::DEFAULT.wakeup_bytes,
             tls_uprobe_io: false,
             syscalls: syscalls::SyscallOptions::default(),
+            dns: dns::DnsSection::default(),
         }
     }
 }
@@ -330,6 +334,71 @@ fn pin_io_error(e: aya::pin::PinError) -> std::io::Error {
 }
 
 /// Writes a family's runtime configuration (slot 0 of its single-slot array map).
+/// Attaches a family's (egress, ingress) cgroup_skb programs to the cgroup v2 root, one
+/// report line each; returns how many attached.
+pub fn attach_cgroup_skb_pair(
+    ebpf: &mut Ebpf,
+    family: &'static str,
+    [egress, ingress]: [&'static str; 2],
+    report: &mut Vec<ProbeStatus>,
+) -> usize {
+    use aya::programs::CgroupSkbAttachType;
+    let cgroup_root = mounts::find("cgroup2").ok().flatten();
+    let mut up = 0;
+    for (program, kind, direction) in [
+        (egress, CgroupSkbAttachType::Egress, "egress"),
+        (ingress, CgroupSkbAttachType::Ingress, "ingress"),
+    ] {
+        let hook = match &cgroup_root {
+            Some(root) => format!("cgroup_skb/{direction} on {}", root.display()),
+            None => format!("cgroup_skb/{direction}"),
+        };
+        let result = match &cgroup_root {
+            None => Err("no cgroup v2 mount in /proc/self/mountinfo".to_string()),
+            Some(root) => attach_cgroup_skb(ebpf, program, root, kind).map_err(|e| {
+                // The load needs CAP_PERFMON (the verifier refuses its kernel reads
+                // with EACCES), the attach CAP_NET_ADMIN.
+                privilege::describe(
+                    &e,
+                    &[privilege::CAP_PERFMON, privilege::CAP_NET_ADMIN],
+                    "cgroup_skb load and attach",
+                )
+            }),
+        };
+        if result.is_ok() {
+            up += 1;
+        }
+        report.push(ProbeStatus {
+            family,
+            program,
+            hook,
+            state: match result {
+                Ok(()) => AttachState::Attached,
+                Err(why) => AttachState::NotAttached(why),
+            },
+        });
+    }
+    up
+}
+
+fn attach_cgroup_skb(
+    ebpf: &mut Ebpf,
+    program: &str,
+    root: &Path,
+    kind: aya::programs::CgroupSkbAttachType,
+) -> Result<(), aya::programs::ProgramError> {
+    use aya::programs::{CgroupAttachMode, CgroupSkb, ProgramError};
+    let prog: &mut CgroupSkb = ebpf
+        .program_mut(program)
+        .ok_or(ProgramError::UnexpectedProgramType)?
+        .try_into()?;
+    prog.load()?;
+    let cgroup = std::fs::File::open(root).map_err(ProgramError::IOError)?;
+    // The default (single) mode: AllowMultiple is refused on some kernels (EINVAL).
+    prog.attach(cgroup, kind, CgroupAttachMode::default())?;
+    Ok(())
+}
+
 pub fn set_config<T: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,

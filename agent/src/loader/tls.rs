@@ -2,20 +2,15 @@
 //! libssl.so.3 / libcrypto.so.3 on the host, including ones that appear later (new
 //! containers): `refresh` attaches to libraries not seen before.
 
-use std::{
-    collections::HashSet,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashSet, os::unix::fs::MetadataExt, path::PathBuf};
 
 use aya::{
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, UProbe},
+    programs::{ProgramError, UProbe},
     Ebpf,
 };
 use hostscope_common::{tls::*, RingConfig};
 
 use super::{privilege, AttachState, LoadError, LoaderConfig, ProbeStatus};
-use crate::kernel::mounts;
 
 /// `tls:` in the configuration.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -128,49 +123,12 @@ pub fn attach(
         io: config.tls_uprobe_io,
         ..TlsAttachments::default()
     };
-    let cgroup_root = mounts::find("cgroup2").ok().flatten();
-    let mut wire_up = 0;
-    for (program, kind, direction) in [
-        (
-            TLS_WIRE_EGRESS_PROGRAM,
-            CgroupSkbAttachType::Egress,
-            "egress",
-        ),
-        (
-            TLS_WIRE_INGRESS_PROGRAM,
-            CgroupSkbAttachType::Ingress,
-            "ingress",
-        ),
-    ] {
-        let hook = match &cgroup_root {
-            Some(root) => format!("cgroup_skb/{direction} on {}", root.display()),
-            None => format!("cgroup_skb/{direction}"),
-        };
-        let result = match &cgroup_root {
-            None => Err("no cgroup v2 mount in /proc/self/mountinfo".to_string()),
-            Some(root) => attach_cgroup_skb(ebpf, program, root, kind).map_err(|e| {
-                // The load needs CAP_PERFMON (the verifier refuses its kernel reads
-                // with EACCES), the attach CAP_NET_ADMIN.
-                privilege::describe(
-                    &e,
-                    &[privilege::CAP_PERFMON, privilege::CAP_NET_ADMIN],
-                    "cgroup_skb load and attach",
-                )
-            }),
-        };
-        if result.is_ok() {
-            wire_up += 1;
-        }
-        report.push(ProbeStatus {
-            family: "tls",
-            program,
-            hook,
-            state: match result {
-                Ok(()) => AttachState::Attached,
-                Err(why) => AttachState::NotAttached(why),
-            },
-        });
-    }
+    let wire_up = super::attach_cgroup_skb_pair(
+        ebpf,
+        "tls",
+        [TLS_WIRE_EGRESS_PROGRAM, TLS_WIRE_INGRESS_PROGRAM],
+        report,
+    );
     state.wire = wire_up == 2;
 
     // Load the uprobe programs once; attach them per library.
@@ -257,23 +215,6 @@ pub fn attach(
         )?;
     }
     Ok(state)
-}
-
-fn attach_cgroup_skb(
-    ebpf: &mut Ebpf,
-    program: &str,
-    root: &Path,
-    kind: CgroupSkbAttachType,
-) -> Result<(), ProgramError> {
-    let prog: &mut CgroupSkb = ebpf
-        .program_mut(program)
-        .ok_or(ProgramError::UnexpectedProgramType)?
-        .try_into()?;
-    prog.load()?;
-    let cgroup = std::fs::File::open(root).map_err(ProgramError::IOError)?;
-    // The default (single) mode: AllowMultiple is refused on some kernels (EINVAL).
-    prog.attach(cgroup, kind, CgroupAttachMode::default())?;
-    Ok(())
 }
 
 /// libssl.so.3 files on the host: the system ones and those mapped by any process

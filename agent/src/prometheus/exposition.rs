@@ -297,6 +297,25 @@ fn health(out: &mut Out, s: &Status) -> std::fmt::Result {
         MetricType::Counter,
         [(Labels::new(), Value::Int(t.not_tls_bytes))],
     )?;
+    out.counter(
+        "family_events",
+        "Userspace counters of each probe family's joiner or tracker (family=dns: answered, timeouts, retries, parse_errors, ...).",
+        a.families.iter().flat_map(|(family, s)| {
+            s.counters
+                .iter()
+                .map(move |(k, v)| (labels([("family", family), ("counter", k)]), *v))
+        }),
+    )?;
+    out.gauge(
+        "family_level",
+        "Current levels of each probe family's joiner or tracker (family=dns: pending questions, tcp_streams).",
+        None,
+        a.families.iter().flat_map(|(family, s)| {
+            s.gauges
+                .iter()
+                .map(move |(k, v)| (labels([("family", family), ("level", k)]), *v as f64))
+        }),
+    )?;
     let c = &a.config;
     out.one_gauge(
         "config_generation",

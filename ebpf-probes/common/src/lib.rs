@@ -3,6 +3,7 @@
 //! feature, which adds `aya::Pod`).
 #![no_std]
 
+pub mod dns;
 pub mod stats;
 pub mod syscalls;
 pub mod tcp;

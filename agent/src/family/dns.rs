@@ -1,0 +1,150 @@
+//! The DNS family on the [`Family`] interface: the cgroup_skb programs of
+//! `probes/src/dns.rs` (attached by `loader::dns`), one ring of copied messages feeding
+//! the family's task (`crate::dns::task`: TCP framing, parsing, the joiner), which
+//! publishes `dns` records and writes the pinned failures map.
+
+use std::{
+    collections::BTreeMap,
+    sync::{atomic::Ordering, Arc, Mutex},
+};
+
+use aya::{maps::Array, Btf, Ebpf, EbpfLoader};
+use hostscope_common::dns::{DnsPorts, DNS_EVENTS_MAP, DNS_FAILURES_MAP, DNS_STATS_MAP};
+use tokio::sync::{mpsc, watch};
+
+use super::{consume, lock, Descriptor, Failed, Family, KernelView, Start};
+use crate::{
+    agent::{AgentConfig, AgentError},
+    config::Config,
+    dns::task::{DnsStats, DnsTask, LiveConfig},
+    events,
+    loader::{self, dns::DnsSection, LoadError, ProbeStatus},
+    stats::{AgentStats, FamilyStats},
+};
+
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: "dns",
+    pinned: crate::dump::dns::MAPS,
+    restart_keys: &["dns.enabled", "dns.ports", "dns.ring_bytes"],
+    record_types: &["dns"],
+    docs: DnsSection::DOCS,
+    validate: |config, problems| config.dns.validate("dns", problems),
+    new: |config| Box::new(Dns::new(config)),
+};
+
+pub struct Dns {
+    config: loader::LoaderConfig,
+    /// The load-time ports, kept here for the loader's borrow.
+    ports: DnsPorts,
+    attached: bool,
+    join_config: watch::Sender<LiveConfig>,
+    stats: Arc<Mutex<DnsStats>>,
+}
+
+fn join_config(section: &DnsSection) -> LiveConfig {
+    LiveConfig {
+        timeout: section.timeout,
+        max_pending: section.max_pending,
+    }
+}
+
+impl Dns {
+    fn new(config: &AgentConfig) -> Dns {
+        Dns {
+            ports: DnsPorts::new(&config.loader.dns.ports),
+            join_config: watch::channel(join_config(&config.loader.dns)).0,
+            config: config.loader.clone(),
+            attached: false,
+            stats: Default::default(),
+        }
+    }
+}
+
+impl Family for Dns {
+    fn name(&self) -> &'static str {
+        DESCRIPTOR.name
+    }
+
+    /// Nothing to read beforehand: the cgroup mount is found at attach.
+    fn plan(&mut self, _kernel: &KernelView<'_>) {}
+
+    fn configure<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader::dns::configure(&self.config.dns, &self.ports, loader);
+    }
+
+    fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        _kernel_btf: Option<&Btf>,
+        report: &mut Vec<ProbeStatus>,
+    ) -> Result<bool, LoadError> {
+        self.attached = loader::dns::attach(ebpf, &self.config, report)?;
+        Ok(self.attached)
+    }
+
+    fn start(&mut self, mut start: Start<'_>) -> Result<(), AgentError> {
+        if !self.attached {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::channel(start.channel_capacity);
+        let counters = start.counters.clone();
+        consume::read_ring(&mut start, DNS_EVENTS_MAP, move |bytes: &[u8]| {
+            match events::dns::decode(bytes) {
+                // A full channel means the task fell behind: counted.
+                Ok(m) => {
+                    if tx.try_send(m).is_err() {
+                        counters.records_lagged.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(_) => {
+                    counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })?;
+        let failures = lock(start.ebpf)
+            .take_map(DNS_FAILURES_MAP)
+            .and_then(|m| Array::try_from(m).ok());
+        start.tasks.push(tokio::spawn(
+            DnsTask {
+                input: rx,
+                out: start.records.clone(),
+                failures,
+                config: self.join_config.subscribe(),
+                clock: start.clock,
+                counters: start.counters.clone(),
+                stats: self.stats.clone(),
+            }
+            .run(),
+        ));
+        Ok(())
+    }
+
+    fn counters(&self, ebpf: &Ebpf) -> Option<BTreeMap<&'static str, u64>> {
+        crate::stats::read_kernel_counters(ebpf, DNS_STATS_MAP)
+    }
+
+    fn add_stats(&self, stats: &mut AgentStats) {
+        let s = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        let (counters, gauges) = s.pairs();
+        stats.families.insert(
+            DESCRIPTOR.name,
+            FamilyStats {
+                counters: counters.into_iter().collect(),
+                gauges: gauges.into_iter().collect(),
+            },
+        );
+    }
+
+    fn reload(&self, _old: &Config, new: &mut Config, _failed: &mut Failed) {
+        let config = join_config(&new.dns);
+        self.join_config.send_if_modified(|c| {
+            let changed = *c != config;
+            *c = config;
+            changed
+        });
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
