@@ -140,9 +140,28 @@ impl Drop for Server {
     }
 }
 
-/// Starts the tracer; its children and the ids of the programs it loaded.
+/// The BPF programs process `pid` holds (`prog_id:` in the fdinfo of its descriptors):
+/// its own, not those another agent or tool loads at the same time.
+fn owned_programs(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Starts the tracer; its children and the ids of the programs it holds.
 fn start(mode: Mode, agent: &Path, script: &Path) -> anyhow::Result<(Vec<Child>, Vec<u32>)> {
-    let before: Vec<u32> = prog_stats().keys().copied().collect();
     let child = match mode {
         Mode::None => return Ok((Vec::new(), Vec::new())),
         Mode::Hostscope => Command::new(agent)
@@ -175,20 +194,14 @@ fn start(mode: Mode, agent: &Path, script: &Path) -> anyhow::Result<(Vec<Child>,
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stats = prog_stats();
-        let new: Vec<u32> = stats
-            .keys()
-            .copied()
-            .filter(|id| !before.contains(id))
+        let names: Vec<String> = owned_programs(child.id())
+            .iter()
+            .filter_map(|id| stats.get(id).map(|p| p.0.clone()))
             .collect();
-        let names: Vec<String> = new.iter().map(|id| stats[id].0.clone()).collect();
         if ready(&names) {
             // Let the last attachments settle.
             std::thread::sleep(Duration::from_millis(800));
-            let ids = prog_stats()
-                .keys()
-                .copied()
-                .filter(|id| !before.contains(id))
-                .collect();
+            let ids = owned_programs(child.id());
             return Ok((vec![child], ids));
         }
         if Instant::now() > deadline {
@@ -306,7 +319,7 @@ pub fn bench_dns(rounds: usize, agent: &Path, lookups: usize) -> anyhow::Result<
     let all_lookups = (lookups * rounds) as f64;
     println!(
         "{:<28} {:>22} {:>8} {:>16} {:>8} {:>16}",
-        "mode", "lookups/s [range]", "ratio", "datagrams/s", "ratio", "BPF ns/lookup"
+        "mode", "lookups/s [range]", "ratio", "datagrams/s", "ratio", "all BPF ns/lookup"
     );
     for mode in modes {
         let (m, lo, hi) = spread(rate.get(&mode).map(Vec::as_slice).unwrap_or(&[]));
