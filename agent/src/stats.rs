@@ -54,8 +54,8 @@ pub struct AgentStats {
 /// A family's userspace account: counters only grow, gauges are current levels.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FamilyStats {
-    pub counters: BTreeMap<&'static str, u64>,
-    pub gauges: BTreeMap<&'static str, u64>,
+    pub counters: BTreeMap<String, u64>,
+    pub gauges: BTreeMap<String, u64>,
 }
 
 impl std::fmt::Display for FamilyStats {

@@ -103,6 +103,10 @@ impl Streams {
         self.streams.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
     fn evict_oldest(&mut self) {
         if let Some(key) = self
             .streams

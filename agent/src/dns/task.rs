@@ -27,7 +27,7 @@ use crate::{
         dns::{DnsRecord, Transport, WireMessage},
         monotonic_ns, Clock, Record,
     },
-    stats::Counters,
+    stats::{Counters, FamilyStats},
 };
 
 /// How often unanswered questions are looked at.
@@ -36,6 +36,7 @@ pub const EXPIRE_EVERY: Duration = Duration::from_millis(100);
 /// The family's userspace account (`hostscope status`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DnsStats {
+    #[serde(flatten)]
     pub join: JoinStats,
     /// Messages parsed (questions and answers).
     pub messages: u64,
@@ -43,6 +44,9 @@ pub struct DnsStats {
     pub parse_errors: u64,
     /// Messages longer than the probe's copy (parsed as far as they go).
     pub truncated: u64,
+    /// Questions received or answers sent (a socket on a DNS port talking to another,
+    /// as servers forwarding from port 53 do): a server's side, not a lookup.
+    pub not_client: u64,
     pub tcp_streams: u64,
     pub tcp_streams_evicted: u64,
     pub tcp_gap_bytes: u64,
@@ -51,27 +55,25 @@ pub struct DnsStats {
     pub tcp_framing_lost: u64,
 }
 
+/// Its fields that are levels, not counts.
+const GAUGES: [&str; 2] = ["pending", "tcp_streams"];
+
 impl DnsStats {
-    /// (counters, gauges) by name, for the status document and Prometheus.
-    pub fn pairs(&self) -> (Vec<(&'static str, u64)>, Vec<(&'static str, u64)>) {
-        let j = &self.join;
-        (
-            vec![
-                ("answered", j.answered),
-                ("timeouts", j.timeouts),
-                ("retries", j.retries),
-                ("unmatched_responses", j.unmatched_responses),
-                ("pending_evicted", j.pending_evicted),
-                ("messages", self.messages),
-                ("parse_errors", self.parse_errors),
-                ("truncated", self.truncated),
-                ("tcp_streams_evicted", self.tcp_streams_evicted),
-                ("tcp_gap_bytes", self.tcp_gap_bytes),
-                ("tcp_retransmissions", self.tcp_retransmissions),
-                ("tcp_framing_lost", self.tcp_framing_lost),
-            ],
-            vec![("pending", j.pending), ("tcp_streams", self.tcp_streams)],
-        )
+    /// By name, for the status document and Prometheus: every field, the joiner's too
+    /// (whatever it counts), levels apart.
+    pub fn family_stats(&self) -> FamilyStats {
+        let mut out = FamilyStats::default();
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) {
+            for (name, value) in fields {
+                let Some(v) = value.as_u64() else { continue };
+                if GAUGES.contains(&name.as_str()) {
+                    out.gauges.insert(name, v);
+                } else {
+                    out.counters.insert(name, v);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -161,6 +163,10 @@ impl Pipeline {
             }
         };
         self.stats.messages += 1;
+        if message.header.response == m.egress {
+            self.stats.not_client += 1;
+            return;
+        }
         let packet = Packet {
             ts_ns: m.ts_ns,
             egress: m.egress,
@@ -426,9 +432,32 @@ mod tests {
         let mut cut = wire(false, Transport::Udp, 0, &message(3, "ok.test", None)[..8]);
         cut.uncaptured = 100;
         p.message(cut, &mut out);
+        // A question received and an answer sent: a server's side.
+        p.message(
+            wire(false, Transport::Udp, 0, &message(4, "ok.test", None)),
+            &mut out,
+        );
+        let answer = message(4, "ok.test", Some([10, 1, 2, 3]));
+        p.message(wire(true, Transport::Udp, 0, &answer), &mut out);
         assert!(out.is_empty());
         let s = p.stats();
-        assert_eq!((s.parse_errors, s.truncated, s.messages), (2, 1, 0));
+        assert_eq!((s.parse_errors, s.truncated, s.messages), (2, 1, 2));
+        assert_eq!(s.not_client, 2);
+    }
+
+    #[test]
+    fn status_shows_every_count_and_the_levels_apart() {
+        let s = DnsStats {
+            parse_errors: 3,
+            tcp_streams: 2,
+            ..DnsStats::default()
+        };
+        let f = s.family_stats();
+        assert_eq!(f.counters["parse_errors"], 3);
+        assert_eq!(f.counters["answered"], 0, "the joiner's counts: {f:?}");
+        assert_eq!(f.gauges["tcp_streams"], 2);
+        assert_eq!(f.gauges["pending"], 0);
+        assert!(!f.counters.contains_key("pending"));
     }
 
     #[test]
@@ -443,6 +472,8 @@ mod tests {
         nx[2] = 0x81;
         nx[3] = 0x83; // QR, RD, RA; rcode 3
         p.message(wire(false, Transport::Udp, 0, &nx), &mut out);
+        // The joiner may hold an NXDOMAIN for a while (a search-list walk may follow).
+        p.expire(u64::MAX, &mut out);
         assert_eq!(out.len(), 1);
         let row = crate::dump::dns::failure_row(&failure_slot(&out[0]));
         assert_eq!(row.failure, "NXDOMAIN");

@@ -19,7 +19,7 @@ use crate::{
     dns::task::{DnsStats, DnsTask, LiveConfig},
     events,
     loader::{self, dns::DnsSection, LoadError, ProbeStatus},
-    stats::{AgentStats, FamilyStats},
+    stats::AgentStats,
 };
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
@@ -125,14 +125,7 @@ impl Family for Dns {
 
     fn add_stats(&self, stats: &mut AgentStats) {
         let s = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
-        let (counters, gauges) = s.pairs();
-        stats.families.insert(
-            DESCRIPTOR.name,
-            FamilyStats {
-                counters: counters.into_iter().collect(),
-                gauges: gauges.into_iter().collect(),
-            },
-        );
+        stats.families.insert(DESCRIPTOR.name, s.family_stats());
     }
 
     fn reload(&self, _old: &Config, new: &mut Config, _failed: &mut Failed) {

@@ -83,7 +83,9 @@ pub struct DnsEventHeader {
     /// cgroup v2 id of the socket's cgroup.
     pub cgroup_id: u64,
     /// `bpf_get_current_pid_tgid` (tgid in the upper half) on egress, 0 on ingress (the
-    /// receiving task is not current there).
+    /// receiving task is not current there). A UDP datagram is sent by the current
+    /// task; a TCP segment sent later from softirq (a retransmission) names whatever
+    /// task was interrupted, but a question's first segment goes out from its send.
     pub pid_tgid: u64,
     /// TCP sequence number of `data[0]`; 0 for UDP.
     pub seq: u32,
