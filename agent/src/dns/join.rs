@@ -248,6 +248,7 @@ enum Entry {
     Held(Held),
 }
 
+#[derive(Debug)]
 pub struct Joiner {
     config: JoinConfig,
     /// Every entry by the order its question was first seen: the first is the oldest.

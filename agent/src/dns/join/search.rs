@@ -1,18 +1,18 @@
 //! The search-list pattern: a resolver with `ndots:5` asks `name.ns.svc.cluster.local`,
 //! `name.svc.cluster.local`, … (NXDOMAIN each) before `name`.
 //!
-//! The rule: the questions of one process and one query type whose names share their first
-//! label (case-insensitively) form a walk when each is sent after the previous one got
-//! NXDOMAIN, within `SEARCH_HOLD` of that answer, and repeats no name of the walk (an
-//! application asking the same missing name again is not walking a list). An NXDOMAIN
-//! record is held, not emitted; the walk ends when a member gets another outcome (an
-//! answer, another rcode, a timeout), when a question of the same process, type and first
-//! label does not continue it, or when `SEARCH_HOLD` passes with no member in flight. Then
-//! its records are emitted in order; a walk of two or more questions gives each record
-//! `search: { base, nxdomain_before }` (base: the longest common leading labels of all the
-//! walk's names; nxdomain_before: the record's place in the walk, as every member before
-//! it got NXDOMAIN). A lone NXDOMAIN keeps `search: None`. A walk member in flight keeps
-//! the walk's held records until it is answered or times out.
+//! The rule: the questions of one process and one query type whose names share their
+//! first label (case-insensitively) form a walk when each is sent after the previous one
+//! got NXDOMAIN, within `SEARCH_HOLD_NS` (1 s) of that answer, and repeats no name of the
+//! walk (an application asking the same missing name again is not walking a list). An
+//! NXDOMAIN record of a known process is held, not emitted; the walk ends when a member
+//! gets another outcome (an answer, another rcode, a timeout), when a question of the same
+//! process, type and first label does not continue it, or when the hold passes with no
+//! member in flight. Then its records are emitted in order; a walk of two or more
+//! questions gives each record `search: { base, nxdomain_before }` (base: the longest
+//! common leading labels of all the walk's names; nxdomain_before: the record's place in
+//! the walk, as every member before it got NXDOMAIN). A lone NXDOMAIN keeps `search: None`.
+//! A walk member in flight keeps the walk's held records until it is answered or times out.
 
 use std::collections::HashMap;
 
