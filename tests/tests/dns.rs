@@ -493,10 +493,13 @@ fn the_search_list_walk_under_ndots_5_is_one_pattern() {
     let _zone = Dnsmasq::zone(ZONE_SERVER, Some(&ns));
     let (pid, ok, out) = run_client(ns.command("getent").args(["ahostsv4", WWW]));
     assert!(ok && out.contains(&WWW_V4.to_string()), "{out}");
-    for domain in ["a.test", "b.test"] {
+    // Each step names the walk and its place in it.
+    for (place, domain) in ["a.test", "b.test"].iter().enumerate() {
         let name = format!("{WWW}.{domain}");
         let r = agent.wait_dns(1, WAIT, of(pid, &name, "A"))[0].clone();
         assert_answered(&r, "NXDOMAIN");
+        assert_eq!(r["search"]["base"], WWW, "{r}");
+        assert_eq!(r["search"]["nxdomain_before"], place, "{r}");
     }
     let r = agent.wait_dns(1, WAIT, of(pid, WWW, "A"))[0].clone();
     assert_answered(&r, "NOERROR");
