@@ -1,6 +1,7 @@
 //! DNS fixtures made with real servers and clients: Debian's `dnsmasq` serving a test zone
 //! on loopback addresses of its own (or inside a network namespace), a validating
-//! forwarder that answers SERVFAIL, nftables dropping a server's responses, network
+//! forwarder that answers SERVFAIL, nftables dropping a server's responses (inside a
+//! namespace, never in the host's ruleset), network
 //! namespaces with their own resolv.conf (search list, ndots), a non-DNS UDP peer on
 //! port 53, and a small UDP client for lookup storms. Everything is undone on drop.
 //!
@@ -23,7 +24,7 @@ use std::{
 pub const ZONE_SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 77);
 /// A validating forwarder whose upstream serves the zone unsigned: SERVFAIL for all.
 pub const SERVFAIL_SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 78);
-/// A zone server whose responses nftables drops: every lookup times out.
+/// A zone server (in a namespace) whose responses nftables drops: lookups time out.
 pub const SILENT_SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 80);
 /// A UDP service on port 53 that speaks no DNS.
 pub const NOT_DNS_PEER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 81);
@@ -330,15 +331,17 @@ impl Drop for Dnsmasq {
 
 // -- nftables ----------------------------------------------------------------------------
 
-/// Drops every UDP and TCP packet from port 53 of `server` on input, so the server's
-/// answers never reach a client: lookups to it time out. Its own table, deleted on drop
-/// (also when the test panics).
+/// Drops every UDP and TCP packet from port 53 of `server` on input inside `ns`, so the
+/// server's answers never reach a client there: lookups to it time out. A table of its
+/// own in the namespace's ruleset (never the host's), deleted on drop (also when the
+/// test panics).
 pub struct DropResponses {
     table: String,
+    netns: String,
 }
 
 impl DropResponses {
-    pub fn from(server: Ipv4Addr) -> DropResponses {
+    pub fn from(server: Ipv4Addr, ns: &ResolverNs) -> DropResponses {
         static N: AtomicU64 = AtomicU64::new(0);
         let table = format!(
             "hostscope_dns_{}_{}",
@@ -352,14 +355,23 @@ impl DropResponses {
         );
         let path = std::env::temp_dir().join(format!("{table}.nft"));
         std::fs::write(&path, ruleset).unwrap();
-        sh(Command::new("nft").arg("-f").arg(&path));
+        sh(ns.command("nft").arg("-f").arg(&path));
         let _ = std::fs::remove_file(path);
-        DropResponses { table }
+        DropResponses {
+            table,
+            netns: ns.name.clone(),
+        }
+    }
+
+    fn nft(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns, "nft"]).args(args);
+        c
     }
 
     /// Packets dropped so far (both rules).
     pub fn dropped(&self) -> u64 {
-        let text = sh(Command::new("nft").args(["list", "table", "inet", &self.table]));
+        let text = sh(&mut self.nft(&["list", "table", "inet", &self.table]));
         text.split("counter packets ")
             .skip(1)
             .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
@@ -369,9 +381,7 @@ impl DropResponses {
 
 impl Drop for DropResponses {
     fn drop(&mut self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.table])
-            .status();
+        let _ = self.nft(&["delete", "table", "inet", &self.table]).status();
     }
 }
 

@@ -267,12 +267,18 @@ fn fixtures_answer_as_the_tests_expect() {
         "{out}\n{}",
         forwarder.log()
     );
-    let silent = Dnsmasq::zone(SILENT_SERVER, None);
-    let drop = DropResponses::from(SILENT_SERVER);
-    let (_, ok, out) = dig(&[&format!("@{SILENT_SERVER}"), "+tries=2", "+timeout=1", WWW]);
+    let silent_ns = ResolverNs::new("silent", "nameserver 127.0.0.80\n");
+    let silent = Dnsmasq::zone(SILENT_SERVER, Some(&silent_ns));
+    let drop = DropResponses::from(SILENT_SERVER, &silent_ns);
+    let (_, ok, out) = run_client(silent_ns.command("dig").args([
+        &format!("@{SILENT_SERVER}"),
+        "+tries=2",
+        "+timeout=1",
+        WWW,
+    ]));
     assert!(!ok && out.contains("timed out"), "{out}");
     assert!(drop.dropped() >= 2, "{} dropped", drop.dropped());
-    drop_and_check_table_gone(drop, silent.addr);
+    drop_and_check_table_gone(drop, &silent_ns, silent.addr);
     let ns = ResolverNs::new(
         "fixture",
         "nameserver 127.0.0.77\nsearch a.test b.test\noptions ndots:5\n",
@@ -289,10 +295,10 @@ fn fixtures_answer_as_the_tests_expect() {
     assert_eq!(&buf[..n], NOT_DNS_REPLY);
 }
 
-fn drop_and_check_table_gone(drop: DropResponses, server: SocketAddr) {
+fn drop_and_check_table_gone(drop: DropResponses, ns: &ResolverNs, server: SocketAddr) {
     std::mem::drop(drop);
     assert_eq!(
-        lookup(server, WWW, QTYPE_A, Duration::from_secs(2)),
+        ns.run(move || lookup(server, WWW, QTYPE_A, Duration::from_secs(2))),
         Ok(0),
         "answers flow again once the rule is gone"
     );
@@ -407,15 +413,16 @@ fn a_timeout_is_reported_once_with_its_retries() {
     // Shorter than the default, longer than dig's 1 s between tries: the three tries are
     // one lookup, which times out 2 s after the last.
     let mut agent = Agent::start("dns:\n  timeout: 2s\n");
-    let silent = Dnsmasq::zone(SILENT_SERVER, None);
-    let drop = DropResponses::from(SILENT_SERVER);
-    let (pid, ok, _) = dig(&[
+    let ns = ResolverNs::new("timeout", "nameserver 127.0.0.80\n");
+    let silent = Dnsmasq::zone(SILENT_SERVER, Some(&ns));
+    let drop = DropResponses::from(SILENT_SERVER, &ns);
+    let (pid, ok, _) = run_client(ns.command("dig").args([
         &format!("@{SILENT_SERVER}"),
         "+tries=3",
         "+timeout=1",
         WWW,
         "A",
-    ]);
+    ]));
     assert!(!ok, "dig must time out");
     assert!(drop.dropped() >= 3, "the rule dropped {}", drop.dropped());
     let r = agent.wait_dns(1, WAIT, of(pid, WWW, "A"))[0].clone();
@@ -435,7 +442,7 @@ fn a_timeout_is_reported_once_with_its_retries() {
     let stats = agent.stats();
     assert!(counter(&stats, "timeouts") >= 1, "{stats}");
     assert!(counter(&stats, "retries") >= 2, "{stats}");
-    drop_and_check_table_gone(drop, silent.addr);
+    drop_and_check_table_gone(drop, &ns, silent.addr);
 }
 
 #[test]
