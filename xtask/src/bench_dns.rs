@@ -252,92 +252,158 @@ fn total(
         .fold((0, 0), |(ns, n), (_, (a, b))| (ns + a, n + b))
 }
 
+/// BPF (ns, runs) per (tracer, program) over the storms and over the floods.
+#[derive(Default)]
+struct Costs {
+    storm: BTreeMap<(Mode, String), (u64, u64)>,
+    flood: BTreeMap<(Mode, String), (u64, u64)>,
+}
+
+/// One tracer's run: a storm, then a flood.
+struct Sample {
+    lookups_per_s: f64,
+    datagrams_per_s: f64,
+    /// The agent's CPU per lookup over the storm (hostscope only).
+    agent_cpu_us: Option<f64>,
+}
+
+struct Workload<'a> {
+    bin: &'a Path,
+    agent: &'a Path,
+    script: &'a Path,
+    lookups: usize,
+}
+
+impl Workload<'_> {
+    fn measure(&self, mode: Mode, costs: &mut Costs) -> anyhow::Result<Sample> {
+        let (n, threads) = (self.lookups.to_string(), STORM_THREADS.to_string());
+        let (children, ids) = start(mode, self.agent, self.script)?;
+        let cpu0 = children.first().map(|c| usage(c.id()).cpu_s);
+        let s0 = snapshot(&ids);
+        let storm = workload_run(self.bin, &["storm", &n, &threads]);
+        let s1 = snapshot(&ids);
+        // The agent's CPU for the storm, its last records included.
+        std::thread::sleep(Duration::from_millis(300));
+        let cpu1 = children.first().map(|c| usage(c.id()).cpu_s);
+        let s2 = snapshot(&ids);
+        let flood = workload_run(self.bin, &["flood", &FLOOD.to_string()]);
+        let s3 = snapshot(&ids);
+        stop_children(children);
+        let (storm, flood) = (storm?, flood?);
+        let answered = storm["answered"].as_u64().unwrap_or(0);
+        if answered != self.lookups as u64 {
+            bail!(
+                "{mode:?}: only {answered} of {} lookups answered: {storm}",
+                self.lookups
+            );
+        }
+        add_delta(&mut costs.storm, mode, &s1, &s0);
+        add_delta(&mut costs.flood, mode, &s3, &s2);
+        let secs = storm["secs"].as_f64().context("storm secs")?;
+        let fsecs = flood["secs"].as_f64().context("flood secs")?;
+        Ok(Sample {
+            lookups_per_s: self.lookups as f64 / secs,
+            datagrams_per_s: FLOOD as f64 / fsecs,
+            agent_cpu_us: match (cpu0, cpu1) {
+                (Some(a), Some(b)) => Some((b - a) / self.lookups as f64 * 1e6),
+                _ => None,
+            },
+        })
+    }
+}
+
 pub fn bench_dns(rounds: usize, agent: &Path, lookups: usize) -> anyhow::Result<()> {
     let bin = workload()?;
     let script = std::env::temp_dir().join("hostscope-bench-dns.bt");
     std::fs::File::create(&script)?.write_all(PEER_BT.as_bytes())?;
     let _server = Server::start(&bin)?;
     println!(
-        "== DNS: a storm of {lookups} lookups ({STORM_THREADS} client sockets, unique names, dnsmasq on 127.0.0.77) and {FLOOD} non-DNS UDP datagrams; {rounds} interleaved rounds, median [range]"
+        "== DNS: a storm of {lookups} lookups ({STORM_THREADS} client sockets, unique names, dnsmasq on 127.0.0.77) and {FLOOD} non-DNS UDP datagrams; each tracer paired with a no-tracer run, {rounds} rounds, median [range]"
     );
     crate::bench_machine::print();
-    let (n, threads) = (lookups.to_string(), STORM_THREADS.to_string());
+    let threads = STORM_THREADS.to_string();
     workload_run(&bin, &["storm", "2000", &threads])?; // warm-up
-    let modes = [Mode::None, Mode::Hostscope, Mode::Peer];
-    let mut rate: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut flood_rate: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut cost_storm = BTreeMap::new();
-    let mut cost_flood = BTreeMap::new();
+    let mut costs = Costs::default();
+    // Per tracer and round: (no tracer, traced) lookups/s and datagrams/s, the no-tracer
+    // run next to the traced one (before it in even rounds, after it in odd ones), so a
+    // machine that drifts moves both halves of a pair.
+    let mut storm_pairs: BTreeMap<Mode, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut flood_pairs: BTreeMap<Mode, Vec<(f64, f64)>> = BTreeMap::new();
     let mut agent_cpu_us = Vec::new();
+    let w = Workload {
+        bin: &bin,
+        agent,
+        script: &script,
+        lookups,
+    };
     for round in 0..rounds {
-        for mode in modes {
-            let (children, ids) = start(mode, agent, &script)?;
-            let cpu0 = children.first().map(|c| usage(c.id()).cpu_s);
-            let s0 = snapshot(&ids);
-            let storm = workload_run(&bin, &["storm", &n, &threads])?;
-            let s1 = snapshot(&ids);
-            // The agent's CPU for the storm, its last records included.
-            std::thread::sleep(Duration::from_millis(300));
-            let cpu1 = children.first().map(|c| usage(c.id()).cpu_s);
-            let s2 = snapshot(&ids);
-            let flood = workload_run(&bin, &["flood", &FLOOD.to_string()])?;
-            let s3 = snapshot(&ids);
-            stop_children(children);
-            let answered = storm["answered"].as_u64().unwrap_or(0);
-            if answered != lookups as u64 {
-                bail!("{mode:?}: only {answered} of {lookups} lookups answered: {storm}");
+        for mode in [Mode::Hostscope, Mode::Peer] {
+            let none_first = round % 2 == 0;
+            let mut none = None;
+            if none_first {
+                none = Some(w.measure(Mode::None, &mut costs)?);
             }
-            let secs = storm["secs"].as_f64().unwrap_or(f64::NAN);
-            let fsecs = flood["secs"].as_f64().unwrap_or(f64::NAN);
-            rate.entry(mode).or_default().push(lookups as f64 / secs);
-            flood_rate
+            let traced = w.measure(mode, &mut costs)?;
+            if !none_first {
+                none = Some(w.measure(Mode::None, &mut costs)?);
+            }
+            let none = none.context("no-tracer run")?;
+            storm_pairs
                 .entry(mode)
                 .or_default()
-                .push(FLOOD as f64 / fsecs);
-            add_delta(&mut cost_storm, mode, &s1, &s0);
-            add_delta(&mut cost_flood, mode, &s3, &s2);
-            if mode == Mode::Hostscope {
-                if let (Some(a), Some(b)) = (cpu0, cpu1) {
-                    agent_cpu_us.push((b - a) / lookups as f64 * 1e6);
-                }
+                .push((none.lookups_per_s, traced.lookups_per_s));
+            flood_pairs
+                .entry(mode)
+                .or_default()
+                .push((none.datagrams_per_s, traced.datagrams_per_s));
+            if let Some(us) = traced.agent_cpu_us {
+                agent_cpu_us.push(us);
             }
             eprintln!(
-                "round {round} {mode:?}: {:.0} lookups/s, {:.0} datagrams/s",
-                lookups as f64 / secs,
-                FLOOD as f64 / fsecs
+                "round {round} {mode:?}: {:.0} lookups/s (no tracer {:.0}), {:.0} datagrams/s (no tracer {:.0})",
+                traced.lookups_per_s, none.lookups_per_s, traced.datagrams_per_s, none.datagrams_per_s
             );
         }
     }
-    let base = spread(rate.get(&Mode::None).map(Vec::as_slice).unwrap_or(&[])).0;
-    let fbase = spread(
-        flood_rate
-            .get(&Mode::None)
-            .map(Vec::as_slice)
-            .unwrap_or(&[]),
-    )
-    .0;
+    let (cost_storm, cost_flood) = (&costs.storm, &costs.flood);
+    // Traced runs only: every tracer ran `rounds` storms.
     let all_lookups = (lookups * rounds) as f64;
     println!(
-        "{:<28} {:>22} {:>8} {:>16} {:>8} {:>16}",
-        "mode", "lookups/s [range]", "ratio", "datagrams/s", "ratio", "all BPF ns/lookup"
+        "{:<28} {:>22} {:>14} {:>22} {:>18}",
+        "tracer", "storm speed [range]", "no tracer", "flood speed [range]", "all BPF ns/lookup"
     );
-    for mode in modes {
-        let (m, lo, hi) = spread(rate.get(&mode).map(Vec::as_slice).unwrap_or(&[]));
-        let (f, _, _) = spread(flood_rate.get(&mode).map(Vec::as_slice).unwrap_or(&[]));
-        let (ns, _) = total(&cost_storm, mode, |_| true);
+    let mut ratios = BTreeMap::new();
+    for mode in [Mode::Hostscope, Mode::Peer] {
+        let pairs = storm_pairs.get(&mode).cloned().unwrap_or_default();
+        let r: Vec<f64> = pairs.iter().map(|(none, t)| t / none).collect();
+        let nones: Vec<f64> = pairs.iter().map(|(none, _)| *none).collect();
+        let f: Vec<f64> = flood_pairs
+            .get(&mode)
+            .map(|v| v.iter().map(|(none, t)| t / none).collect())
+            .unwrap_or_default();
+        let (m, lo, hi) = spread(&r);
+        let (base, _, _) = spread(&nones);
+        let (fm, flo, fhi) = spread(&f);
+        let (ns, _) = total(cost_storm, mode, |_| true);
         println!(
-            "{:<28} {m:>8.0} [{lo:.0}–{hi:.0}] {:>7.2}x {f:>16.0} {:>7.2}x {:>16.0}",
+            "{:<28} {m:>10.2}x [{lo:.2}–{hi:.2}] {base:>8.0} /s {fm:>10.2}x [{flo:.2}–{fhi:.2}] {:>18.0}",
             mode.label(),
-            m / base,
-            f / fbase,
             ns as f64 / all_lookups
+        );
+        ratios.insert(mode, r);
+    }
+    if let (Some(h), Some(p)) = (ratios.get(&Mode::Hostscope), ratios.get(&Mode::Peer)) {
+        let faster = h.iter().zip(p).filter(|(h, p)| h >= p).count();
+        println!(
+            "verdict: hostscope kept the storm at least as fast as the peer in {faster} of {} rounds (speeds relative to the paired no-tracer storm)",
+            h.len()
         );
     }
     let is_dns = |n: &str| n.starts_with("dns_");
-    let (dns_ns, dns_runs) = total(&cost_storm, Mode::Hostscope, is_dns);
-    let (flood_ns, flood_runs) = total(&cost_flood, Mode::Hostscope, is_dns);
-    let (peer_ns, _) = total(&cost_storm, Mode::Peer, |_| true);
-    let (peer_flood_ns, peer_flood_runs) = total(&cost_flood, Mode::Peer, |_| true);
+    let (dns_ns, dns_runs) = total(cost_storm, Mode::Hostscope, is_dns);
+    let (flood_ns, flood_runs) = total(cost_flood, Mode::Hostscope, is_dns);
+    let (peer_ns, _) = total(cost_storm, Mode::Peer, |_| true);
+    let (peer_flood_ns, peer_flood_runs) = total(cost_flood, Mode::Peer, |_| true);
     println!(
         "hostscope DNS programs: {:.0} ns per DNS packet ({:.1} runs per lookup), {:.0} ns of BPF per lookup; the peer {:.0} ns per lookup: ratio {:.2}",
         dns_ns as f64 / dns_runs.max(1) as f64,
@@ -355,10 +421,7 @@ pub fn bench_dns(rounds: usize, agent: &Path, lookups: usize) -> anyhow::Result<
         let (m, lo, hi) = spread(&agent_cpu_us);
         println!("hostscope agent CPU per lookup: {m:.1} µs [{lo:.1}–{hi:.1}] (utime+stime over the storm, at the defaults, output none)");
     }
-    for (title, costs) in [
-        ("lookup storm", &cost_storm),
-        ("non-DNS flood", &cost_flood),
-    ] {
+    for (title, costs) in [("lookup storm", cost_storm), ("non-DNS flood", cost_flood)] {
         println!("per program during the {title} (bpf_stats, all rounds):");
         println!(
             "{:<12} {:<26} {:>12} {:>10}",
