@@ -19,8 +19,9 @@ pub const DNS_INGRESS_PROGRAM: &str = "dns_ingress";
 
 pub const DNS_EVENTS_RING_BYTES: u32 = 2 * 1024 * 1024;
 /// Bytes of one DNS message copied at most (a power of two: the verifier needs the
-/// copy's bound as a mask). The rest is counted in `DnsEvent::orig_len`.
-pub const DNS_CAPTURE_MAX: usize = 1024;
+/// copy's bound as a mask): a whole UDP answer under the usual EDNS(0) buffer size
+/// (1232 bytes). The rest is counted in `DnsEventHeader::orig_len`.
+pub const DNS_CAPTURE_MAX: usize = 2048;
 /// Ports the probe compares with, at most.
 pub const DNS_MAX_PORTS: usize = 4;
 pub const DNS_DEFAULT_PORT: u16 = 53;
@@ -61,8 +62,8 @@ impl DnsPorts {
 
 /// Data capacities of the records of [`DNS_EVENTS_MAP`]: the probe reserves the
 /// smallest that holds the message (a ring reservation has a constant size), so a
-/// typical question takes 232 bytes of the ring, not 1128.
-pub const DNS_DATA_SIZES: [usize; 4] = [128, 256, 512, DNS_CAPTURE_MAX];
+/// typical question takes 232 bytes of the ring, not 2152.
+pub const DNS_DATA_SIZES: [usize; 5] = [128, 256, 512, 1024, DNS_CAPTURE_MAX];
 
 /// One copied DNS message ([`DNS_EVENTS_MAP`]): the header and up to `N` bytes.
 #[repr(C)]

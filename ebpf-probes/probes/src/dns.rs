@@ -201,8 +201,10 @@ fn copy(ctx: &SkBuffContext, dir: u16, h: &Headers) -> Option<()> {
         emit::<{ DNS_DATA_SIZES[1] }>(ctx, &m)
     } else if orig_len as usize <= sizes[2] {
         emit::<{ DNS_DATA_SIZES[2] }>(ctx, &m)
-    } else {
+    } else if orig_len as usize <= sizes[3] {
         emit::<{ DNS_DATA_SIZES[3] }>(ctx, &m)
+    } else {
+        emit::<{ DNS_DATA_SIZES[4] }>(ctx, &m)
     }
 }
 
