@@ -151,10 +151,17 @@ impl Agent {
             .expect("an agent_stats line")
     }
 
-    /// SIGTERM; every line up to the exit, the last counters line.
-    fn stop(self) -> (Vec<Value>, Value) {
-        let lines = self.json.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+    /// SIGTERM; every line up to the exit (which must be a success), the last counters
+    /// line.
+    fn stop(mut self) -> (Vec<Value>, Value) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.json.pid() as i32, libc::SIGTERM) };
+        let status = self.json.child.wait().unwrap();
+        assert!(status.success(), "agent exited with {status}");
+        while let Ok(v) = self.json.lines.recv_timeout(Duration::from_secs(2)) {
+            self.json.seen.push(v);
+        }
+        let lines = std::mem::take(&mut self.json.seen);
         let stats = lines
             .iter()
             .rev()
@@ -162,6 +169,17 @@ impl Agent {
             .cloned()
             .expect("final agent_stats");
         (lines, stats)
+    }
+}
+
+/// A test that ends early (or panics) leaves no agent running and no config behind.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.json.alive() {
+            let _ = self.json.child.kill();
+            let _ = self.json.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
