@@ -4,6 +4,7 @@
 //! Every test triggers real kernel activity (sockets, packets) and expects the records
 //! the real probes produce.
 
+pub mod dns;
 pub mod json_agent;
 pub mod metadata;
 pub mod otlp;

@@ -12,6 +12,9 @@
 //! (counts and latency, like hostscope), and with the floor: empty programs on the same
 //! hook pair.
 //!
+//! DNS: a lookup storm and a non-DNS UDP flood with hostscope and with a bpftrace peer
+//! (xtask/src/bench_dns.rs).
+//!
 //! Metadata: identity lookup cost on a cache hit, memory per 1,000 pods / 10,000
 //! processes, new cgroup → first labelled record (`tests/examples/metadata_bench.rs`).
 
@@ -36,6 +39,9 @@ pub struct BenchArgs {
     /// Interleaved rounds per mode (the median is reported).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Lookups per DNS storm.
+    #[arg(long, default_value_t = 20_000)]
+    lookups: usize,
     /// `getppid` calls per syscall storm.
     #[arg(long, default_value_t = 10_000_000)]
     calls: u64,
@@ -48,6 +54,7 @@ pub struct BenchArgs {
 pub enum Section {
     Tcp,
     Tls,
+    Dns,
     Syscalls,
     Metadata,
     Otlp,
@@ -377,6 +384,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         if run_section(Section::Tls) {
             crate::bench_tls::bench_tls(args.rounds.min(3), &bin)?;
+        }
+        if run_section(Section::Dns) {
+            crate::bench_dns::bench_dns(args.rounds, &bin, args.lookups)?;
         }
         if run_section(Section::Syscalls) {
             bench_syscalls(&args, &bin)?;

@@ -3,6 +3,7 @@ mod bench;
 mod bench_agent_cpu;
 mod bench_api;
 mod bench_config;
+mod bench_dns;
 mod bench_floor;
 mod bench_lifecycle;
 mod bench_machine;

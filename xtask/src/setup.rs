@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use crate::cmd::{self, output, run};
 
 /// Debian packages the tests and benchmarks use: fault injection (nft, ip), TLS peers
-/// (openssl), the peer tools we measure against (libbpf-tools, bpftrace, bpftool), and
+/// (openssl), DNS servers and clients (dnsmasq, dig), the peer tools we measure against (libbpf-tools, bpftrace, bpftool), and
 /// the Prometheus server the endpoint's tests scrape with.
 const PACKAGES: &[&str] = &[
     "nftables",
@@ -28,6 +28,10 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     // `ctr images import` of the image, with a private containerd the container test starts.
     "containerd",
+    // The DNS tests' servers: the dnsmasq binary alone (`dnsmasq-base` ships no service,
+    // so installing it starts no system resolver), and their client `dig`.
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 /// The OTLP receiver the export tests run against: the OpenTelemetry project's
