@@ -68,8 +68,9 @@ pub enum Section {
 }
 
 /// Programs `hostscope run` loads on this kernel: 5 TCP, 6 TLS (2 wire, 4 OpenSSL),
-/// syscall enter + exit, 5 security enters + 1 security exit.
-pub(crate) const HOSTSCOPE_PROGRAMS: usize = 19;
+/// 2 DNS (wire egress + ingress), syscall enter + exit, 5 security enters + 1 security
+/// exit.
+pub(crate) const HOSTSCOPE_PROGRAMS: usize = 21;
 
 const CONNLAT_BT: &str = r#"
 tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->newstate == 2/ {

@@ -30,7 +30,7 @@ use hostscope_common::{
     TASK_COMM_LEN,
 };
 
-use crate::ring::{bump, submit};
+use crate::ring::{bump, submit, submit_now};
 
 #[map(name = "DNS_EVENTS")]
 static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_EVENTS_RING_BYTES, 0);
@@ -287,11 +287,18 @@ fn emit<const N: usize>(ctx: &SkBuffContext, m: &Copied) -> Option<()> {
     } else {
         h.pid_tgid = 0;
     }
-    submit(
-        &DNS_EVENTS,
-        entry,
-        DNS_CONFIG.get(0).map(|c| &c.ring),
-        &DNS_STATS,
-    );
+    if m.dir == DIR_INGRESS {
+        // An answer is read at once: the addresses it names must be known before the
+        // connect that follows it is read from the TCP ring (`remote_name`). One
+        // wakeup per lookup: lookups are rare next to the packets this program skips.
+        submit_now(entry, &DNS_STATS);
+    } else {
+        submit(
+            &DNS_EVENTS,
+            entry,
+            DNS_CONFIG.get(0).map(|c| &c.ring),
+            &DNS_STATS,
+        );
+    }
     Some(())
 }

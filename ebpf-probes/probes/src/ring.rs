@@ -31,6 +31,17 @@ pub fn submit<T: 'static>(
     bump(stats, Stat::EventsEmitted);
 }
 
+/// Submits a record that its reader must see at once, waking it whatever is pending
+/// (the kernel's own policy wakes only a reader that has read everything before this
+/// record, which one asleep until its timer has not). For rare records only: each costs
+/// a wakeup.
+#[inline(always)]
+pub fn submit_now<T: 'static>(entry: RingBufEntry<T>, stats: &PerCpuArray<u64>) {
+    entry.submit(RB_FORCE_WAKEUP);
+    bump(stats, Stat::Wakeups);
+    bump(stats, Stat::EventsEmitted);
+}
+
 /// Flags for `submit` of a record of `size` bytes already reserved in `ring`, under
 /// `config`'s policy.
 #[inline(always)]
