@@ -51,6 +51,27 @@ pub enum DumpError {
     Io(#[from] std::io::Error),
 }
 
+/// The written slots of an agent-written array of recent failures (`TLS_FAILURES`,
+/// `DNS_FAILURES`; a slot with time 0 was never written), oldest first, as rows.
+pub fn recent_failures<T: aya::Pod, R>(
+    map: Map,
+    name: &'static str,
+    unix_ns: fn(&T) -> u64,
+    row: fn(&T) -> R,
+) -> Result<Vec<R>, DumpError> {
+    let read = read_error(name);
+    let slots: aya::maps::Array<_, T> = aya::maps::Array::try_from(map).map_err(read)?;
+    let mut written = Vec::new();
+    for slot in slots.iter() {
+        let slot = slot.map_err(read)?;
+        if unix_ns(&slot) != 0 {
+            written.push(slot);
+        }
+    }
+    written.sort_by_key(unix_ns);
+    Ok(written.iter().map(row).collect())
+}
+
 /// The error of reading map `name`.
 pub fn read_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DumpError + Copy {
     move |source| DumpError::Read { name, source }

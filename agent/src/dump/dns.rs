@@ -2,14 +2,14 @@
 
 use std::{io::Write, path::Path};
 
-use aya::maps::{Array, Map};
+use aya::maps::Map;
 use hostscope_common::{
     dns::{DnsFailureSlot, DNS_FAILURES_MAP, DNS_STATS_MAP, DNS_TRANSPORT_TCP},
     stats::Stat,
 };
 use serde::Serialize;
 
-use super::{read_error, write_counters, DumpError, DumpFormat, PinnedMap};
+use super::{write_counters, DumpError, DumpFormat, PinnedMap};
 use crate::{events::comm_string, output::write_json};
 
 pub const MAPS: &[PinnedMap] = &[
@@ -82,16 +82,12 @@ fn failures(
     format: DumpFormat,
     mut out: &mut dyn Write,
 ) -> Result<(), DumpError> {
-    let read = read_error(DNS_FAILURES_MAP);
-    let slots: Array<_, DnsFailureSlot> = Array::try_from(map).map_err(read)?;
-    let mut rows = Vec::new();
-    for slot in slots.iter() {
-        let slot = slot.map_err(read)?;
-        if slot.unix_ns != 0 {
-            rows.push(failure_row(&slot));
-        }
-    }
-    rows.sort_by_key(|r| r.unix_ns);
+    let rows = super::recent_failures(
+        map,
+        DNS_FAILURES_MAP,
+        |s: &DnsFailureSlot| s.unix_ns,
+        failure_row,
+    )?;
     match format {
         DumpFormat::Json => rows.iter().try_for_each(|r| write_json(&mut out, r))?,
         DumpFormat::Table => write_failure_table(out, &rows)?,

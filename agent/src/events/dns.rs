@@ -2,7 +2,7 @@
 //! retries, or its timeout), built by the family's joiner (`crate::dns::join`) from
 //! the packets the wire probe copies (probes/src/dns.rs).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use hostscope_common::dns::{
     DnsEventHeader, DIR_EGRESS, DIR_INGRESS, DNS_CAPTURE_MAX, DNS_EVENT_HEADER_BYTES, IPPROTO_TCP,
@@ -218,14 +218,6 @@ pub struct WireMessage {
     pub uncaptured: usize,
 }
 
-fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
-    if family == hostscope_common::tcp::AF_INET6 {
-        IpAddr::V6(Ipv6Addr::from(*raw))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-    }
-}
-
 /// A DNS event of the ring (`probes/src/dns.rs`): the header, then the copied bytes
 /// (records have one of several capacities, `DNS_DATA_SIZES`).
 pub fn decode(bytes: &[u8]) -> Result<WireMessage, DecodeError> {
@@ -259,8 +251,8 @@ pub fn decode(bytes: &[u8]) -> Result<WireMessage, DecodeError> {
             })
         }
     };
-    let src = SocketAddr::new(ip(ev.family, &ev.saddr), ev.sport);
-    let dst = SocketAddr::new(ip(ev.family, &ev.daddr), ev.dport);
+    let src = SocketAddr::new(super::ip_of(ev.family, &ev.saddr), ev.sport);
+    let dst = SocketAddr::new(super::ip_of(ev.family, &ev.daddr), ev.dport);
     let (local, remote) = if egress { (src, dst) } else { (dst, src) };
     let comm = comm_string(&ev.comm);
     Ok(WireMessage {

@@ -261,6 +261,16 @@ pub fn format_time_of_day(unix_ns: u64) -> String {
     )
 }
 
+/// An address of the probes' 16-byte form (IPv4 in the first 4 bytes).
+pub fn ip_of(family: u16, raw: &[u8; 16]) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    if family == hostscope_common::tcp::AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
 /// `comm` bytes up to the first NUL.
 pub fn comm_string(comm: &[u8]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());

@@ -2,7 +2,7 @@
 //! (probes/src/tls/{wire,openssl}.rs), and the handshake records the tracker
 //! (`crate::tls::tracker`) builds from them.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use hostscope_common::tls::*;
 use serde::Serialize;
@@ -24,14 +24,6 @@ pub struct WireEvent {
     pub data: Vec<u8>,
 }
 
-fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
-    if family == hostscope_common::tcp::AF_INET6 {
-        IpAddr::V6(Ipv6Addr::from(*raw))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-    }
-}
-
 pub fn decode_wire(bytes: &[u8]) -> Result<WireEvent, DecodeError> {
     let ev: TlsWireEvent = super::read_record(bytes, "tls")?;
     if !matches!(ev.kind, WIRE_RECORDS | WIRE_APP_DATA_HEADER | WIRE_NOT_TLS) {
@@ -40,8 +32,8 @@ pub fn decode_wire(bytes: &[u8]) -> Result<WireEvent, DecodeError> {
             kind: ev.kind,
         });
     }
-    let src = SocketAddr::new(ip(ev.family, &ev.saddr), ev.sport);
-    let dst = SocketAddr::new(ip(ev.family, &ev.daddr), ev.dport);
+    let src = SocketAddr::new(super::ip_of(ev.family, &ev.saddr), ev.sport);
+    let dst = SocketAddr::new(super::ip_of(ev.family, &ev.daddr), ev.dport);
     let egress = ev.direction == DIR_EGRESS;
     let (local, remote) = if egress { (src, dst) } else { (dst, src) };
     let len = (ev.len as usize).min(TLS_CAPTURE_MAX);

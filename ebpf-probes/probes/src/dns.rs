@@ -31,6 +31,7 @@ use hostscope_common::{
 };
 
 use crate::ring::{bump, submit, submit_now};
+use crate::skb::load;
 
 #[map(name = "DNS_EVENTS")]
 static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_EVENTS_RING_BYTES, 0);
@@ -58,22 +59,6 @@ pub fn dns_egress(ctx: SkBuffContext) -> i32 {
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     let _ = observe(&ctx, DIR_INGRESS);
     1
-}
-
-/// `N` bytes at `offset`, or None past the end. A constant length keeps the verifier
-/// content (aya's `load_bytes` may compute a length of zero).
-#[inline(always)]
-fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
-    let mut buf = [0u8; N];
-    let rc = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const __sk_buff as *const _,
-            offset,
-            buf.as_mut_ptr() as *mut _,
-            N as u32,
-        )
-    };
-    (rc == 0).then_some(buf)
 }
 
 /// Whether `port` is one of the load-time DNS ports.

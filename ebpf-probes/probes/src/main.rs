@@ -8,6 +8,8 @@ mod dns;
 #[cfg(target_arch = "bpf")]
 mod ring;
 #[cfg(target_arch = "bpf")]
+mod skb;
+#[cfg(target_arch = "bpf")]
 mod syscalls;
 #[cfg(target_arch = "bpf")]
 mod tcp;

@@ -21,6 +21,7 @@ use hostscope_common::{stats::Stat, tls::*};
 
 use super::{TLS_CONFIG, TLS_STATS};
 use crate::ring::{bump, submit};
+use crate::skb::load;
 
 #[map(name = "TLS_FLOWS")]
 static TLS_FLOWS: LruHashMap<u64, TlsFlow> = LruHashMap::with_max_entries(TLS_FLOWS_MAX, 0);
@@ -52,22 +53,6 @@ struct Segment {
     seq: u32,
     payload_off: u32,
     payload_len: u32,
-}
-
-/// `N` bytes at `offset`, or None past the end. A constant length keeps the verifier
-/// content (aya's `load_bytes` may compute a length of zero).
-#[inline(always)]
-fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
-    let mut buf = [0u8; N];
-    let rc = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const __sk_buff as *const _,
-            offset,
-            buf.as_mut_ptr() as *mut _,
-            N as u32,
-        )
-    };
-    (rc == 0).then_some(buf)
 }
 
 /// Reads the headers straight from the linear packet data when they are there (a few
