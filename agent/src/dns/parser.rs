@@ -357,6 +357,11 @@ fn read_record(msg: &[u8], pos: usize) -> Result<Option<(RawRecord, usize)>, Par
     )))
 }
 
+/// Bytes of one TCP message kept at most: the header, the question and the first answers
+/// (what a lookup record needs) fit; a zone transfer's 64 KiB would not be kept per
+/// stream.
+pub const MAX_FRAMED_BYTES: usize = 4096;
+
 /// A message cut out of a TCP stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Framed {
@@ -406,7 +411,11 @@ impl TcpFraming {
                 Some(len) => {
                     let take = (len - self.seen).min(rest.len());
                     if !self.hole {
-                        self.bytes.extend_from_slice(&rest[..take]);
+                        // Beyond the bound the message is kept as a prefix, like one
+                        // whose tail was not captured: a stream holds at most this much.
+                        let keep = take.min(MAX_FRAMED_BYTES.saturating_sub(self.bytes.len()));
+                        self.bytes.extend_from_slice(&rest[..keep]);
+                        self.hole = keep < take;
                     }
                     self.seen += take;
                     rest = &rest[take..];
@@ -714,6 +723,37 @@ mod tests {
                 complete: true
             }]
         );
+    }
+
+    #[test]
+    fn a_long_tcp_message_is_kept_as_a_bounded_prefix() {
+        // 600 A records (~16 KiB), in segments of 1,000 bytes all captured.
+        let mut m = header(1, 0x8180, [1, 600, 0, 0]);
+        m.extend(name("big.example"));
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        for i in 0..600u16 {
+            m.extend(record(
+                &[0xc0, 12],
+                TYPE_A,
+                1,
+                &[10, 0, (i >> 8) as u8, i as u8],
+            ));
+        }
+        let stream = framed(&m);
+        let mut t = TcpFraming::default();
+        let mut got = Vec::new();
+        for segment in stream.chunks(1000) {
+            got.extend(t.push(segment, 0));
+        }
+        assert_eq!(got.len(), 1);
+        assert!(!got[0].complete);
+        assert_eq!(got[0].bytes, m[..MAX_FRAMED_BYTES]);
+        let parsed = parse(&got[0].bytes).unwrap();
+        assert!(parsed.incomplete);
+        assert_eq!(parsed.addresses().count(), MAX_RECORDS);
+        // The stream goes on framing.
+        let q = query(7, "a.b", TYPE_A);
+        assert_eq!(t.push(&framed(&q), 0)[0].bytes, q);
     }
 
     #[test]
