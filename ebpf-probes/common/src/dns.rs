@@ -18,6 +18,10 @@ pub const DNS_EGRESS_PROGRAM: &str = "dns_egress";
 pub const DNS_INGRESS_PROGRAM: &str = "dns_ingress";
 
 pub const DNS_EVENTS_RING_BYTES: u32 = 2 * 1024 * 1024;
+/// An answer wakes the ring's reader at once (so the addresses it names are known before
+/// the connect that follows is read), at most once per this time per CPU: a lookup storm
+/// costs a wakeup per millisecond, not one per answer.
+pub const DNS_WAKE_EVERY_NS: u64 = 1_000_000;
 /// Bytes of one DNS message copied at most (a power of two: the verifier needs the
 /// copy's bound as a mask): a whole UDP answer under the usual EDNS(0) buffer size
 /// (1232 bytes). The rest is counted in `DnsEventHeader::orig_len`.

@@ -39,6 +39,10 @@ static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_EVENTS_RING_BYTES, 0);
 #[map(name = "DNS_STATS")]
 static DNS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
+/// When this CPU last woke the reader for an answer (`DNS_WAKE_EVERY_NS`).
+#[map(name = "DNS_LAST_WAKE")]
+static DNS_LAST_WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "DNS_CONFIG")]
 static DNS_CONFIG: Array<DnsConfig> = Array::with_max_entries(1, 0);
 
@@ -59,6 +63,23 @@ pub fn dns_egress(ctx: SkBuffContext) -> i32 {
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     let _ = observe(&ctx, DIR_INGRESS);
     1
+}
+
+/// Whether this CPU has not woken the reader for `DNS_WAKE_EVERY_NS`, and if so, that
+/// it does now.
+#[inline(always)]
+fn wake_due(now: u64) -> bool {
+    match DNS_LAST_WAKE.get_ptr_mut(0) {
+        Some(last) => unsafe {
+            if now.wrapping_sub(*last) >= DNS_WAKE_EVERY_NS {
+                *last = now;
+                true
+            } else {
+                false
+            }
+        },
+        None => true,
+    }
 }
 
 /// Whether `port` is one of the load-time DNS ports.
@@ -272,10 +293,10 @@ fn emit<const N: usize>(ctx: &SkBuffContext, m: &Copied) -> Option<()> {
     } else {
         h.pid_tgid = 0;
     }
-    if m.dir == DIR_INGRESS {
+    let now = h.ts_ns;
+    if m.dir == DIR_INGRESS && wake_due(now) {
         // An answer is read at once: the addresses it names must be known before the
-        // connect that follows it is read from the TCP ring (`remote_name`). One
-        // wakeup per lookup: lookups are rare next to the packets this program skips.
+        // connect that follows it is read from the TCP ring (`remote_name`).
         submit_now(entry, &DNS_STATS);
     } else {
         submit(
