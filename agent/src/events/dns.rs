@@ -141,6 +141,35 @@ pub fn qtype_name(qtype: u16) -> String {
     .to_string()
 }
 
+/// A lookup of `name` (type A, from curl[42] to 10.96.0.10:53) answered with `rcode`, or
+/// timed out after 2 retries when None: the sinks' tests start from it.
+#[cfg(test)]
+pub(crate) fn sample(rcode: Option<u16>, name: &str) -> DnsRecord {
+    DnsRecord {
+        timestamp_unix_ns: 1_700_000_000_000_000_000,
+        outcome: match rcode {
+            Some(_) => DnsOutcome::Answered,
+            None => DnsOutcome::Timeout,
+        },
+        pid: Some(42),
+        comm: Some("curl".into()),
+        cgroup_id: None,
+        transport: Transport::Udp,
+        local: "10.0.0.1:40000".parse().expect("address"),
+        server: "10.96.0.10:53".parse().expect("address"),
+        id: 1,
+        query_name: name.into(),
+        query_type: qtype_name(1),
+        rcode: rcode.map(rcode_name),
+        answer_count: 0,
+        addresses: Vec::new(),
+        latency_us: rcode.map(|_| 900.0),
+        retries: if rcode.is_some() { 0 } else { 2 },
+        after_truncation: false,
+        search: None,
+    }
+}
+
 impl std::fmt::Display for DnsRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let who = match (&self.pid, &self.comm) {
@@ -278,24 +307,10 @@ mod tests {
 
     fn record() -> DnsRecord {
         DnsRecord {
-            timestamp_unix_ns: 1_700_000_000_000_000_000,
-            outcome: DnsOutcome::Answered,
-            pid: Some(42),
-            comm: Some("curl".into()),
-            cgroup_id: Some(7),
-            transport: Transport::Udp,
-            local: "127.0.0.1:40000".parse().unwrap(),
             server: "127.0.0.53:53".parse().unwrap(),
-            id: 0x1234,
-            query_name: "payments.shop.svc.cluster.local".into(),
-            query_type: qtype_name(1),
-            rcode: Some(rcode_name(3)),
-            answer_count: 0,
-            addresses: vec![],
             latency_us: Some(1_250.0),
             retries: 1,
-            after_truncation: false,
-            search: None,
+            ..sample(Some(3), "payments.shop.svc.cluster.local")
         }
     }
 

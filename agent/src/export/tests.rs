@@ -483,28 +483,9 @@ fn reconfigure_keeps_counters_and_restarts_only_rebucketed_histograms() {
 fn lookup(rcode: Option<u16>, name: &str, retries: u32) -> Record {
     use crate::events::dns::*;
     Record::Dns(DnsRecord {
-        timestamp_unix_ns: 1,
-        outcome: if rcode.is_some() {
-            DnsOutcome::Answered
-        } else {
-            DnsOutcome::Timeout
-        },
-        pid: Some(42),
-        comm: Some("curl".into()),
-        cgroup_id: None,
-        transport: Transport::Udp,
-        local: "127.0.0.1:40000".parse().unwrap(),
-        server: "10.96.0.10:53".parse().unwrap(),
-        id: 7,
-        query_name: name.into(),
         query_type: qtype_name(28),
-        rcode: rcode.map(rcode_name),
-        answer_count: 0,
-        addresses: Vec::new(),
-        latency_us: rcode.map(|_| 2_000.0),
         retries,
-        after_truncation: false,
-        search: None,
+        ..sample(rcode, name)
     })
 }
 

@@ -635,31 +635,7 @@ mod tests {
     }
 
     fn lookup(rcode: Option<u16>) -> DnsRecord {
-        use crate::events::dns::*;
-        DnsRecord {
-            timestamp_unix_ns: 1_700_000_000_000_000_000,
-            outcome: if rcode.is_some() {
-                DnsOutcome::Answered
-            } else {
-                DnsOutcome::Timeout
-            },
-            pid: Some(42),
-            comm: Some("curl".into()),
-            cgroup_id: None,
-            transport: Transport::Udp,
-            local: "10.0.0.1:40000".parse().unwrap(),
-            server: "10.96.0.10:53".parse().unwrap(),
-            id: 1,
-            query_name: "payments.shop.svc.cluster.local".into(),
-            query_type: "A".into(),
-            rcode: rcode.map(rcode_name),
-            answer_count: 0,
-            addresses: Vec::new(),
-            latency_us: rcode.map(|_| 900.0),
-            retries: if rcode.is_some() { 0 } else { 2 },
-            after_truncation: false,
-            search: None,
-        }
+        crate::events::dns::sample(rcode, "payments.shop.svc.cluster.local")
     }
 
     #[test]

@@ -532,23 +532,10 @@ mod tests {
         use crate::events::dns::*;
         let mut lookup = DnsRecord {
             timestamp_unix_ns: 2_000,
-            outcome: DnsOutcome::Timeout,
             pid: Some(std::process::id()),
             comm: Some("storm".into()),
-            cgroup_id: None,
-            transport: Transport::Udp,
-            local: "127.0.0.1:40000".parse().unwrap(),
             server: "127.0.0.77:53".parse().unwrap(),
-            id: 1,
-            query_name: "x.test".into(),
-            query_type: qtype_name(1),
-            rcode: None,
-            answer_count: 0,
-            addresses: Vec::new(),
-            latency_us: None,
-            retries: 2,
-            after_truncation: false,
-            search: None,
+            ..sample(None, "x.test")
         };
         folder.observe(&Record::Dns(lookup.clone()), 2_000);
         let out: Vec<RcaRecord> = folder.take().collect();
