@@ -19,6 +19,8 @@ pub mod ring;
 pub mod sink;
 pub mod stats;
 pub mod status;
+pub mod syscalls;
+pub mod tcp;
 pub mod tls;
 
 pub use agent::{Agent, AgentConfig};

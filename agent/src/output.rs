@@ -159,14 +159,12 @@ pub fn with_identity<'a>(resolver: &Resolver, record: &'a Record) -> WithIdentit
         record,
         identity: has_subject(record).then(|| resolver.identify(record.subject())),
         peer_identity: record.peer().and_then(|a| resolver.peer(a.ip())),
-        process_identities: match record {
-            Record::Syscalls(r) => r
-                .processes
-                .iter()
-                .map(|p| resolver.identify(crate::events::syscalls::row_subject(r.key_by, p.id)))
-                .collect(),
-            _ => Vec::new(),
-        },
+        process_identities: record
+            .view()
+            .row_subjects()
+            .into_iter()
+            .map(|s| resolver.identify(s))
+            .collect(),
     }
 }
 

@@ -4,8 +4,10 @@
 //!
 //! Record fields are read from the record's JSON line (the one the client receives), so
 //! every record type, including ones added later (`rca`), is filtered by the same names:
-//! `type`, `pid`, `comm`, `local`/`remote`/`server`, `failure.reason`, `errno_name`,
-//! `cause`. Identity fields come from the record's resolved identity.
+//! `type`, `pid`, `comm`, `local`/`remote`/`server`/`target_address`. Whether a record is
+//! a failure, and the names of what went wrong, each record type says itself
+//! ([`Filtered`], next to its family's code). Identity fields come from the record's
+//! resolved identity.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -143,10 +145,10 @@ impl Filter {
         if !self.needs_fields() {
             return true;
         }
-        let f = record.fields();
-        if self.failures_only && !f.is_failure() {
+        if self.failures_only && !record.is_failure() {
             return false;
         }
+        let f = record.fields();
         if let Some(comm) = &self.comm {
             if f.comm() != Some(comm.as_str()) {
                 return false;
@@ -171,8 +173,9 @@ impl Filter {
             return false;
         }
         if !self.reasons.is_empty()
-            && !f
+            && !record
                 .reasons()
+                .iter()
                 .any(|r| self.reasons.iter().any(|x| x.eq_ignore_ascii_case(r)))
         {
             return false;
@@ -222,6 +225,20 @@ fn parse_peer(s: &str) -> Result<IpNet, FilterError> {
         .map_err(|_| FilterError::BadPeer(s.to_string()))
 }
 
+/// What the failure filters ask of a record type: implemented next to its family's code.
+pub trait Filtered {
+    /// Whether it reports something that went wrong (`--failures`).
+    fn is_failure(&self) -> bool {
+        false
+    }
+
+    /// The names it gives what went wrong (`--reason`, matched without case): a failure
+    /// reason, an errno name, a cause, a response code.
+    fn reasons(&self) -> Vec<&str> {
+        Vec::new()
+    }
+}
+
 /// What a filter looks at in a record.
 pub trait Candidate {
     /// The record's `type` tag.
@@ -229,6 +246,9 @@ pub trait Candidate {
     fn identity(&self) -> Option<&Identity>;
     /// The record's own fields, read from its JSON on first use.
     fn fields(&self) -> &Fields;
+    /// The record's [`Filtered`] answers.
+    fn is_failure(&self) -> bool;
+    fn reasons(&self) -> Vec<&str>;
 }
 
 /// The fields of a record's JSON that filters read; everything else is skipped. Each is
@@ -247,17 +267,6 @@ pub struct Fields {
     server: Option<Value>,
     /// rca incidents name theirs `target_address`.
     target_address: Option<Value>,
-    /// tcp: connect, connect_failed, reset_sent, …
-    event: Option<Value>,
-    /// syscall_alert: error_burst or slow.
-    #[serde(rename = "kind")]
-    alert_kind: Option<Value>,
-    failure: Option<Value>,
-    errno_name: Option<Value>,
-    cause: Option<Value>,
-    /// dns: `answered` or `timeout`, and the response code.
-    outcome: Option<Value>,
-    rcode: Option<Value>,
     /// Timestamps under the names the record types use.
     timestamp_unix_ns: Option<Value>,
     ts_unix_ns: Option<Value>,
@@ -293,19 +302,6 @@ impl Fields {
             .and_then(|p| u32::try_from(p).ok())
     }
 
-    pub fn is_failure(&self) -> bool {
-        self.failure.as_ref().is_some_and(|f| !f.is_null())
-            || matches!(
-                text(&self.event),
-                Some("connect_failed" | "reset_sent" | "reset_received")
-            )
-            || self.kind() == Some("rca")
-            || text(&self.alert_kind) == Some("error_burst")
-            || (self.kind() == Some("dns")
-                && (text(&self.outcome) == Some("timeout")
-                    || text(&self.rcode).is_some_and(|r| r != "NOERROR")))
-    }
-
     pub fn peer(&self) -> Option<SocketAddr> {
         addr(&self.remote)
             .or_else(|| addr(&self.server))
@@ -324,21 +320,6 @@ impl Fields {
         .map(|a| a.port())
     }
 
-    pub fn reasons(&self) -> impl Iterator<Item = &str> + '_ {
-        [
-            self.failure
-                .as_ref()
-                .and_then(|f| f.get("reason"))
-                .and_then(Value::as_str),
-            text(&self.errno_name),
-            text(&self.cause),
-            text(&self.rcode),
-            text(&self.outcome).filter(|o| *o == "timeout"),
-        ]
-        .into_iter()
-        .flatten()
-    }
-
     pub fn time_unix_nano(&self) -> Option<u64> {
         self.timestamp_unix_ns
             .as_ref()
@@ -350,11 +331,13 @@ impl Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Record;
 
     struct Rec {
         kind: &'static str,
         identity: Option<Identity>,
         fields: Fields,
+        record: Option<Record>,
     }
 
     impl Candidate for Rec {
@@ -367,6 +350,42 @@ mod tests {
         fn fields(&self) -> &Fields {
             &self.fields
         }
+        fn is_failure(&self) -> bool {
+            self.record.as_ref().is_some_and(|r| r.view().is_failure())
+        }
+        fn reasons(&self) -> Vec<&str> {
+            self.record
+                .as_ref()
+                .map(|r| r.view().reasons())
+                .unwrap_or_default()
+        }
+    }
+
+    /// A real record, with the fields of its JSON line.
+    fn of(record: Record) -> Rec {
+        Rec {
+            kind: record.kind(),
+            identity: None,
+            fields: Fields::from_json(&serde_json::to_string(&record).unwrap()),
+            record: Some(record),
+        }
+    }
+
+    fn refused() -> Rec {
+        of(Record::Tcp(crate::events::tcp::sample_connect_failed(
+            libc::ECONNREFUSED,
+            0,
+        )))
+    }
+
+    fn lookup(rcode: Option<u16>) -> Rec {
+        of(Record::Dns(crate::events::dns::sample(rcode, "api.shop.")))
+    }
+
+    fn burst(errno: Option<i32>) -> Rec {
+        of(Record::SyscallAlert(crate::events::syscalls::sample_alert(
+            errno,
+        )))
     }
 
     fn rec(json: &str) -> Rec {
@@ -381,6 +400,7 @@ mod tests {
             },
             identity: None,
             fields,
+            record: None,
         }
     }
 
@@ -444,20 +464,17 @@ mod tests {
         assert!(filter(|r| r.types = vec!["tcp".into()]).matches(&rec(REFUSED)));
         assert!(!filter(|r| r.types = vec!["tls".into(), "security".into()]).matches(&rec(REFUSED)));
         let failures = filter(|r| r.failures_only = true);
-        assert!(failures.matches(&rec(REFUSED)));
+        assert!(failures.matches(&refused()));
         assert!(!failures.matches(&rec(CONNECT)));
-        assert!(failures.matches(&rec(r#"{"type":"rca","cause":"refused"}"#)));
-        assert!(failures.matches(&rec(
-            r#"{"type":"syscall_alert","kind":"error_burst","errno_name":"EMFILE"}"#
-        )));
-        assert!(!failures.matches(&rec(r#"{"type":"syscall_alert","kind":"slow"}"#)));
-        assert!(failures.matches(&rec(
-            r#"{"type":"dns","outcome":"answered","rcode":"NXDOMAIN"}"#
-        )));
-        assert!(failures.matches(&rec(r#"{"type":"dns","outcome":"timeout"}"#)));
-        assert!(!failures.matches(&rec(
-            r#"{"type":"dns","outcome":"answered","rcode":"NOERROR"}"#
-        )));
+        let mut connected = crate::events::tcp::sample_connect_failed(0, 0);
+        connected.event = crate::events::tcp::TcpEventKind::Connect;
+        connected.failure = None;
+        assert!(!failures.matches(&of(Record::Tcp(connected))));
+        assert!(failures.matches(&burst(Some(libc::EMFILE))));
+        assert!(!failures.matches(&burst(None)));
+        assert!(failures.matches(&lookup(Some(3))));
+        assert!(failures.matches(&lookup(None)));
+        assert!(!failures.matches(&lookup(Some(0))));
         assert!(filter(|r| r.comm = "curl".into()).matches(&rec(REFUSED)));
         assert!(!filter(|r| r.comm = "cur".into()).matches(&rec(REFUSED)));
         assert!(filter(|r| r.pid = 7).matches(&rec(REFUSED)));
@@ -479,17 +496,13 @@ mod tests {
         let incident = r#"{"type":"rca","cause":"refused","target_address":"10.1.2.3:8080"}"#;
         assert!(cidr.matches(&rec(incident)));
         assert!(filter(|r| r.ports = vec![8080]).matches(&rec(incident)));
-        assert!(filter(|r| r.reasons = vec!["refused".into()]).matches(&rec(REFUSED)));
-        assert!(filter(|r| r.reasons = vec!["emfile".into()]).matches(&rec(
-            r#"{"type":"syscall_alert","kind":"error_burst","errno_name":"EMFILE"}"#
-        )));
-        assert!(!filter(|r| r.reasons = vec!["timed_out".into()]).matches(&rec(REFUSED)));
-        let nxdomain =
-            r#"{"type":"dns","outcome":"answered","rcode":"NXDOMAIN","server":"10.96.0.10:53"}"#;
-        assert!(filter(|r| r.reasons = vec!["nxdomain".into()]).matches(&rec(nxdomain)));
-        assert!(filter(|r| r.ports = vec![53]).matches(&rec(nxdomain)));
-        assert!(filter(|r| r.reasons = vec!["timeout".into()])
-            .matches(&rec(r#"{"type":"dns","outcome":"timeout"}"#)));
+        assert!(filter(|r| r.reasons = vec!["refused".into()]).matches(&refused()));
+        assert!(filter(|r| r.reasons = vec!["econnrefused".into()]).matches(&refused()));
+        assert!(filter(|r| r.reasons = vec!["emfile".into()]).matches(&burst(Some(libc::EMFILE))));
+        assert!(!filter(|r| r.reasons = vec!["timed_out".into()]).matches(&refused()));
+        assert!(filter(|r| r.reasons = vec!["nxdomain".into()]).matches(&lookup(Some(3))));
+        assert!(filter(|r| r.ports = vec![53]).matches(&lookup(Some(3))));
+        assert!(filter(|r| r.reasons = vec!["timeout".into()]).matches(&lookup(None)));
         assert!(!filter(|r| r.reasons = vec!["refused".into()]).matches(&rec(CONNECT)));
     }
 

@@ -160,6 +160,15 @@ impl Candidate for Entry {
     fn fields(&self) -> &Fields {
         self.fields.get_or_init(|| Fields::from_json(self.json()))
     }
+    fn is_failure(&self) -> bool {
+        self.record.as_ref().is_some_and(|r| r.view().is_failure())
+    }
+    fn reasons(&self) -> Vec<&str> {
+        self.record
+            .as_ref()
+            .map(|r| r.view().reasons())
+            .unwrap_or_default()
+    }
 }
 
 /// What a client's buffer holds: a record, and how many records this client missed just

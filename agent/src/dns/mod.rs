@@ -5,5 +5,6 @@
 pub mod join;
 pub mod names;
 pub mod parser;
+pub mod sinks;
 pub mod streams;
 pub mod task;

@@ -3,6 +3,9 @@ pub mod dns;
 pub mod syscalls;
 pub mod tcp;
 pub mod tls;
+pub mod view;
+
+pub use view::RecordView;
 
 use serde::Serialize;
 
@@ -26,159 +29,6 @@ pub enum Record {
     Security(syscalls::SecurityRecord),
     /// An incident: failures of one cause folded by the RCA sink (`"type":"rca"`).
     Rca(crate::rca::RcaRecord),
-}
-
-impl Record {
-    /// The process and cgroup the record was observed in, as far as it tells.
-    pub fn subject(&self) -> crate::metadata::Subject {
-        use crate::metadata::Subject;
-        match self {
-            Record::Tcp(r) => Subject {
-                pid: r.pid,
-                cgroup_id: r.cgroup_id,
-            },
-            Record::Tls(r) => Subject {
-                pid: r.pid,
-                cgroup_id: r.cgroup_id,
-            },
-            Record::Dns(r) => Subject {
-                pid: r.pid,
-                cgroup_id: r.cgroup_id,
-            },
-            Record::SyscallSlow(r) => Subject {
-                pid: Some(r.pid),
-                cgroup_id: Some(r.cgroup_id),
-            },
-            Record::Security(r) => Subject {
-                pid: Some(r.pid),
-                cgroup_id: Some(r.cgroup_id),
-            },
-            Record::SyscallAlert(r) => syscalls::row_subject(r.key_by, r.id),
-            // The first failing process of the incident.
-            Record::Rca(r) => Subject {
-                pid: r.pid,
-                cgroup_id: r.cgroup_id,
-            },
-            // Interval aggregates name many processes; each row is resolved on its own
-            // (`syscalls::row_subject`).
-            Record::TlsCertificate(_) | Record::Syscalls(_) => Subject::default(),
-        }
-    }
-
-    /// The record's `type` tag in JSON (serde's snake_case of the variant).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Record::Tcp(_) => "tcp",
-            Record::Tls(_) => "tls",
-            Record::TlsCertificate(_) => "tls_certificate",
-            Record::Dns(_) => "dns",
-            Record::Syscalls(_) => "syscalls",
-            Record::SyscallAlert(_) => "syscall_alert",
-            Record::SyscallSlow(_) => "syscall_slow",
-            Record::Security(_) => "security",
-            Record::Rca(_) => "rca",
-        }
-    }
-
-    /// When the record happened (its own timestamp field), in Unix ns.
-    pub fn time_unix_ns(&self) -> Option<u64> {
-        Some(match self {
-            Record::Tcp(r) => r.timestamp_unix_ns,
-            Record::Tls(r) => r.timestamp_unix_ns,
-            Record::TlsCertificate(r) => r.timestamp_unix_ns,
-            Record::Dns(r) => r.timestamp_unix_ns,
-            Record::Syscalls(r) => r.ts_unix_ns,
-            Record::SyscallAlert(r) => r.ts_unix_ns,
-            Record::SyscallSlow(r) => r.ts_unix_ns,
-            Record::Security(r) => r.ts_unix_ns,
-            Record::Rca(r) => r.timestamp_unix_ns,
-        })
-    }
-
-    /// Bytes the record holds on the heap (strings, lists), approximately: what a
-    /// buffer of records counts against a memory bound without rendering them.
-    pub fn heap_bytes(&self) -> usize {
-        fn s(v: &Option<String>) -> usize {
-            v.as_ref().map_or(0, String::capacity)
-        }
-        fn list<T>(v: &[T], each: impl Fn(&T) -> usize) -> usize {
-            v.iter().map(|x| std::mem::size_of::<T>() + each(x)).sum()
-        }
-        match self {
-            Record::Tcp(r) => s(&r.comm),
-            Record::Tls(r) => {
-                s(&r.comm)
-                    + s(&r.server_name)
-                    + s(&r.version)
-                    + s(&r.cipher)
-                    + s(&r.alpn)
-                    + s(&r.cert_subject)
-                    + list(&r.offered_versions, String::capacity)
-                    + list(&r.alpn_offered, String::capacity)
-                    + list(&r.sources, |_| 0)
-                    + r.failure.as_ref().map_or(0, |f| f.detail.capacity())
-            }
-            Record::TlsCertificate(r) => {
-                r.server_name.capacity() + r.subject.capacity() + r.issuer.capacity()
-            }
-            Record::Dns(r) => {
-                s(&r.comm)
-                    + r.query_name.capacity()
-                    + r.query_type.capacity()
-                    + s(&r.rcode)
-                    + list(&r.addresses, |_| 0)
-                    + r.search.as_ref().map_or(0, |x| x.base.capacity())
-            }
-            Record::Syscalls(r) => list(&r.processes, |p| {
-                p.comm.capacity()
-                    + list(&p.syscalls, |x| x.syscall.capacity())
-                    + list(&p.errnos, |x| {
-                        x.syscall.capacity() + x.errno_name.capacity()
-                    })
-            }),
-            Record::SyscallAlert(r) => r.comm.capacity() + r.syscall.capacity() + s(&r.errno_name),
-            Record::SyscallSlow(r) => r.comm.capacity() + r.syscall.capacity(),
-            Record::Security(r) => {
-                r.comm.capacity() + r.syscall.capacity() + r.path.capacity() + s(&r.errno_name)
-            }
-            Record::Rca(r) => {
-                r.sentence.capacity()
-                    + r.source.capacity()
-                    + r.target.capacity()
-                    + s(&r.summary)
-                    + list(&r.affected, |a| s(&a.comm) + s(&a.workload))
-                    + list(&r.sample_conn_ids, |_| 0)
-            }
-        }
-    }
-
-    /// The remote end of the connection the record is about.
-    pub fn peer(&self) -> Option<std::net::SocketAddr> {
-        match self {
-            Record::Tcp(r) => Some(r.remote),
-            Record::Tls(r) => r.remote,
-            Record::TlsCertificate(r) => Some(r.server),
-            Record::Dns(r) => Some(r.server),
-            Record::Rca(r) => r.target_address,
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Record {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Record::Tcp(r) => r.fmt(f),
-            Record::Tls(r) => r.fmt(f),
-            Record::TlsCertificate(r) => r.fmt(f),
-            Record::Dns(r) => r.fmt(f),
-            Record::Syscalls(r) => r.fmt(f),
-            Record::SyscallAlert(r) => r.fmt(f),
-            Record::SyscallSlow(r) => r.fmt(f),
-            Record::Security(r) => r.fmt(f),
-            Record::Rca(r) => r.fmt(f),
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

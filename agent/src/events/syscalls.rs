@@ -152,6 +152,29 @@ pub struct SyscallAlert {
     pub max_latency_ns: Option<u64>,
 }
 
+/// An alert of python3[42] on openat: an error burst of 250 `errno` errors in a second,
+/// or a slow-call alert when None. The sinks' tests start from it.
+#[cfg(test)]
+pub(crate) fn sample_alert(errno: Option<i32>) -> SyscallAlert {
+    SyscallAlert {
+        kind: match errno {
+            Some(_) => AlertKind::ErrorBurst,
+            None => AlertKind::Slow,
+        },
+        ts_unix_ns: 1,
+        id: 42,
+        key_by: "pid",
+        comm: "python3".into(),
+        syscall: "openat".into(),
+        nr: 257,
+        errno: errno.map(|e| e as u32),
+        errno_name: errno.map(|e| errno_name(e as u32)),
+        count: 250,
+        rate_per_s: 250.0,
+        max_latency_ns: errno.is_none().then_some(5_000_000),
+    }
+}
+
 /// Alert thresholds.
 #[derive(Clone, Copy, Debug)]
 pub struct Detection {

@@ -260,6 +260,39 @@ fn ms(us: f64) -> String {
     }
 }
 
+/// A failed active connect of curl[42] from 10.0.0.1:40000 to 10.0.3.7:443 with `errno`:
+/// the sinks' tests start from it.
+#[cfg(test)]
+pub(crate) fn sample_connect_failed(errno: i32, syn_retransmits: u32) -> TcpRecord {
+    TcpRecord {
+        event: TcpEventKind::ConnectFailed,
+        timestamp_unix_ns: 1_700_000_000_000_000_000,
+        conn_id: 7,
+        direction: Direction::Active,
+        local: "10.0.0.1:40000".parse().unwrap(),
+        remote: "10.0.3.7:443".parse().unwrap(),
+        remote_name: None,
+        pid: Some(42),
+        tid: Some(42),
+        comm: Some("curl".into()),
+        cgroup_id: Some(1),
+        state: "CLOSE",
+        previous_state: "SYN_SENT",
+        connect_latency_us: None,
+        handshake_rtt_us: None,
+        syn_retransmits,
+        handshake_end_unseen: false,
+        failure: Some(Failure::from_errno(errno as u32)),
+        duration_us: Some(80.0),
+        bytes_acked: None,
+        bytes_received: None,
+        srtt_us: None,
+        retransmits: None,
+        resets_sent: 0,
+        resets_received: 0,
+    }
+}
+
 impl std::fmt::Display for TcpRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let who = match (&self.pid, &self.comm) {

@@ -170,7 +170,7 @@ fn connection_span(r: &TcpRecord, pending: Pending) -> Span {
         Some(f) => {
             attrs.push(kv(
                 "error.type",
-                str_value(super::metrics::reason_str(f.reason)),
+                str_value(crate::tcp::sinks::reason_str(f.reason)),
             ));
             Status {
                 code: StatusCode::Error as i32,

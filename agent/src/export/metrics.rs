@@ -3,7 +3,11 @@
 //! cumulative (default) or delta temporality. The series count is capped: a new attribute
 //! set beyond the cap is folded into one `otel.metric.overflow=true` series and counted,
 //! so a burst of new peers or processes cannot grow the agent's memory without bound.
-//! The reference table of these metrics is docs/metrics.md.
+//!
+//! Each family defines its metrics ([`MetricDef`] statics, listed in its
+//! `family::Descriptor`) and measures its records through a [`Meter`] ([`Measure`], next
+//! to the family's code); the agent's own `hostscope.*` metrics are defined here. The
+//! reference table of these metrics is docs/metrics.md.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -21,13 +25,7 @@ use super::{
     resource::{attr_value, kv},
 };
 use crate::{
-    events::{
-        dns::{DnsRecord, Transport},
-        syscalls::SyscallsRecord,
-        tcp::{Direction, TcpEventKind, TcpRecord},
-        tls::{Outcome, TlsCertificateRecord, TlsRecord},
-        Record,
-    },
+    events::Record,
     metadata::{AttrValue, Identity},
     stats::AgentStats,
 };
@@ -40,6 +38,8 @@ pub enum Instrument {
     Histogram,
 }
 
+/// One metric. Each is a `static`: a measurement names it by reference.
+#[derive(Debug)]
 pub struct MetricDef {
     pub name: &'static str,
     pub instrument: Instrument,
@@ -51,104 +51,159 @@ pub struct MetricDef {
     pub own: bool,
 }
 
-macro_rules! metrics {
-    ($($id:ident = $name:literal, $inst:ident, $unit:literal, $own:literal, $bounds:expr, $desc:literal;)*) => {
-        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-        #[repr(usize)]
-        pub enum M { $($id,)* }
-        pub const METRICS: &[MetricDef] = &[$(MetricDef {
-            name: $name, instrument: Instrument::$inst, unit: $unit, description: $desc,
-            bounds: $bounds, own: $own,
-        },)*];
-    };
+impl MetricDef {
+    pub const fn counter(
+        name: &'static str,
+        unit: &'static str,
+        description: &'static str,
+    ) -> Self {
+        Self::new(name, Instrument::Counter, unit, &[], description)
+    }
+
+    pub const fn gauge(name: &'static str, unit: &'static str, description: &'static str) -> Self {
+        Self::new(name, Instrument::Gauge, unit, &[], description)
+    }
+
+    pub const fn histogram(
+        name: &'static str,
+        unit: &'static str,
+        bounds: &'static [f64],
+        description: &'static str,
+    ) -> Self {
+        Self::new(name, Instrument::Histogram, unit, bounds, description)
+    }
+
+    const fn new(
+        name: &'static str,
+        instrument: Instrument,
+        unit: &'static str,
+        bounds: &'static [f64],
+        description: &'static str,
+    ) -> Self {
+        MetricDef {
+            name,
+            instrument,
+            unit,
+            description,
+            bounds,
+            own: false,
+        }
+    }
+
+    /// One of the agent's own health metrics.
+    const fn own(self) -> Self {
+        MetricDef { own: true, ..self }
+    }
 }
 
-const NONE: &[f64] = &[];
-metrics! {
-    TcpConnectDuration = "tcp.connect.duration", Histogram, "s", false,
-        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
-        "Active connect latency, SYN sent to established (SYN retransmits land at 1 s, 3 s, ...).";
-    TcpConnectFailures = "tcp.connect.failures", Counter, "{connection}", false, NONE,
-        "Connects that failed, by reason (error.type: refused, timed_out, unreachable, ...).";
-    TcpSynRetransmits = "tcp.connect.syn_retransmits", Counter, "{segment}", false, NONE,
-        "SYNs retransmitted before a connect succeeded or failed.";
-    TcpRtt = "tcp.rtt", Histogram, "s", false,
-        &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
-        "Smoothed round-trip time of a connection at close.";
-    TcpRetransmits = "tcp.retransmits", Counter, "{segment}", false, NONE,
-        "Segments retransmitted, counted at close.";
-    TcpResets = "tcp.resets", Counter, "{reset}", false, NONE,
-        "RSTs sent or received (tcp.reset.direction).";
-    TcpConnectionDuration = "tcp.connection.duration", Histogram, "s", false,
-        &[0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0],
-        "Connection lifetime, open to close.";
-    TcpConnectionIo = "tcp.connection.io", Counter, "By", false, NONE,
-        "Sequence space acknowledged (transmit) and received (receive), counted at close.";
-    TlsHandshakeDuration = "tls.handshake.duration", Histogram, "s", false,
-        &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
-        "ClientHello to handshake end, by outcome and failure reason.";
-    TlsHandshakeFailures = "tls.handshake.failures", Counter, "{handshake}", false, NONE,
-        "Failed handshakes by reason (error.type) and where it was learned.";
-    TlsCertTimeToExpiry = "tls.certificate.time_to_expiry", Gauge, "s", false, NONE,
-        "Seconds until the server certificate's notAfter (negative once expired).";
-    DnsLookupDuration = "dns.lookup.duration", Histogram, "s", false,
-        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
-        "DNS lookups, question sent to answer, by response code and question type (first attempt to answer, retries included).";
-    DnsLookupFailures = "dns.lookup.failures", Counter, "{lookup}", false, NONE,
-        "Lookups answered with an rcode other than NOERROR, or not answered (error.type: NXDOMAIN, SERVFAIL, TIMEOUT, ...).";
-    DnsLookupRetries = "dns.lookup.retries", Counter, "{query}", false, NONE,
-        "Questions sent again because no answer came (lost UDP packets, slow servers).";
-    SyscallCalls = "syscall.calls", Counter, "{call}", false, NONE,
-        "System calls, per syscall and process name.";
-    SyscallErrors = "syscall.errors", Counter, "{call}", false, NONE,
-        "Failed system calls by errno (error.type).";
-    SyscallDuration = "syscall.duration", Histogram, "s", false,
-        &[0.000001, 0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0],
-        "System call latency (from the kernel's log2 histogram: each power-of-two bucket is placed by its midpoint).";
-    OwnRecords = "hostscope.records", Counter, "{record}", true, NONE,
-        "Records decoded from the kernel (hostscope.result=decoded), undecodable (decode_error), missed by a slow sink (lagged).";
-    OwnProbeEvents = "hostscope.probe.events", Counter, "{event}", true, NONE,
-        "Kernel-side counters per probe family (hostscope.probe.counter: emitted, ring_full, map_full, ...).";
-    OwnProbeLost = "hostscope.probe.lost", Counter, "{event}", true, NONE,
-        "Events a probe family could not deliver (ring full).";
-    OwnExportQueueSize = "hostscope.export.queue.size", Gauge, "{request}", true, NONE,
-        "Export requests waiting (memory and disk queue).";
-    OwnExportQueueBytes = "hostscope.export.queue.bytes", Gauge, "By", true, NONE,
-        "Bytes of export requests waiting.";
-    OwnExportItems = "hostscope.export.items", Counter, "{item}", true, NONE,
-        "Data points, spans and log records by hostscope.signal and hostscope.export.result (sent, failed, dropped, rejected) and error.type.";
-    OwnExportRetries = "hostscope.export.retries", Counter, "{request}", true, NONE,
-        "Export requests retried after a retryable failure.";
-    OwnSeriesOverflow = "hostscope.metrics.series_overflow", Counter, "{measurement}", true, NONE,
-        "Measurements folded into the overflow series because the series cap was reached.";
-    OwnConfigReloads = "hostscope.config.reloads", Counter, "{reload}", true, NONE,
-        "Configuration reloads by hostscope.config.result (applied, invalid, partial).";
-    OwnConfigGeneration = "hostscope.config.generation", Gauge, "{generation}", true, NONE,
-        "Generation of the running configuration: 1 at start, one more per reload taken.";
-    OwnMetadataEvents = "hostscope.metadata.events", Counter, "{event}", true, NONE,
-        "Identity resolution counters by hostscope.metadata.counter (cache_hits, identity_builds, cgroup_misses, cgroup_unresolved, unknown_runtimes, process_reads, processes_gone, kube_events, kube_errors, ...).";
-    OwnMetadataCached = "hostscope.metadata.cached", Gauge, "{entry}", true, NONE,
-        "Entries in the identity caches by hostscope.metadata.cache (identities, cgroups, processes, pods, services).";
+pub static OWN_RECORDS: MetricDef = MetricDef::counter("hostscope.records", "{record}",
+    "Records decoded from the kernel (hostscope.result=decoded), undecodable (decode_error), missed by a slow sink (lagged).").own();
+pub static OWN_PROBE_EVENTS: MetricDef = MetricDef::counter("hostscope.probe.events", "{event}",
+    "Kernel-side counters per probe family (hostscope.probe.counter: emitted, ring_full, map_full, ...).").own();
+pub static OWN_PROBE_LOST: MetricDef = MetricDef::counter(
+    "hostscope.probe.lost",
+    "{event}",
+    "Events a probe family could not deliver (ring full).",
+)
+.own();
+pub static OWN_EXPORT_QUEUE_SIZE: MetricDef = MetricDef::gauge(
+    "hostscope.export.queue.size",
+    "{request}",
+    "Export requests waiting (memory and disk queue).",
+)
+.own();
+pub static OWN_EXPORT_QUEUE_BYTES: MetricDef = MetricDef::gauge(
+    "hostscope.export.queue.bytes",
+    "By",
+    "Bytes of export requests waiting.",
+)
+.own();
+pub static OWN_EXPORT_ITEMS: MetricDef = MetricDef::counter("hostscope.export.items", "{item}",
+    "Data points, spans and log records by hostscope.signal and hostscope.export.result (sent, failed, dropped, rejected) and error.type.").own();
+pub static OWN_EXPORT_RETRIES: MetricDef = MetricDef::counter(
+    "hostscope.export.retries",
+    "{request}",
+    "Export requests retried after a retryable failure.",
+)
+.own();
+pub static OWN_SERIES_OVERFLOW: MetricDef = MetricDef::counter(
+    "hostscope.metrics.series_overflow",
+    "{measurement}",
+    "Measurements folded into the overflow series because the series cap was reached.",
+)
+.own();
+pub static OWN_CONFIG_RELOADS: MetricDef = MetricDef::counter(
+    "hostscope.config.reloads",
+    "{reload}",
+    "Configuration reloads by hostscope.config.result (applied, invalid, partial).",
+)
+.own();
+pub static OWN_CONFIG_GENERATION: MetricDef = MetricDef::gauge(
+    "hostscope.config.generation",
+    "{generation}",
+    "Generation of the running configuration: 1 at start, one more per reload taken.",
+)
+.own();
+pub static OWN_METADATA_EVENTS: MetricDef = MetricDef::counter("hostscope.metadata.events", "{event}",
+    "Identity resolution counters by hostscope.metadata.counter (cache_hits, identity_builds, cgroup_misses, cgroup_unresolved, unknown_runtimes, process_reads, processes_gone, kube_events, kube_errors, ...).").own();
+pub static OWN_METADATA_CACHED: MetricDef = MetricDef::gauge("hostscope.metadata.cached", "{entry}",
+    "Entries in the identity caches by hostscope.metadata.cache (identities, cgroups, processes, pods, services).").own();
+
+/// The agent's own metrics, after the families'.
+const OWN: &[&MetricDef] = &[
+    &OWN_RECORDS,
+    &OWN_PROBE_EVENTS,
+    &OWN_PROBE_LOST,
+    &OWN_EXPORT_QUEUE_SIZE,
+    &OWN_EXPORT_QUEUE_BYTES,
+    &OWN_EXPORT_ITEMS,
+    &OWN_EXPORT_RETRIES,
+    &OWN_SERIES_OVERFLOW,
+    &OWN_CONFIG_RELOADS,
+    &OWN_CONFIG_GENERATION,
+    &OWN_METADATA_EVENTS,
+    &OWN_METADATA_CACHED,
+];
+
+/// Every metric: each registered family's, then the agent's own.
+pub fn all() -> impl Iterator<Item = &'static MetricDef> {
+    crate::family::REGISTERED
+        .iter()
+        .flat_map(|d| d.metrics.iter().copied())
+        .chain(OWN.iter().copied())
 }
 
 pub fn is_histogram(name: &str) -> bool {
-    METRICS
-        .iter()
-        .any(|m| m.name == name && m.instrument == Instrument::Histogram)
+    all().any(|m| m.name == name && m.instrument == Instrument::Histogram)
+}
+
+/// How a record type adds to the metrics: implemented next to its family's code.
+pub trait Measure {
+    fn measure(&self, _meter: &mut Meter<'_>) {}
 }
 
 /// An attribute value that can key a series. Strings are shared (`Arc<str>`): a record
 /// measured into several series clones its key for each, which is then a reference
 /// count, not an allocation per attribute.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Val {
+pub enum Val {
     S(Arc<str>),
     I(i64),
     B(bool),
 }
 
-type Key = Vec<(Arc<str>, Val)>;
+/// The attribute set of one series.
+pub type Key = Vec<(Arc<str>, Val)>;
+
+/// A string attribute.
+pub fn text(name: &str, value: impl Into<Arc<str>>) -> (Arc<str>, Val) {
+    (name.into(), Val::S(value.into()))
+}
+
+/// An integer attribute.
+pub fn int(name: &str, value: i64) -> (Arc<str>, Val) {
+    (name.into(), Val::I(value))
+}
 
 fn val(v: &AttrValue) -> Val {
     match v {
@@ -325,14 +380,18 @@ pub struct MetricsState {
     user_series: usize,
     overflowed: i64,
     last_collect_ns: u64,
-    /// server name -> (notAfter unix s, certificate subject): the gauge is computed at
-    /// collection time, so it keeps counting down between handshakes.
-    certs: BTreeMap<String, (i64, String)>,
+    /// Every metric, in the order of `series` and `bounds`.
+    defs: Vec<&'static MetricDef>,
+    /// (metric, subject) -> (series key, deadline in unix s): gauges computed at
+    /// collection time, so they keep counting down between records
+    /// ([`Meter::count_down`]).
+    countdowns: BTreeMap<(usize, String), (Key, i64)>,
 }
 
 impl MetricsState {
     pub fn new(opts: Options, now_ns: u64) -> MetricsState {
-        let bounds = METRICS
+        let defs: Vec<&'static MetricDef> = all().collect();
+        let bounds = defs
             .iter()
             .map(|m| {
                 opts.buckets
@@ -344,11 +403,12 @@ impl MetricsState {
         MetricsState {
             opts,
             bounds,
-            series: METRICS.iter().map(|_| BTreeMap::new()).collect(),
+            series: defs.iter().map(|_| BTreeMap::new()).collect(),
             user_series: 0,
             overflowed: 0,
             last_collect_ns: now_ns,
-            certs: BTreeMap::new(),
+            defs,
+            countdowns: BTreeMap::new(),
         }
     }
 
@@ -364,7 +424,7 @@ impl MetricsState {
     pub fn reconfigure(&mut self, opts: Options, now_ns: u64) {
         let restart_all =
             opts.exponential != self.opts.exponential || opts.temporality != self.opts.temporality;
-        for (i, def) in METRICS.iter().enumerate() {
+        for (i, def) in self.defs.iter().enumerate() {
             if !matches!(def.instrument, Instrument::Histogram) {
                 continue;
             }
@@ -401,10 +461,18 @@ impl MetricsState {
         }
     }
 
-    fn slot(&mut self, m: M, mut key: Key, now_ns: u64) -> &mut Series {
-        let def = &METRICS[m as usize];
+    /// The position of a metric in `defs`; None for one no family registered (a bug,
+    /// caught by the registry's test, not a reason to stop measuring the others).
+    fn index(&self, def: &'static MetricDef) -> Option<usize> {
+        let i = self.defs.iter().position(|d| std::ptr::eq(*d, def));
+        debug_assert!(i.is_some(), "metric {} is in no family's list", def.name);
+        i
+    }
+
+    fn slot(&mut self, m: usize, mut key: Key, now_ns: u64) -> &mut Series {
+        let def = self.defs[m];
         key.sort();
-        let map = &mut self.series[m as usize];
+        let map = &mut self.series[m];
         if !def.own && !map.contains_key(&key) {
             if self.user_series >= self.opts.series_limit {
                 self.overflowed += 1;
@@ -413,7 +481,7 @@ impl MetricsState {
                 self.user_series += 1;
             }
         }
-        let n_bounds = self.bounds[m as usize].len();
+        let n_bounds = self.bounds[m].len();
         let exponential = self.opts.exponential;
         map.entry(key).or_insert_with(|| Series {
             start_ns: now_ns,
@@ -429,27 +497,27 @@ impl MetricsState {
         })
     }
 
-    fn add(&mut self, m: M, key: Key, n: i64, now_ns: u64) {
+    fn add(&mut self, m: usize, key: Key, n: i64, now_ns: u64) {
         if let Value::Counter { total, .. } = &mut self.slot(m, key, now_ns).value {
             *total += n;
         }
     }
 
     /// For totals kept elsewhere (the agent's own counters).
-    fn set_total(&mut self, m: M, key: Key, n: i64, now_ns: u64) {
+    fn set_total(&mut self, m: usize, key: Key, n: i64, now_ns: u64) {
         if let Value::Counter { total, .. } = &mut self.slot(m, key, now_ns).value {
             *total = n;
         }
     }
 
-    fn set_gauge(&mut self, m: M, key: Key, v: f64, now_ns: u64) {
+    fn set_gauge(&mut self, m: usize, key: Key, v: f64, now_ns: u64) {
         if let Value::Gauge(g) = &mut self.slot(m, key, now_ns).value {
             *g = v;
         }
     }
 
-    fn record(&mut self, m: M, key: Key, v: f64, now_ns: u64) {
-        let bounds = self.bounds[m as usize].clone();
+    fn record(&mut self, m: usize, key: Key, v: f64, now_ns: u64) {
+        let bounds = self.bounds[m].clone();
         match &mut self.slot(m, key, now_ns).value {
             Value::Histogram(h) => {
                 h.record(&bounds, v, 1);
@@ -476,282 +544,58 @@ impl MetricsState {
         self.series.iter().map(|m| m.len()).sum()
     }
 
+    /// Adds one record's measurements (its family's [`Measure`]).
     pub fn observe(&mut self, record: &Record, identity: &Identity, now_ns: u64) {
-        match record {
-            Record::Tcp(r) => self.observe_tcp(r, identity, now_ns),
-            Record::Tls(r) => self.observe_tls(r, identity, now_ns),
-            Record::TlsCertificate(r) => self.observe_cert(r),
-            Record::Dns(r) => self.observe_dns(r, identity, now_ns),
-            Record::Syscalls(r) => self.observe_syscalls(r, now_ns),
-            // Alerts, slow calls and security events are exported as logs.
-            Record::SyscallAlert(_) | Record::SyscallSlow(_) | Record::Security(_) => {}
-            // Incidents are logs; each of their failures is counted from its own record.
-            Record::Rca(_) => {}
+        record.view().measure(&mut Meter {
+            state: self,
+            identity,
+            now_ns,
+        });
+    }
+
+    /// Sets the agent's own metric `def` (totals kept elsewhere).
+    fn own_total(&mut self, def: &'static MetricDef, key: Key, n: i64, now: u64) {
+        if let Some(m) = self.index(def) {
+            self.set_total(m, key, n, now);
         }
     }
 
-    fn observe_tcp(&mut self, r: &TcpRecord, identity: &Identity, now: u64) {
-        let mut key: Key = vec![
-            (
-                "network.type".into(),
-                Val::S(if r.remote.is_ipv4() { "ipv4" } else { "ipv6" }.into()),
-            ),
-            // The service side's port: bounded by what listens, unlike the client's.
-            (
-                "server.port".into(),
-                Val::I(match r.direction {
-                    Direction::Active => r.remote.port(),
-                    Direction::Passive => r.local.port(),
-                } as i64),
-            ),
-            (
-                "hostscope.tcp.direction".into(),
-                Val::S(
-                    match r.direction {
-                        Direction::Active => "active",
-                        Direction::Passive => "passive",
-                    }
-                    .into(),
-                ),
-            ),
-        ];
-        if self.opts.peers {
-            key.push((
-                "network.peer.address".into(),
-                Val::S(r.remote.ip().to_string().into()),
-            ));
-        }
-        self.identity_key(identity, &mut key);
-        match r.event {
-            TcpEventKind::Connect => {
-                if let Some(us) = r.connect_latency_us {
-                    self.record(M::TcpConnectDuration, key.clone(), us / 1e6, now);
-                }
-                if r.syn_retransmits > 0 {
-                    self.add(M::TcpSynRetransmits, key, r.syn_retransmits as i64, now);
-                }
-            }
-            TcpEventKind::ConnectFailed => {
-                let mut k = key.clone();
-                if let Some(f) = &r.failure {
-                    k.push(("error.type".into(), Val::S(reason_str(f.reason).into())));
-                }
-                self.add(M::TcpConnectFailures, k, 1, now);
-                if r.syn_retransmits > 0 {
-                    self.add(M::TcpSynRetransmits, key, r.syn_retransmits as i64, now);
-                }
-            }
-            TcpEventKind::Close => {
-                if let Some(us) = r.duration_us {
-                    self.record(M::TcpConnectionDuration, key.clone(), us / 1e6, now);
-                }
-                if let Some(srtt) = r.srtt_us {
-                    self.record(M::TcpRtt, key.clone(), srtt as f64 / 1e6, now);
-                }
-                if let Some(n) = r.retransmits {
-                    self.add(M::TcpRetransmits, key.clone(), n as i64, now);
-                }
-                for (dir, bytes) in [("transmit", r.bytes_acked), ("receive", r.bytes_received)] {
-                    if let Some(b) = bytes {
-                        let mut k = key.clone();
-                        k.push(("network.io.direction".into(), Val::S(dir.into())));
-                        self.add(M::TcpConnectionIo, k, b as i64, now);
-                    }
-                }
-            }
-            TcpEventKind::ResetSent | TcpEventKind::ResetReceived => {
-                let dir = if r.event == TcpEventKind::ResetSent {
-                    "sent"
-                } else {
-                    "received"
-                };
-                key.push(("tcp.reset.direction".into(), Val::S(dir.into())));
-                self.add(M::TcpResets, key, 1, now);
-            }
-        }
-    }
-
-    fn observe_tls(&mut self, r: &TlsRecord, identity: &Identity, now: u64) {
-        let mut key: Key = Vec::new();
-        if let Some(v) = &r.version {
-            key.push(("tls.protocol.version".into(), Val::S(tls_version(v).into())));
-        }
-        if let Some(port) = r.remote.zip(r.local).map(|(rem, loc)| match r.role {
-            Some(crate::events::tls::Role::Server) => loc.port(),
-            _ => rem.port(),
-        }) {
-            key.push(("server.port".into(), Val::I(port as i64)));
-        }
-        if self.opts.peers {
-            if let Some(rem) = r.remote {
-                key.push((
-                    "network.peer.address".into(),
-                    Val::S(rem.ip().to_string().into()),
-                ));
-            }
-        }
-        self.identity_key(identity, &mut key);
-        let outcome = match r.outcome {
-            Outcome::Success => "success",
-            Outcome::Failure => "failure",
-        };
-        let mut dkey = key.clone();
-        dkey.push(("hostscope.tls.outcome".into(), Val::S(outcome.into())));
-        if let Some(f) = &r.failure {
-            dkey.push(("error.type".into(), Val::S(f.reason.as_str().into())));
-            let mut fkey = key;
-            fkey.push(("error.type".into(), Val::S(f.reason.as_str().into())));
-            fkey.push((
-                "hostscope.tls.failure.source".into(),
-                Val::S(failure_source(f.source).into()),
-            ));
-            self.add(M::TlsHandshakeFailures, fkey, 1, now);
-        }
-        if let Some(us) = r.duration_us {
-            self.record(M::TlsHandshakeDuration, dkey, us / 1e6, now);
-        }
-        if let (Some(name), Some(not_after)) = (&r.server_name, r.cert_not_after_unix) {
-            let subject = r.cert_subject.clone().unwrap_or_default();
-            self.certs.insert(name.clone(), (not_after, subject));
-        }
-    }
-
-    /// Query names are unbounded (every pod's search-list expansions): on data points
-    /// only when asked (`export.metric_dns_names`).
-    fn observe_dns(&mut self, r: &DnsRecord, identity: &Identity, now: u64) {
-        let transport = match r.transport {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        };
-        let mut key: Key = vec![
-            ("network.transport".into(), Val::S(transport.into())),
-            (
-                "server.address".into(),
-                Val::S(r.server.ip().to_string().into()),
-            ),
-            ("server.port".into(), Val::I(r.server.port() as i64)),
-            (
-                "hostscope.dns.question.type".into(),
-                Val::S(r.query_type.as_str().into()),
-            ),
-        ];
-        if self.opts.dns_names {
-            key.push((
-                "dns.question.name".into(),
-                Val::S(r.query_name.as_str().into()),
-            ));
-        }
-        self.identity_key(identity, &mut key);
-        if r.retries > 0 {
-            self.add(M::DnsLookupRetries, key.clone(), r.retries as i64, now);
-        }
-        if let Some(kind) = r.failure_kind() {
-            let mut k = key.clone();
-            k.push(("error.type".into(), Val::S(kind.into())));
-            self.add(M::DnsLookupFailures, k, 1, now);
-        }
-        if let (Some(us), Some(rcode)) = (r.latency_us, &r.rcode) {
-            key.push((
-                "hostscope.dns.response_code".into(),
-                Val::S(rcode.as_str().into()),
-            ));
-            self.record(M::DnsLookupDuration, key, us / 1e6, now);
-        }
-    }
-
-    fn observe_cert(&mut self, r: &TlsCertificateRecord) {
-        self.certs
-            .insert(r.server_name.clone(), (r.not_after_unix, r.subject.clone()));
-    }
-
-    fn observe_syscalls(&mut self, r: &SyscallsRecord, now: u64) {
-        let by_pid = r.key_by == "pid";
-        for p in &r.processes {
-            let mut base: Key = vec![(
-                "process.executable.name".into(),
-                Val::S(p.comm.as_str().into()),
-            )];
-            if by_pid && self.opts.pids {
-                base.push(("process.pid".into(), Val::I(p.id as i64)));
-            }
-            if !by_pid {
-                base.push(("hostscope.cgroup.id".into(), Val::I(p.id as i64)));
-            }
-            for row in &p.syscalls {
-                let mut k = base.clone();
-                k.push(("syscall.name".into(), Val::S(row.syscall.as_str().into())));
-                self.add(M::SyscallCalls, k.clone(), row.count as i64, now);
-                if row.timed > 0 {
-                    self.merge_log2(M::SyscallDuration, k, row, now);
-                }
-            }
-            for e in &p.errnos {
-                let mut k = base.clone();
-                k.push(("syscall.name".into(), Val::S(e.syscall.as_str().into())));
-                k.push(("error.type".into(), Val::S(e.errno_name.as_str().into())));
-                self.add(M::SyscallErrors, k, e.count as i64, now);
-            }
-        }
-    }
-
-    fn merge_log2(&mut self, m: M, key: Key, row: &crate::events::syscalls::SyscallRow, now: u64) {
-        let bounds = self.bounds[m as usize].clone();
-        let slot = &mut self.slot(m, key, now).value;
-        for (i, &n) in row.hist.iter().enumerate() {
-            if n > 0 {
-                // [2^i, 2^(i+1)) ns, placed by its midpoint.
-                let mid_s = 1.5 * (1u64 << i.min(62)) as f64 / 1e9;
-                match slot {
-                    Value::Histogram(h) => h.record(&bounds, mid_s, n),
-                    Value::Exponential(h) => h.record(mid_s, n),
-                    _ => {}
-                }
-            }
-        }
-        let (sum, max) = (row.total_ns as f64 / 1e9, row.max_ns as f64 / 1e9);
-        match slot {
-            Value::Histogram(h) => {
-                h.sum += sum;
-                h.max = h.max.max(max);
-            }
-            Value::Exponential(h) => {
-                h.sum += sum;
-                h.max = h.max.max(max);
-            }
-            _ => {}
+    fn own_gauge(&mut self, def: &'static MetricDef, key: Key, v: f64, now: u64) {
+        if let Some(m) = self.index(def) {
+            self.set_gauge(m, key, v, now);
         }
     }
 
     /// The agent's and the exporter's own counters, as totals since start.
     pub fn observe_health(&mut self, stats: &AgentStats, export: &super::ExportSnapshot, now: u64) {
         let r = |s: &str| vec![("hostscope.result".into(), Val::S(s.into()))];
-        self.set_total(
-            M::OwnRecords,
+        self.own_total(
+            &OWN_RECORDS,
             r("decoded"),
             stats.records_decoded as i64,
             now,
         );
-        self.set_total(
-            M::OwnRecords,
+        self.own_total(
+            &OWN_RECORDS,
             r("decode_error"),
             stats.decode_errors as i64,
             now,
         );
-        self.set_total(M::OwnRecords, r("lagged"), stats.records_lagged as i64, now);
+        self.own_total(&OWN_RECORDS, r("lagged"), stats.records_lagged as i64, now);
         for (family, counters) in &stats.kernel {
             for (name, v) in counters {
                 let key = vec![
                     ("hostscope.probe.family".into(), Val::S((*family).into())),
                     ("hostscope.probe.counter".into(), Val::S((*name).into())),
                 ];
-                self.set_total(M::OwnProbeEvents, key, *v as i64, now);
+                self.own_total(&OWN_PROBE_EVENTS, key, *v as i64, now);
             }
             let lost = counters
                 .get(hostscope_common::stats::Stat::RingFull.name())
                 .copied()
                 .unwrap_or(0);
             let key = vec![("hostscope.probe.family".into(), Val::S((*family).into()))];
-            self.set_total(M::OwnProbeLost, key, lost as i64, now);
+            self.own_total(&OWN_PROBE_LOST, key, lost as i64, now);
         }
         let t = &stats.tls;
         for (name, v) in [
@@ -766,16 +610,16 @@ impl MetricsState {
                 ),
                 ("hostscope.probe.counter".into(), Val::S(name.into())),
             ];
-            self.set_total(M::OwnProbeEvents, key, v as i64, now);
+            self.own_total(&OWN_PROBE_EVENTS, key, v as i64, now);
         }
-        self.set_gauge(
-            M::OwnExportQueueSize,
+        self.own_gauge(
+            &OWN_EXPORT_QUEUE_SIZE,
             Vec::new(),
             export.queue_len as f64,
             now,
         );
-        self.set_gauge(
-            M::OwnExportQueueBytes,
+        self.own_gauge(
+            &OWN_EXPORT_QUEUE_BYTES,
             Vec::new(),
             export.queue_bytes as f64,
             now,
@@ -788,9 +632,9 @@ impl MetricsState {
             if !reason.is_empty() {
                 key.push(("error.type".into(), Val::S(reason.as_str().into())));
             }
-            self.set_total(M::OwnExportItems, key, *n as i64, now);
+            self.own_total(&OWN_EXPORT_ITEMS, key, *n as i64, now);
         }
-        self.set_total(M::OwnExportRetries, Vec::new(), export.retries as i64, now);
+        self.own_total(&OWN_EXPORT_RETRIES, Vec::new(), export.retries as i64, now);
         let c = &stats.config;
         for (result, n) in [
             ("applied", c.applied),
@@ -798,11 +642,11 @@ impl MetricsState {
             ("partial", c.partial),
         ] {
             let key = vec![("hostscope.config.result".into(), Val::S(result.into()))];
-            self.set_total(M::OwnConfigReloads, key, n as i64, now);
+            self.own_total(&OWN_CONFIG_RELOADS, key, n as i64, now);
         }
-        self.set_gauge(M::OwnConfigGeneration, Vec::new(), c.generation as f64, now);
+        self.own_gauge(&OWN_CONFIG_GENERATION, Vec::new(), c.generation as f64, now);
         let overflowed = self.overflowed;
-        self.set_total(M::OwnSeriesOverflow, Vec::new(), overflowed, now);
+        self.own_total(&OWN_SERIES_OVERFLOW, Vec::new(), overflowed, now);
     }
 
     /// The identity resolver's health: a Kubernetes API that keeps failing shows here.
@@ -822,7 +666,7 @@ impl MetricsState {
         ];
         for (name, v) in counters {
             let key = vec![("hostscope.metadata.counter".into(), Val::S(name.into()))];
-            self.set_total(M::OwnMetadataEvents, key, v as i64, now);
+            self.own_total(&OWN_METADATA_EVENTS, key, v as i64, now);
         }
         let cached = [
             ("identities", m.identities_cached),
@@ -833,7 +677,7 @@ impl MetricsState {
         ];
         for (name, v) in cached {
             let key = vec![("hostscope.metadata.cache".into(), Val::S(name.into()))];
-            self.set_gauge(M::OwnMetadataCached, key, v as f64, now);
+            self.own_gauge(&OWN_METADATA_CACHED, key, v as f64, now);
         }
     }
 
@@ -849,28 +693,19 @@ impl MetricsState {
         let since = self.last_collect_ns;
         self.last_collect_ns = now_ns;
         let now_s = (now_ns / 1_000_000_000) as i64;
-        // Certificates: recomputed at each collection.
-        let certs: Vec<_> = self
-            .certs
+        // Countdowns: recomputed at each collection.
+        let countdowns: Vec<_> = self
+            .countdowns
             .iter()
-            .map(|(name, (not_after, subject))| (name.clone(), *not_after, subject.clone()))
+            .map(|((m, _), (key, deadline))| (*m, key.clone(), *deadline))
             .collect();
-        for (name, not_after, subject) in certs {
-            let mut key = vec![("server.address".into(), Val::S(name.into()))];
-            if !subject.is_empty() {
-                key.push(("tls.server.subject".into(), Val::S(subject.into())));
-            }
-            self.set_gauge(
-                M::TlsCertTimeToExpiry,
-                key,
-                (not_after - now_s) as f64,
-                now_ns,
-            );
+        for (m, key, deadline) in countdowns {
+            self.set_gauge(m, key, (deadline - now_s) as f64, now_ns);
         }
 
         let mut out = Vec::new();
         let mut points = 0;
-        for (i, def) in METRICS.iter().enumerate() {
+        for (i, def) in self.defs.iter().enumerate() {
             let bounds = &self.bounds[i];
             let map = &mut self.series[i];
             let data = match def.instrument {
@@ -988,6 +823,96 @@ impl MetricsState {
     }
 }
 
+/// What a record's [`Measure`] measures into: the aggregation, with the record's identity
+/// and the time.
+pub struct Meter<'a> {
+    state: &'a mut MetricsState,
+    identity: &'a Identity,
+    now_ns: u64,
+}
+
+impl Meter<'_> {
+    pub fn options(&self) -> &Options {
+        &self.state.opts
+    }
+
+    /// Adds the record's identity attributes that data points may carry (pids only when
+    /// asked).
+    pub fn identity_key(&self, key: &mut Key) {
+        self.state.identity_key(self.identity, key);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(&mut self, def: &'static MetricDef, key: Key, n: i64) {
+        if let Some(m) = self.state.index(def) {
+            self.state.add(m, key, n, self.now_ns);
+        }
+    }
+
+    /// Records one value into a histogram.
+    pub fn record(&mut self, def: &'static MetricDef, key: Key, v: f64) {
+        if let Some(m) = self.state.index(def) {
+            self.state.record(m, key, v, self.now_ns);
+        }
+    }
+
+    /// Merges a kernel log2 histogram of nanoseconds (`hist[i]` counts values in
+    /// [2^i, 2^(i+1)) ns, each placed by its midpoint) with its sum and maximum.
+    pub fn merge_log2(
+        &mut self,
+        def: &'static MetricDef,
+        key: Key,
+        hist: &[u64],
+        total_ns: u64,
+        max_ns: u64,
+    ) {
+        let Some(m) = self.state.index(def) else {
+            return;
+        };
+        let bounds = self.state.bounds[m].clone();
+        let slot = &mut self.state.slot(m, key, self.now_ns).value;
+        for (i, &n) in hist.iter().enumerate() {
+            if n > 0 {
+                let mid_s = 1.5 * (1u64 << i.min(62)) as f64 / 1e9;
+                match slot {
+                    Value::Histogram(h) => h.record(&bounds, mid_s, n),
+                    Value::Exponential(h) => h.record(mid_s, n),
+                    _ => {}
+                }
+            }
+        }
+        let (sum, max) = (total_ns as f64 / 1e9, max_ns as f64 / 1e9);
+        match slot {
+            Value::Histogram(h) => {
+                h.sum += sum;
+                h.max = h.max.max(max);
+            }
+            Value::Exponential(h) => {
+                h.sum += sum;
+                h.max = h.max.max(max);
+            }
+            _ => {}
+        }
+    }
+
+    /// A gauge of the seconds left until `deadline_unix_s` (negative once past), computed
+    /// at each collection. `subject` names what it counts down for: a later call for the
+    /// same subject replaces its key and deadline.
+    pub fn count_down(
+        &mut self,
+        def: &'static MetricDef,
+        subject: &str,
+        key: Key,
+        deadline_unix_s: i64,
+    ) {
+        if let Some(m) = self.state.index(def) {
+            self.state
+                .countdowns
+                .insert((m, subject.to_string()), (key, deadline_unix_s));
+        }
+    }
+}
+
 fn number_point(
     key: &Key,
     start: u64,
@@ -1001,36 +926,6 @@ fn number_point(
         value: Some(value),
         ..Default::default()
     }
-}
-
-pub fn reason_str(r: crate::events::tcp::FailureReason) -> &'static str {
-    use crate::events::tcp::FailureReason::*;
-    match r {
-        Refused => "refused",
-        TimedOut => "timed_out",
-        Unreachable => "unreachable",
-        Reset => "reset",
-        Aborted => "aborted",
-        Error => "error",
-    }
-}
-
-pub fn failure_source(s: crate::events::tls::FailureSource) -> &'static str {
-    use crate::events::tls::FailureSource::*;
-    match s {
-        AlertSent => "alert_sent",
-        AlertReceived => "alert_received",
-        X509Verify => "x509_verify",
-        Connection => "connection",
-    }
-}
-
-/// `TLSv1.3` / `TLS 1.3` -> `1.3`, as `tls.protocol.version` wants it.
-pub fn tls_version(v: &str) -> String {
-    v.trim_start_matches("TLSv")
-        .trim_start_matches("TLS ")
-        .trim_start_matches("TLS")
-        .to_string()
 }
 
 #[cfg(test)]
@@ -1052,5 +947,19 @@ pub mod tests_support {
         let p = h.0.point(&Vec::new(), 0, 0);
         let b = p.positive.unwrap_or_default();
         (p.scale, b.offset, b.bucket_counts)
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    /// Two families defining one name would merge their series under one description.
+    #[test]
+    fn every_metric_name_is_defined_once() {
+        let mut names: Vec<&str> = super::all().map(|m| m.name).collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n, "a metric name is defined twice");
+        assert!(n >= 29, "{n} metrics");
     }
 }

@@ -441,7 +441,7 @@ fn metadata_health_is_exported_kube_errors_included() {
 #[test]
 fn reference_table_lists_every_metric() {
     let doc = include_str!("../../../docs/metrics.md");
-    for def in super::metrics::METRICS {
+    for def in super::metrics::all() {
         assert!(
             doc.contains(&format!("| `{}` |", def.name)),
             "docs/metrics.md has no row for {}",

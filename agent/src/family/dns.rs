@@ -29,6 +29,8 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     restart_keys: &["dns.enabled", "dns.ports", "dns.ring_bytes"],
     record_types: &["dns"],
     docs: DnsSection::DOCS,
+    metrics: crate::dns::sinks::METRICS,
+    causes: crate::dns::sinks::CAUSES,
     validate: |config, problems| config.dns.validate("dns", problems),
     new: |config| Box::new(Dns::new(config)),
 };

@@ -55,6 +55,10 @@ pub struct Descriptor {
     pub record_types: &'static [&'static str],
     /// Help for every key of its section (`hostscope config default`).
     pub docs: crate::config::Docs,
+    /// Its OTLP and Prometheus metrics (docs/metrics.md).
+    pub metrics: &'static [&'static crate::export::metrics::MetricDef],
+    /// The causes its failures are classified into (docs/rca.md).
+    pub causes: &'static [&'static crate::rca::classify::Cause],
     /// Checks its section of the tree, naming each problem by its key path.
     pub validate: fn(&Config, &mut crate::config::Problems),
     pub new: fn(&AgentConfig) -> Box<dyn Family>,

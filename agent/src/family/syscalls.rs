@@ -39,6 +39,8 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     ],
     record_types: &["syscalls", "syscall_alert", "syscall_slow", "security"],
     docs: loader::syscalls::SyscallsSection::DOCS,
+    metrics: crate::syscalls::sinks::METRICS,
+    causes: crate::syscalls::sinks::CAUSES,
     validate: |config, problems| config.syscalls.validate("syscalls", problems),
     new: |config| Box::new(Syscalls::new(config)),
 };

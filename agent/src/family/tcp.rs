@@ -19,6 +19,8 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     restart_keys: &["tcp.ring_bytes", "tcp.max_connections"],
     record_types: &["tcp"],
     docs: loader::tcp::TcpSection::DOCS,
+    metrics: crate::tcp::sinks::METRICS,
+    causes: crate::tcp::sinks::CAUSES,
     validate: |config, problems| config.tcp.validate("tcp", problems),
     new: |config| Box::new(Tcp::new(config)),
 };

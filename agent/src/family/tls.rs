@@ -37,6 +37,8 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     restart_keys: &["tls.uprobe_io"],
     record_types: &["tls", "tls_certificate"],
     docs: loader::tls::TlsSection::DOCS,
+    metrics: crate::tls::sinks::METRICS,
+    causes: crate::tls::sinks::CAUSES,
     validate: |config, problems| config.tls.validate("tls", problems),
     new: |config| Box::new(Tls::new(config)),
 };

@@ -620,7 +620,7 @@ fn records(out: &mut Out, metrics: &[Metric], overflow: i64) -> std::fmt::Result
 mod tests {
     use super::*;
     use crate::{
-        export::metrics::{Instrument, METRICS},
+        export::metrics::{self, Instrument},
         kernel::map_fill::MapFill,
         loader::{AttachState, ProbeStatus},
         stats::ProgramCost,
@@ -724,7 +724,7 @@ mod tests {
     #[test]
     fn every_record_family_is_documented() {
         let docs = docs();
-        for def in METRICS.iter().filter(|m| !m.own) {
+        for def in metrics::all().filter(|m| !m.own) {
             let kind = match def.instrument {
                 Instrument::Counter => MetricType::Counter,
                 Instrument::Gauge => MetricType::Gauge,

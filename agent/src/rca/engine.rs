@@ -283,10 +283,8 @@ impl Engine {
 }
 
 fn recovers(recovery: Recovery, record: &RcaRecord) -> bool {
-    recovery != Recovery::QuietOnly
-        && super::classify::CAUSES
-            .iter()
-            .any(|c| c.code == record.cause && c.recovery == recovery)
+    recovery != Recovery::QUIET_ONLY
+        && super::classify::all_causes().any(|c| c.code == record.cause && c.recovery == recovery)
 }
 
 fn fold(inc: &mut Incident, f: Failure) {
@@ -344,7 +342,10 @@ fn close(mut inc: Incident, ending: Ending, now: u64, window: u64) -> RcaRecord 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rca::classify::{FD_LIMIT, REFUSED, TIMED_OUT};
+    use crate::{
+        syscalls::sinks::FD_LIMIT,
+        tcp::sinks::{REFUSED, TIMED_OUT},
+    };
 
     const S: u64 = 1_000_000_000;
 
@@ -440,7 +441,7 @@ mod tests {
         e.success(
             "process curl".into(),
             "10.0.3.8:443".into(),
-            Recovery::TcpConnect,
+            crate::tcp::sinks::CONNECTED,
             13 * S,
             13 * S,
             &mut out,
@@ -448,7 +449,7 @@ mod tests {
         e.success(
             "process curl".into(),
             "10.0.3.7:443".into(),
-            Recovery::TlsHandshake,
+            crate::tls::sinks::HANDSHAKE,
             13 * S,
             13 * S,
             &mut out,
@@ -457,7 +458,7 @@ mod tests {
         e.success(
             "process curl".into(),
             "10.0.3.7:443".into(),
-            Recovery::TcpConnect,
+            crate::tcp::sinks::CONNECTED,
             13 * S,
             13 * S,
             &mut out,

@@ -161,6 +161,111 @@ impl std::fmt::Display for RcaRecord {
     }
 }
 
+// ---- what the sinks make of an incident ---------------------------------------------
+
+impl crate::events::RecordView for RcaRecord {
+    fn kind(&self) -> &'static str {
+        "rca"
+    }
+
+    /// The first failing process of the incident.
+    fn subject(&self) -> crate::metadata::Subject {
+        crate::metadata::Subject {
+            pid: self.pid,
+            cgroup_id: self.cgroup_id,
+        }
+    }
+
+    fn time_unix_ns(&self) -> u64 {
+        self.timestamp_unix_ns
+    }
+
+    fn heap_bytes(&self) -> usize {
+        use crate::events::view::{list_bytes, opt_bytes};
+        self.sentence.capacity()
+            + self.source.capacity()
+            + self.target.capacity()
+            + opt_bytes(&self.summary)
+            + list_bytes(&self.affected, |a| {
+                opt_bytes(&a.comm) + opt_bytes(&a.workload)
+            })
+            + list_bytes(&self.sample_conn_ids, |_| 0)
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        self.target_address
+    }
+}
+
+/// Incidents are logs; each of their failures is counted from its own record.
+impl crate::export::metrics::Measure for RcaRecord {}
+impl crate::export::spans::Traced for RcaRecord {}
+/// Our own output: not a failure to fold again.
+impl crate::rca::classify::Classify for RcaRecord {}
+
+impl crate::api::filter::Filtered for RcaRecord {
+    fn is_failure(&self) -> bool {
+        true
+    }
+
+    fn reasons(&self) -> Vec<&str> {
+        vec![self.cause]
+    }
+}
+
+impl crate::export::logs::Logged for RcaRecord {
+    /// `hostscope.rca.incident`: warn while open, info once closed.
+    fn log_entry(&self) -> Option<crate::export::logs::LogEntry> {
+        use crate::export::resource::{int_value, kv, str_value};
+        use opentelemetry_proto::tonic::logs::v1::SeverityNumber;
+        let r = self;
+        let mut a = vec![
+            kv("error.type", str_value(r.cause)),
+            kv("hostscope.rca.incident_id", int_value(r.incident_id as i64)),
+            kv("hostscope.rca.state", str_value(r.state.as_str())),
+            kv("hostscope.rca.count", int_value(r.count as i64)),
+            kv("hostscope.rca.family", str_value(r.family)),
+            kv("hostscope.rca.source", str_value(&r.source)),
+            kv("hostscope.rca.target", str_value(&r.target)),
+            kv(
+                "hostscope.rca.first_seen_unix_ns",
+                int_value(r.first_seen_unix_ns as i64),
+            ),
+            kv(
+                "hostscope.rca.last_seen_unix_ns",
+                int_value(r.last_seen_unix_ns as i64),
+            ),
+        ];
+        if let Some(t) = r.target_address {
+            a.push(kv("network.peer.address", str_value(t.ip().to_string())));
+            a.push(kv("network.peer.port", int_value(t.port() as i64)));
+        } else if r.family == "syscalls" {
+            a.push(kv("syscall.name", str_value(&r.target)));
+        }
+        if let Some(pid) = r.pid {
+            a.push(kv("process.pid", int_value(pid as i64)));
+        }
+        if let Some(comm) = r.affected.first().and_then(|p| p.comm.as_deref()) {
+            a.push(kv("process.executable.name", str_value(comm)));
+        }
+        if let Some(s) = &r.summary {
+            a.push(kv("hostscope.rca.summary", str_value(s)));
+        }
+        let severity = match r.state {
+            IncidentState::Closed => SeverityNumber::Info,
+            _ => SeverityNumber::Warn,
+        };
+        Some(crate::export::logs::LogEntry {
+            time_unix_ns: r.timestamp_unix_ns,
+            severity,
+            event: "hostscope.rca.incident",
+            body: r.sentence.clone(),
+            attributes: a,
+            failure: false,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

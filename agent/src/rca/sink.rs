@@ -171,22 +171,12 @@ impl Folder {
 
     /// Feeds one record; the incident records it causes are in [`Folder::take`].
     pub fn observe(&mut self, record: &Record, now: u64) {
-        match record {
-            // Our own output.
-            Record::Rca(_) => return,
-            Record::TlsCertificate(c) => {
-                if self.certificates.len() >= MAX_CERTIFICATES {
-                    self.certificates.clear();
-                }
-                self.certificates.insert(
-                    c.server,
-                    KnownCertificate {
-                        not_after_unix: c.not_after_unix,
-                    },
-                );
-                return;
+        if let Some((server, known)) = record.view().certificate() {
+            if self.certificates.len() >= MAX_CERTIFICATES {
+                self.certificates.clear();
             }
-            _ => {}
+            self.certificates.insert(server, known);
+            return;
         }
         let cert = record.peer().and_then(|a| self.certificates.get(&a));
         if let Some(c) = classify::classify(record, cert) {
@@ -251,11 +241,7 @@ impl Folder {
 
 /// The name a connection record's process looked its peer up as.
 fn remote_name(record: &Record) -> Option<&str> {
-    match record {
-        Record::Tcp(r) => r.remote_name.as_deref(),
-        Record::Tls(r) => r.remote_name.as_deref(),
-        _ => None,
-    }
+    record.view().remote_name()
 }
 
 /// `service <ns>/<name>:<port>` or `pod <ns>/<name>:<port>` when the resolver knows the

@@ -2,5 +2,6 @@
 //! that joins wire, OpenSSL and TCP into one record per handshake.
 pub mod parser;
 pub mod reason;
+pub mod sinks;
 pub mod task;
 pub mod tracker;
