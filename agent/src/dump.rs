@@ -51,14 +51,21 @@ pub enum DumpError {
     Io(#[from] std::io::Error),
 }
 
-/// The written slots of an agent-written array of recent failures (`TLS_FAILURES`,
-/// `DNS_FAILURES`; a slot with time 0 was never written), oldest first, as rows.
-pub fn recent_failures<T: aya::Pod, R>(
+/// The table of one family's recent failures, one row per slot.
+pub type FailureTable<R> = fn(&mut dyn Write, &[R]) -> std::io::Result<()>;
+
+/// Writes the written slots of an agent-written array of recent failures
+/// (`TLS_FAILURES`, `DNS_FAILURES`; a slot with time 0 was never written), oldest first,
+/// as JSON lines of `row` or as the family's `table`.
+pub fn write_recent_failures<T: aya::Pod, R: serde::Serialize>(
     map: Map,
     name: &'static str,
     unix_ns: fn(&T) -> u64,
     row: fn(&T) -> R,
-) -> Result<Vec<R>, DumpError> {
+    table: FailureTable<R>,
+    format: DumpFormat,
+    mut out: &mut dyn Write,
+) -> Result<(), DumpError> {
     let read = read_error(name);
     let slots: aya::maps::Array<_, T> = aya::maps::Array::try_from(map).map_err(read)?;
     let mut written = Vec::new();
@@ -69,7 +76,12 @@ pub fn recent_failures<T: aya::Pod, R>(
         }
     }
     written.sort_by_key(unix_ns);
-    Ok(written.iter().map(row).collect())
+    let rows: Vec<R> = written.iter().map(row).collect();
+    match format {
+        DumpFormat::Json => rows.iter().try_for_each(|r| write_json(&mut out, r))?,
+        DumpFormat::Table => table(out, &rows)?,
+    }
+    Ok(())
 }
 
 /// The error of reading map `name`.

@@ -7,7 +7,7 @@ use crate::{
     api::filter::Filtered,
     events::{
         dns::{DnsOutcome, DnsRecord, Transport},
-        view::{list_bytes, opt_bytes},
+        view::{list_bytes, opt_bytes, About},
         RecordView,
     },
     export::{
@@ -61,19 +61,15 @@ fn transport(r: &DnsRecord) -> &'static str {
 }
 
 impl RecordView for DnsRecord {
-    fn kind(&self) -> &'static str {
-        "dns"
-    }
-
-    fn subject(&self) -> Subject {
-        Subject {
-            pid: self.pid,
-            cgroup_id: self.cgroup_id,
+    fn about(&self) -> About {
+        About {
+            kind: "dns",
+            time_unix_ns: self.timestamp_unix_ns,
+            subject: Subject {
+                pid: self.pid,
+                cgroup_id: self.cgroup_id,
+            },
         }
-    }
-
-    fn time_unix_ns(&self) -> u64 {
-        self.timestamp_unix_ns
     }
 
     fn heap_bytes(&self) -> usize {

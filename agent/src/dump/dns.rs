@@ -1,22 +1,31 @@
 //! The DNS family's pinned maps: the most recent failed lookups, counters.
 
-use std::{io::Write, path::Path};
+use std::io::Write;
 
-use aya::maps::Map;
 use hostscope_common::{
     dns::{DnsFailureSlot, DNS_FAILURES_MAP, DNS_STATS_MAP, DNS_TRANSPORT_TCP},
     stats::Stat,
 };
 use serde::Serialize;
 
-use super::{write_counters, DumpError, DumpFormat, PinnedMap};
-use crate::{events::comm_string, output::write_json};
+use super::{write_counters, PinnedMap};
+use crate::events::comm_string;
 
 pub const MAPS: &[PinnedMap] = &[
     PinnedMap {
         name: DNS_FAILURES_MAP,
         about: "the most recent failed DNS lookups: NXDOMAIN, SERVFAIL, timeouts (up to 64)",
-        decode: failures,
+        decode: |_, map, format, out| {
+            super::write_recent_failures(
+                map,
+                DNS_FAILURES_MAP,
+                |s: &DnsFailureSlot| s.unix_ns,
+                failure_row,
+                write_failure_table,
+                format,
+                out,
+            )
+        },
     },
     PinnedMap {
         name: DNS_STATS_MAP,
@@ -74,25 +83,6 @@ pub fn failure_row(s: &DnsFailureSlot) -> FailureRow {
         comm: comm_string(&s.comm),
         cgroup_id: s.cgroup_id,
     }
-}
-
-fn failures(
-    _pin_dir: &Path,
-    map: Map,
-    format: DumpFormat,
-    mut out: &mut dyn Write,
-) -> Result<(), DumpError> {
-    let rows = super::recent_failures(
-        map,
-        DNS_FAILURES_MAP,
-        |s: &DnsFailureSlot| s.unix_ns,
-        failure_row,
-    )?;
-    match format {
-        DumpFormat::Json => rows.iter().try_for_each(|r| write_json(&mut out, r))?,
-        DumpFormat::Table => write_failure_table(out, &rows)?,
-    }
-    Ok(())
 }
 
 fn write_failure_table(out: &mut dyn Write, rows: &[FailureRow]) -> std::io::Result<()> {

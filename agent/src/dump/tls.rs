@@ -1,22 +1,31 @@
 //! The TLS family's pinned maps: the most recent handshake failures, counters.
 
-use std::{io::Write, path::Path};
+use std::io::Write;
 
-use aya::maps::Map;
 use hostscope_common::{
     stats::Stat,
     tls::{TlsFailureSlot, TLS_FAILURES_MAP, TLS_STATS_MAP},
 };
 use serde::Serialize;
 
-use super::{write_counters, DumpError, DumpFormat, PinnedMap};
-use crate::{events::comm_string, output::write_json};
+use super::{write_counters, PinnedMap};
+use crate::events::comm_string;
 
 pub const MAPS: &[PinnedMap] = &[
     PinnedMap {
         name: TLS_FAILURES_MAP,
         about: "the most recent TLS handshake failures (up to 64)",
-        decode: failures,
+        decode: |_, map, format, out| {
+            super::write_recent_failures(
+                map,
+                TLS_FAILURES_MAP,
+                |s: &TlsFailureSlot| s.unix_ns,
+                failure_row,
+                write_failure_table,
+                format,
+                out,
+            )
+        },
     },
     PinnedMap {
         name: TLS_STATS_MAP,
@@ -76,25 +85,6 @@ fn failure_row(s: &TlsFailureSlot) -> FailureRow {
         comm: comm_string(&s.comm),
         cert_not_after_unix: (s.cert_not_after_unix != 0).then_some(s.cert_not_after_unix),
     }
-}
-
-fn failures(
-    _pin_dir: &Path,
-    map: Map,
-    format: DumpFormat,
-    mut out: &mut dyn Write,
-) -> Result<(), DumpError> {
-    let rows = super::recent_failures(
-        map,
-        TLS_FAILURES_MAP,
-        |s: &TlsFailureSlot| s.unix_ns,
-        failure_row,
-    )?;
-    match format {
-        DumpFormat::Json => rows.iter().try_for_each(|r| write_json(&mut out, r))?,
-        DumpFormat::Table => write_failure_table(out, &rows)?,
-    }
-    Ok(())
 }
 
 fn write_failure_table(out: &mut dyn Write, rows: &[FailureRow]) -> std::io::Result<()> {

@@ -10,6 +10,18 @@ use std::net::SocketAddr;
 use super::Record;
 use crate::metadata::Subject;
 
+/// The facts every record has.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct About {
+    /// Its `type` tag in JSON (serde's snake_case of its [`Record`] variant).
+    pub kind: &'static str,
+    /// When it happened (its own timestamp field), in Unix ns.
+    pub time_unix_ns: u64,
+    /// The process and cgroup it was observed in, as far as it tells (nothing for an
+    /// aggregate of many processes: see [`RecordView::row_subjects`]).
+    pub subject: Subject,
+}
+
 /// A record as the sinks see it: its own facts, and what each sink makes of it.
 pub trait RecordView:
     std::fmt::Display
@@ -21,16 +33,8 @@ pub trait RecordView:
     + crate::rca::classify::Classify
     + crate::api::filter::Filtered
 {
-    /// Its `type` tag in JSON (serde's snake_case of its [`Record`] variant).
-    fn kind(&self) -> &'static str;
-
-    /// The process and cgroup it was observed in, as far as it tells.
-    fn subject(&self) -> Subject {
-        Subject::default()
-    }
-
-    /// When it happened (its own timestamp field), in Unix ns.
-    fn time_unix_ns(&self) -> u64;
+    /// What it is, when it happened and where.
+    fn about(&self) -> About;
 
     /// Bytes it holds on the heap (strings, lists), approximately: what a buffer of
     /// records counts against a memory bound without rendering them.
@@ -72,15 +76,15 @@ impl Record {
     }
 
     pub fn subject(&self) -> Subject {
-        self.view().subject()
+        self.view().about().subject
     }
 
     pub fn kind(&self) -> &'static str {
-        self.view().kind()
+        self.view().about().kind
     }
 
     pub fn time_unix_ns(&self) -> Option<u64> {
-        Some(self.view().time_unix_ns())
+        Some(self.view().about().time_unix_ns)
     }
 
     pub fn heap_bytes(&self) -> usize {

@@ -164,20 +164,16 @@ impl std::fmt::Display for RcaRecord {
 // ---- what the sinks make of an incident ---------------------------------------------
 
 impl crate::events::RecordView for RcaRecord {
-    fn kind(&self) -> &'static str {
-        "rca"
-    }
-
     /// The first failing process of the incident.
-    fn subject(&self) -> crate::metadata::Subject {
-        crate::metadata::Subject {
-            pid: self.pid,
-            cgroup_id: self.cgroup_id,
+    fn about(&self) -> crate::events::view::About {
+        crate::events::view::About {
+            kind: "rca",
+            time_unix_ns: self.timestamp_unix_ns,
+            subject: crate::metadata::Subject {
+                pid: self.pid,
+                cgroup_id: self.cgroup_id,
+            },
         }
-    }
-
-    fn time_unix_ns(&self) -> u64 {
-        self.timestamp_unix_ns
     }
 
     fn heap_bytes(&self) -> usize {

@@ -11,7 +11,7 @@ use crate::{
             row_subject, Access, AlertKind, SecurityRecord, SlowSyscallRecord, SyscallAlert,
             SyscallsRecord,
         },
-        view::{list_bytes, opt_bytes},
+        view::{list_bytes, opt_bytes, About},
         RecordView,
     },
     export::{
@@ -70,17 +70,13 @@ pub static CAUSES: &[&Cause] = &[
 // ---- interval aggregation -------------------------------------------------------------
 
 impl RecordView for SyscallsRecord {
-    fn kind(&self) -> &'static str {
-        "syscalls"
-    }
-
     /// Rows name many processes; each is resolved on its own (`row_subject`).
-    fn subject(&self) -> Subject {
-        Subject::default()
-    }
-
-    fn time_unix_ns(&self) -> u64 {
-        self.ts_unix_ns
+    fn about(&self) -> About {
+        About {
+            kind: "syscalls",
+            time_unix_ns: self.ts_unix_ns,
+            ..Default::default()
+        }
     }
 
     fn row_subjects(&self) -> Vec<Subject> {
@@ -139,16 +135,12 @@ impl Filtered for SyscallsRecord {}
 // ---- alerts ---------------------------------------------------------------------------
 
 impl RecordView for SyscallAlert {
-    fn kind(&self) -> &'static str {
-        "syscall_alert"
-    }
-
-    fn subject(&self) -> Subject {
-        row_subject(self.key_by, self.id)
-    }
-
-    fn time_unix_ns(&self) -> u64 {
-        self.ts_unix_ns
+    fn about(&self) -> About {
+        About {
+            kind: "syscall_alert",
+            time_unix_ns: self.ts_unix_ns,
+            subject: row_subject(self.key_by, self.id),
+        }
     }
 
     fn heap_bytes(&self) -> usize {
@@ -283,19 +275,15 @@ fn errno_meaning(errno: i32) -> String {
 // ---- slow calls -----------------------------------------------------------------------
 
 impl RecordView for SlowSyscallRecord {
-    fn kind(&self) -> &'static str {
-        "syscall_slow"
-    }
-
-    fn subject(&self) -> Subject {
-        Subject {
-            pid: Some(self.pid),
-            cgroup_id: Some(self.cgroup_id),
+    fn about(&self) -> About {
+        About {
+            kind: "syscall_slow",
+            time_unix_ns: self.ts_unix_ns,
+            subject: Subject {
+                pid: Some(self.pid),
+                cgroup_id: Some(self.cgroup_id),
+            },
         }
-    }
-
-    fn time_unix_ns(&self) -> u64 {
-        self.ts_unix_ns
     }
 
     fn heap_bytes(&self) -> usize {
@@ -340,19 +328,15 @@ impl Logged for SlowSyscallRecord {
 // ---- watched paths --------------------------------------------------------------------
 
 impl RecordView for SecurityRecord {
-    fn kind(&self) -> &'static str {
-        "security"
-    }
-
-    fn subject(&self) -> Subject {
-        Subject {
-            pid: Some(self.pid),
-            cgroup_id: Some(self.cgroup_id),
+    fn about(&self) -> About {
+        About {
+            kind: "security",
+            time_unix_ns: self.ts_unix_ns,
+            subject: Subject {
+                pid: Some(self.pid),
+                cgroup_id: Some(self.cgroup_id),
+            },
         }
-    }
-
-    fn time_unix_ns(&self) -> u64 {
-        self.ts_unix_ns
     }
 
     fn heap_bytes(&self) -> usize {

@@ -10,7 +10,7 @@ use crate::{
     api::filter::Filtered,
     events::{
         tcp::{Direction, FailureReason, TcpEventKind, TcpRecord},
-        view::opt_bytes,
+        view::{opt_bytes, About},
         RecordView,
     },
     export::{
@@ -110,19 +110,15 @@ pub fn reason_str(r: FailureReason) -> &'static str {
 }
 
 impl RecordView for TcpRecord {
-    fn kind(&self) -> &'static str {
-        "tcp"
-    }
-
-    fn subject(&self) -> Subject {
-        Subject {
-            pid: self.pid,
-            cgroup_id: self.cgroup_id,
+    fn about(&self) -> About {
+        About {
+            kind: "tcp",
+            time_unix_ns: self.timestamp_unix_ns,
+            subject: Subject {
+                pid: self.pid,
+                cgroup_id: self.cgroup_id,
+            },
         }
-    }
-
-    fn time_unix_ns(&self) -> u64 {
-        self.timestamp_unix_ns
     }
 
     fn heap_bytes(&self) -> usize {

@@ -11,7 +11,7 @@ use crate::{
     api::filter::Filtered,
     events::{
         tls::{FailureSource, Outcome, Role, TlsCertificateRecord, TlsRecord},
-        view::{list_bytes, opt_bytes},
+        view::{list_bytes, opt_bytes, About},
         RecordView,
     },
     export::{
@@ -100,19 +100,15 @@ pub fn tls_version(v: &str) -> String {
 }
 
 impl RecordView for TlsRecord {
-    fn kind(&self) -> &'static str {
-        "tls"
-    }
-
-    fn subject(&self) -> Subject {
-        Subject {
-            pid: self.pid,
-            cgroup_id: self.cgroup_id,
+    fn about(&self) -> About {
+        About {
+            kind: "tls",
+            time_unix_ns: self.timestamp_unix_ns,
+            subject: Subject {
+                pid: self.pid,
+                cgroup_id: self.cgroup_id,
+            },
         }
-    }
-
-    fn time_unix_ns(&self) -> u64 {
-        self.timestamp_unix_ns
     }
 
     fn heap_bytes(&self) -> usize {
@@ -479,12 +475,12 @@ impl Filtered for TlsRecord {
 }
 
 impl RecordView for TlsCertificateRecord {
-    fn kind(&self) -> &'static str {
-        "tls_certificate"
-    }
-
-    fn time_unix_ns(&self) -> u64 {
-        self.timestamp_unix_ns
+    fn about(&self) -> About {
+        About {
+            kind: "tls_certificate",
+            time_unix_ns: self.timestamp_unix_ns,
+            ..Default::default()
+        }
     }
 
     fn heap_bytes(&self) -> usize {
