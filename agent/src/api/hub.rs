@@ -341,17 +341,17 @@ impl Hub {
             if !c.filter.matches(&*entry) {
                 continue;
             }
-            let missed = c.state.untold.load(Ordering::Relaxed);
+            // Taken, not read: the client's stream may tell the same count itself once
+            // its buffer is empty (`server::stream`); whoever takes it tells it.
+            let missed = c.state.untold.swap(0, Ordering::Relaxed);
             let item = Queued {
                 missed_before: missed,
                 entry: entry.clone(),
             };
             match c.tx.try_send(item) {
-                Ok(()) => {
-                    c.state.untold.fetch_sub(missed, Ordering::Relaxed);
-                }
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    c.state.untold.fetch_add(1, Ordering::Relaxed);
+                    c.state.untold.fetch_add(missed + 1, Ordering::Relaxed);
                     c.state.dropped.fetch_add(1, Ordering::Relaxed);
                     self.dropped_total.fetch_add(1, Ordering::Relaxed);
                 }
@@ -418,6 +418,13 @@ pub async fn run(
     hub.stop();
 }
 
+/// Delivers a JSON line as a record (tests of the hub and of the client streams).
+#[cfg(test)]
+pub(crate) fn publish_json(hub: &Hub, json: &str) {
+    let mut inner = hub.lock();
+    hub.deliver(&mut inner, Arc::new(Entry::from_json(json.to_string())));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,11 +432,6 @@ mod tests {
 
     fn all() -> Filter {
         Filter::parse(&EventsRequest::default()).unwrap()
-    }
-
-    fn publish_json(hub: &Hub, json: &str) {
-        let mut inner = hub.lock();
-        hub.deliver(&mut inner, Arc::new(Entry::from_json(json.to_string())));
     }
 
     #[test]

@@ -21,7 +21,11 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use serde::Serialize;
-use tokio::{net::UnixListener, sync::watch, task::JoinSet};
+use tokio::{
+    net::UnixListener,
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -503,8 +507,12 @@ fn reply(r: Reply) -> Result<proto::EventsReply, Status> {
     Ok(proto::EventsReply { reply: Some(r) })
 }
 
+/// How often a client waiting on an empty buffer looks for drops not yet told.
+const UNTOLD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A client's stream: its history part, then its buffer (a `Dropped` notice before a
-/// record that follows missed ones), then what it missed at the end and the end notice.
+/// record that follows missed ones, or once the buffer is empty), then what it missed at
+/// the end and the end notice.
 fn stream(
     sub: hub::Subscription,
     hub: Arc<Hub>,
@@ -549,7 +557,25 @@ fn stream(
                     });
                     return Some((reply(end), (history, rx, Next::Done)));
                 };
-                match buffer.recv().await {
+                let queued = match buffer.try_recv() {
+                    Ok(q) => Some(q),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    // Drops after the last record the buffer held have no record to go
+                    // before: told as soon as the buffer is empty, and checked again while
+                    // nothing comes (the hub adds a drop back an instant after a full
+                    // buffer refused it).
+                    Err(mpsc::error::TryRecvError::Empty) => loop {
+                        let untold = state.untold.swap(0, Ordering::Relaxed);
+                        if untold > 0 {
+                            let dropped = Reply::Dropped(proto::Dropped { count: untold });
+                            return Some((reply(dropped), (history, rx, Next::Live)));
+                        }
+                        if let Ok(q) = tokio::time::timeout(UNTOLD_CHECK, buffer.recv()).await {
+                            break q;
+                        }
+                    },
+                };
+                match queued {
                     Some(Queued {
                         missed_before,
                         entry,
@@ -583,4 +609,42 @@ fn stream(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::api::{filter::Filter, history::History, hub::publish_json};
+
+    /// Records dropped after the last one a full buffer held have no record to go before:
+    /// the client is told once it has read the buffer, not at the next record (which may
+    /// never come).
+    #[tokio::test]
+    async fn drops_after_the_last_record_are_told_once_the_buffer_is_empty() {
+        let hub = Arc::new(Hub::new(History::new(0, 0), 4, 2));
+        let all = Filter::parse(&proto::EventsRequest::default()).unwrap();
+        let sub = hub.subscribe(all, 0, true, None, 0).unwrap();
+        for i in 0..5 {
+            publish_json(&hub, &format!(r#"{{"type":"tcp","pid":{i}}}"#));
+        }
+        let replies: Vec<Reply> = tokio::time::timeout(
+            Duration::from_secs(5),
+            Box::pin(stream(sub, hub.clone(), None))
+                .take(3)
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("the drops are told without a further record")
+        .into_iter()
+        .map(|r| r.unwrap().reply.unwrap())
+        .collect();
+        assert!(matches!(replies[0], Reply::Record(_)), "{replies:?}");
+        assert!(matches!(replies[1], Reply::Record(_)), "{replies:?}");
+        assert!(
+            matches!(replies[2], Reply::Dropped(proto::Dropped { count: 3 })),
+            "{replies:?}"
+        );
+    }
 }
