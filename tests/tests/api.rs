@@ -751,31 +751,44 @@ fn a_stuck_client_loses_records_alone_and_is_told() {
     assert!(dropped > 0 && dropped < N as u64, "{api}");
     assert_eq!(api["records_lagged"], 0, "{api}");
 
-    // The stuck client reads again: what it holds, then the count of what it missed, then
-    // the next record; nothing is unaccounted for.
-    assert!(TcpStream::connect(refused).is_err());
-    let (records, told) = rt.block_on(async {
+    // The stuck client reads again: what it holds, then the count of what it missed (told
+    // once its buffer is read, with no record after it), then the next record; nothing is
+    // unaccounted for.
+    let (records, told, next) = rt.block_on(async {
         use hostscope::api::proto::events_reply::Reply;
+        macro_rules! next {
+            () => {
+                tokio::time::timeout(Duration::from_secs(10), stuck_client.next(&mut stuck))
+                    .await
+                    .expect("the stuck client's stream goes on")
+                    .unwrap()
+                    .expect("a message")
+                    .reply
+            };
+        }
         let (mut records, mut told) = (0u64, 0u64);
-        while records + told < N as u64 + 1 {
-            let m = tokio::time::timeout(Duration::from_secs(10), stuck_client.next(&mut stuck))
-                .await
-                .expect("the stuck client's stream goes on")
-                .unwrap()
-                .expect("a message");
-            match m.reply {
+        while records + told < N as u64 {
+            match next!() {
                 Some(Reply::Record(_)) => records += 1,
                 Some(Reply::Dropped(d)) => told += d.count,
                 other => panic!("{other:?}"),
             }
         }
-        (records, told)
+        assert!(TcpStream::connect(refused).is_err());
+        (records, told, next!())
     });
     assert_eq!(
         told, dropped,
         "drops told to the client = drops in the status"
     );
-    assert_eq!(records + told, N as u64 + 1);
+    assert_eq!(records + told, N as u64);
+    assert!(
+        matches!(
+            next,
+            Some(hostscope::api::proto::events_reply::Reply::Record(_))
+        ),
+        "after the drops, the next record: {next:?}"
+    );
 }
 
 #[test]
