@@ -16,8 +16,14 @@ use tokio::{
 /// What a ring's records go to.
 pub trait Consumer: Send {
     fn record(&mut self, bytes: &[u8]);
+    /// A drain begins (called before its first record).
+    fn draining(&mut self) {}
     /// The ring is empty for now (called after every drain).
     fn drained(&mut self) {}
+    /// What makes the ring be drained at once, besides its wakeups and timer.
+    fn drain_now(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 impl<F: FnMut(&[u8]) + Send> Consumer for F {
@@ -40,6 +46,13 @@ pub async fn consume(
         .map_err(std::io::Error::from)?;
     let mut tick = tokio::time::interval(poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let drain_now = on_record.drain_now();
+    let asked = || async {
+        match &drain_now {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
@@ -48,6 +61,7 @@ pub async fn consume(
                 guard.clear_ready();
             }
             _ = tick.tick() => drain(fd.get_mut(), &mut on_record),
+            _ = asked() => drain(fd.get_mut(), &mut on_record),
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     drain(fd.get_mut(), &mut on_record);
@@ -59,6 +73,7 @@ pub async fn consume(
 }
 
 fn drain(ring: &mut RingBuf<MapData>, on_record: &mut impl Consumer) {
+    on_record.draining();
     while let Some(item) = ring.next() {
         on_record.record(&item);
     }

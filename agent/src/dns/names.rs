@@ -5,6 +5,14 @@
 //! Written by the DNS family for every answer with addresses, read for each active
 //! connection record: a lookup is one short lock, and an empty store (no DNS family, no
 //! lookups) costs one atomic load.
+//!
+//! The answer and the connect that follows it reach the agent through different rings
+//! and tasks, so the connect can be read first. The DNS family says how far it has
+//! processed its ring ([`ResolvedNames::applied_through`]); a connect newer than that
+//! which finds no name asks the DNS reader to drain now and waits until the DNS side
+//! has caught up with it (at most [`CATCH_UP_WAIT`]), then looks again. Catch-ups are
+//! at most one per 10 ms: a connect read in a storm soon after one may still go
+//! unnamed.
 
 use std::{
     collections::HashMap,
@@ -22,6 +30,11 @@ pub const NAME_TTL_NS: u64 = 60 * 1_000_000_000;
 /// Entries at most; beyond it expired entries are swept, then the oldest half dropped
 /// (counted in `evicted`).
 pub const MAX_NAMES: usize = 16_384;
+/// How long a connect waits for the DNS side to catch up with it.
+pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+/// Catch-ups at most one per this time: in a connect storm the TCP reader keeps reading
+/// records newer than the last catch-up, and each costs a thread hand-off.
+const CATCH_UP_EVERY_NS: u64 = 10_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Scope {
@@ -41,6 +54,12 @@ pub struct NamesStats {
     pub evicted: u64,
     /// Connection records that were given a name.
     pub named: u64,
+    /// Connects that found no name and waited for the DNS side to catch up.
+    pub waited: u64,
+    /// Of those, the ones named once it had.
+    pub named_after_wait: u64,
+    /// Of those, the ones whose wait ran out ([`CATCH_UP_WAIT`]).
+    pub wait_timeouts: u64,
 }
 
 #[derive(Default)]
@@ -49,6 +68,17 @@ pub struct ResolvedNames {
     len: AtomicUsize,
     evicted: AtomicU64,
     named: AtomicU64,
+    /// Asks the DNS ring's reader to drain now; set while the DNS family runs.
+    drain_dns: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
+    /// Every DNS message committed before this time (Unix ns) has been processed and
+    /// its names inserted.
+    applied_through: Mutex<u64>,
+    caught_up: std::sync::Condvar,
+    /// When the last catch-up began (CLOCK_MONOTONIC ns).
+    last_catch_up_ns: AtomicU64,
+    waited: AtomicU64,
+    named_after_wait: AtomicU64,
+    wait_timeouts: AtomicU64,
 }
 
 impl ResolvedNames {
@@ -133,11 +163,87 @@ impl ResolvedNames {
         found
     }
 
+    /// The DNS family runs: `drain` makes its ring's reader drain now.
+    pub fn attach_dns(&self, drain: Arc<tokio::sync::Notify>) {
+        let _ = self.drain_dns.set(drain);
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.applied_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The DNS task has processed every message its reader read in a drain that started
+    /// at `through_ns` (Unix ns).
+    pub fn applied_through(&self, through_ns: u64) {
+        let mut applied = self.applied();
+        if through_ns > *applied {
+            *applied = through_ns;
+            self.caught_up.notify_all();
+        }
+    }
+
+    /// [`lookup`](Self::lookup) for a connect at `now_ns`: when nothing names `ip` and
+    /// the DNS side has not yet processed what came before the connect, has it drain
+    /// and waits for it (at most [`CATCH_UP_WAIT`]), then looks again.
+    pub fn lookup_after_answers(
+        &self,
+        pid: Option<u32>,
+        cgroup_id: Option<u64>,
+        ip: IpAddr,
+        now_ns: u64,
+    ) -> Option<String> {
+        let found = self.lookup(pid, cgroup_id, ip, now_ns);
+        if found.is_some() {
+            return found;
+        }
+        let drain = self.drain_dns.get()?;
+        let applied = self.applied();
+        if *applied >= now_ns {
+            return None;
+        }
+        let mono = crate::events::monotonic_ns();
+        let last = self.last_catch_up_ns.load(Ordering::Relaxed);
+        if last != 0 && mono.saturating_sub(last) < CATCH_UP_EVERY_NS {
+            return None;
+        }
+        self.last_catch_up_ns.store(mono, Ordering::Relaxed);
+        drain.notify_one();
+        self.waited.fetch_add(1, Ordering::Relaxed);
+        let wait = || {
+            self.caught_up
+                .wait_timeout_while(applied, CATCH_UP_WAIT, |a| *a < now_ns)
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        // The DNS reader and task must run meanwhile: on a multi-thread runtime this
+        // worker's other tasks (the DNS reader just woken is one) move to another thread.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let (applied, timeout) = if multi_thread {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        };
+        drop(applied);
+        if timeout.timed_out() {
+            self.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        let found = self.lookup(pid, cgroup_id, ip, now_ns);
+        if found.is_some() {
+            self.named_after_wait.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
     pub fn stats(&self) -> NamesStats {
         NamesStats {
             cached: self.len.load(Ordering::Relaxed) as u64,
             evicted: self.evicted.load(Ordering::Relaxed),
             named: self.named.load(Ordering::Relaxed),
+            waited: self.waited.load(Ordering::Relaxed),
+            named_after_wait: self.named_after_wait.load(Ordering::Relaxed),
+            wait_timeouts: self.wait_timeouts.load(Ordering::Relaxed),
         }
     }
 }
@@ -217,5 +323,60 @@ mod tests {
         let after = names.stats();
         assert_eq!(after.evicted, before.evicted, "{after:?}");
         assert!(after.cached as usize <= MAX_NAMES / 2 + 2, "{after:?}");
+    }
+
+    #[test]
+    fn a_connect_newer_than_the_dns_side_waits_for_it_to_catch_up() {
+        let names = ResolvedNames::new();
+        // No DNS family: nothing to wait for.
+        assert_eq!(
+            names.lookup_after_answers(Some(1), None, ip("10.0.3.7"), T0),
+            None
+        );
+        let drain = Arc::new(tokio::sync::Notify::new());
+        names.attach_dns(drain.clone());
+        names.applied_through(T0);
+        // Older than what the DNS side processed: no wait.
+        assert_eq!(
+            names.lookup_after_answers(Some(1), None, ip("10.0.3.7"), T0),
+            None
+        );
+        assert_eq!(names.stats().waited, 0);
+        // Newer: the DNS reader is asked to drain; its answer lands while the connect waits.
+        let dns_side = {
+            let names = names.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                rt.block_on(drain.notified());
+                names.insert(Some(1), None, "svc.test", &[ip("10.0.3.7")], T0 + 5);
+                names.applied_through(T0 + 20);
+            })
+        };
+        assert_eq!(
+            names
+                .lookup_after_answers(Some(1), None, ip("10.0.3.7"), T0 + 10)
+                .as_deref(),
+            Some("svc.test")
+        );
+        dns_side.join().unwrap();
+        let s = names.stats();
+        assert_eq!((s.waited, s.named_after_wait, s.wait_timeouts), (1, 1, 0));
+        // Within 10 ms of a catch-up, no other.
+        assert_eq!(
+            names.lookup_after_answers(Some(2), None, ip("10.9.9.9"), T0 + 30),
+            None
+        );
+        assert_eq!(names.stats().waited, 1);
+        std::thread::sleep(std::time::Duration::from_nanos(CATCH_UP_EVERY_NS));
+        // A DNS side that does not answer: the wait is bounded, and counted.
+        let start = std::time::Instant::now();
+        assert_eq!(
+            names.lookup_after_answers(Some(2), None, ip("10.9.9.9"), T0 + 30),
+            None
+        );
+        assert!(start.elapsed() >= CATCH_UP_WAIT);
+        assert_eq!(names.stats().wait_timeouts, 1);
     }
 }

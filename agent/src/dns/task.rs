@@ -91,9 +91,16 @@ impl LiveConfig {
     }
 }
 
+/// What the ring's reader hands the task: messages in ring order, and on the last batch
+/// of a drain the time (Unix ns) the drain began.
+pub struct Batch {
+    pub messages: Vec<WireMessage>,
+    pub read_through_ns: Option<u64>,
+}
+
 pub struct DnsTask {
     /// Batches of messages, in ring order.
-    pub input: mpsc::Receiver<Vec<WireMessage>>,
+    pub input: mpsc::Receiver<Batch>,
     pub out: broadcast::Sender<SharedRecord>,
     pub failures: Option<Array<MapData, DnsFailureSlot>>,
     pub config: watch::Receiver<LiveConfig>,
@@ -217,12 +224,14 @@ impl DnsTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = Vec::new();
         loop {
+            let mut read_through = None;
             tokio::select! {
                 input = self.input.recv() => match input {
                     Some(batch) => {
-                        for m in batch {
+                        for m in batch.messages {
                             pipeline.message(m, &mut out);
                         }
+                        read_through = batch.read_through_ns;
                     }
                     // The reader ended (the agent stops) after its last drain.
                     None => break,
@@ -233,6 +242,10 @@ impl DnsTask {
                 }
             }
             self.publish(&mut out, &mut next_slot);
+            if let Some(t) = read_through {
+                // Its names are in: a connect waiting for the DNS side finds them.
+                self.names.applied_through(t);
+            }
             self.set_stats(&pipeline);
         }
         pipeline.expire(u64::MAX, &mut out);

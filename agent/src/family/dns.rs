@@ -16,7 +16,7 @@ use super::{consume, lock, Descriptor, Failed, Family, KernelView, Start};
 use crate::{
     agent::{AgentConfig, AgentError},
     config::Config,
-    dns::task::{DnsStats, DnsTask, LiveConfig},
+    dns::task::{Batch, DnsStats, DnsTask, LiveConfig},
     events::{self, dns::WireMessage},
     loader::{self, dns::DnsSection, LoadError, ProbeStatus},
     ring,
@@ -42,6 +42,8 @@ pub struct Dns {
     attached: bool,
     join_config: watch::Sender<LiveConfig>,
     stats: Arc<Mutex<DnsStats>>,
+    /// The resolved-names table it writes, for its counters.
+    names: Option<Arc<crate::dns::names::ResolvedNames>>,
 }
 
 fn join_config(section: &DnsSection) -> LiveConfig {
@@ -59,6 +61,7 @@ impl Dns {
             config: config.loader.clone(),
             attached: false,
             stats: Default::default(),
+            names: None,
         }
     }
 }
@@ -69,20 +72,32 @@ const BATCH: usize = 256;
 /// The ring's consumer: decodes each record and hands the task a drain's messages
 /// together, so that a lookup storm wakes the task once per drain, not per message.
 struct Reader {
-    tx: mpsc::Sender<Vec<WireMessage>>,
+    tx: mpsc::Sender<Batch>,
     counters: Arc<Counters>,
     batch: Vec<WireMessage>,
+    clock: events::Clock,
+    /// When the current drain began (Unix ns): what the task has processed once it has
+    /// its last batch.
+    drain_started_ns: u64,
+    /// Rung by a connect that the DNS side has not caught up with
+    /// (`ResolvedNames::lookup_after_answers`).
+    drain_now: Arc<tokio::sync::Notify>,
 }
 
 impl Reader {
-    fn flush(&mut self) {
-        if self.batch.is_empty() {
+    /// Hands the messages read so far to the task; the drain's last batch (`end`) says
+    /// how far the ring was read, even with no message.
+    fn flush(&mut self, end: bool) {
+        if self.batch.is_empty() && !end {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        let batch = Batch {
+            messages: std::mem::take(&mut self.batch),
+            read_through_ns: end.then_some(self.drain_started_ns),
+        };
         // A full channel means the task fell behind: every message of the batch counted.
         if let Err(e) = self.tx.try_send(batch) {
-            let lost = e.into_inner().len() as u64;
+            let lost = e.into_inner().messages.len() as u64;
             self.counters
                 .records_lagged
                 .fetch_add(lost, Ordering::Relaxed);
@@ -96,7 +111,7 @@ impl ring::Consumer for Reader {
             Ok(m) => {
                 self.batch.push(m);
                 if self.batch.len() >= BATCH {
-                    self.flush();
+                    self.flush(false);
                 }
             }
             Err(_) => {
@@ -105,8 +120,16 @@ impl ring::Consumer for Reader {
         }
     }
 
+    fn draining(&mut self) {
+        self.drain_started_ns = self.clock.unix_ns(events::monotonic_ns());
+    }
+
     fn drained(&mut self) {
-        self.flush();
+        self.flush(true);
+    }
+
+    fn drain_now(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.drain_now.clone())
     }
 }
 
@@ -137,10 +160,16 @@ impl Family for Dns {
             return Ok(());
         }
         let (tx, rx) = mpsc::channel(start.channel_capacity);
+        self.names = Some(start.names.clone());
+        let drain_now = Arc::new(tokio::sync::Notify::new());
+        start.names.attach_dns(drain_now.clone());
         let reader = Reader {
             tx,
             counters: start.counters.clone(),
             batch: Vec::new(),
+            clock: start.clock,
+            drain_started_ns: 0,
+            drain_now,
         };
         consume::read_ring(&mut start, DNS_EVENTS_MAP, reader)?;
         let failures = lock(start.ebpf)
@@ -168,7 +197,20 @@ impl Family for Dns {
 
     fn add_stats(&self, stats: &mut AgentStats) {
         let s = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
-        stats.families.insert(DESCRIPTOR.name, s.family_stats());
+        let mut family = s.family_stats();
+        if let Some(n) = self.names.as_ref().map(|n| n.stats()) {
+            family.gauges.insert("names_cached".into(), n.cached);
+            for (name, v) in [
+                ("names_evicted", n.evicted),
+                ("names_given", n.named),
+                ("names_waited", n.waited),
+                ("names_after_wait", n.named_after_wait),
+                ("names_wait_timeouts", n.wait_timeouts),
+            ] {
+                family.counters.insert(name.into(), v);
+            }
+        }
+        stats.families.insert(DESCRIPTOR.name, family);
     }
 
     fn reload(&self, _old: &Config, new: &mut Config, _failed: &mut Failed) {

@@ -86,7 +86,8 @@ impl Family for Tcp {
             let mut r = events::tcp::decode(bytes, &clock)?;
             if r.direction == Direction::Active {
                 let ip = r.remote.ip();
-                r.remote_name = names.lookup(r.pid, r.cgroup_id, ip, r.timestamp_unix_ns);
+                r.remote_name =
+                    names.lookup_after_answers(r.pid, r.cgroup_id, ip, r.timestamp_unix_ns);
             }
             Ok(Record::Tcp(r))
         })
