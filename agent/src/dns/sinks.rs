@@ -162,8 +162,11 @@ impl Logged for DnsRecord {
             event: "hostscope.dns.lookup_failed",
             body,
             attributes: a,
-            failure: true,
         })
+    }
+
+    fn failure_log(&self) -> bool {
+        self.is_failure()
     }
 }
 

@@ -22,9 +22,6 @@ pub struct LogEntry {
     pub event: &'static str,
     pub body: String,
     pub attributes: Vec<KeyValue>,
-    /// One of the failures that RCA incidents summarise: exported one by one only with
-    /// `export.failure_logs`.
-    pub failure: bool,
 }
 
 /// How a record type is exported as a log record, if it is.
@@ -32,13 +29,20 @@ pub trait Logged {
     fn log_entry(&self) -> Option<LogEntry> {
         None
     }
+
+    /// Its log is one of the failures that RCA incidents summarise: made and exported
+    /// one by one only with `export.failure_logs`.
+    fn failure_log(&self) -> bool {
+        false
+    }
 }
 
 pub fn log(record: &Record, observed_ns: u64, failure_logs: bool) -> Option<LogRecord> {
-    let e = record.view().log_entry()?;
-    if e.failure && !failure_logs {
+    let view = record.view();
+    if !failure_logs && view.failure_log() {
         return None;
     }
+    let e = view.log_entry()?;
     Some(LogRecord {
         time_unix_nano: e.time_unix_ns,
         observed_time_unix_nano: observed_ns,

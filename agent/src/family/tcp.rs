@@ -9,7 +9,11 @@ use hostscope_common::tcp::{TCP_CONNS_MAP, TCP_EVENTS_MAP, TCP_OFFSETS_GLOBAL, T
 use super::{consume, Descriptor, Family, KernelView, Start};
 use crate::{
     agent::{AgentConfig, AgentError},
-    events::{self, tcp::Direction, Record},
+    events::{
+        self,
+        tcp::{Direction, TcpEventKind},
+        Record,
+    },
     loader::{self, tcp::TcpPlan, LoadError, LoaderConfig, ProbeStatus},
 };
 
@@ -86,8 +90,14 @@ impl Family for Tcp {
             let mut r = events::tcp::decode(bytes, &clock)?;
             if r.direction == Direction::Active {
                 let ip = r.remote.ip();
-                r.remote_name =
-                    names.lookup_after_answers(r.pid, r.cgroup_id, ip, r.timestamp_unix_ns);
+                // Only a connect waits for the DNS side: the records after it find the
+                // name it found.
+                r.remote_name = match r.event {
+                    TcpEventKind::Connect | TcpEventKind::ConnectFailed => {
+                        names.lookup_after_answers(r.pid, r.cgroup_id, ip, r.timestamp_unix_ns)
+                    }
+                    _ => names.lookup(r.pid, r.cgroup_id, ip, r.timestamp_unix_ns),
+                };
             }
             Ok(Record::Tcp(r))
         })

@@ -257,7 +257,6 @@ impl crate::export::logs::Logged for RcaRecord {
             event: "hostscope.rca.incident",
             body: r.sentence.clone(),
             attributes: a,
-            failure: false,
         })
     }
 }

@@ -187,8 +187,11 @@ impl Logged for SyscallAlert {
             event: "hostscope.syscall.alert",
             body,
             attributes: a,
-            failure: r.kind == AlertKind::ErrorBurst,
         })
+    }
+
+    fn failure_log(&self) -> bool {
+        self.kind == AlertKind::ErrorBurst
     }
 }
 
@@ -320,7 +323,6 @@ impl Logged for SlowSyscallRecord {
             event: "hostscope.syscall.slow",
             body,
             attributes: a,
-            failure: false,
         })
     }
 }
@@ -394,7 +396,6 @@ impl Logged for SecurityRecord {
             event: "hostscope.security.file_access",
             body,
             attributes: a,
-            failure: false,
         })
     }
 }

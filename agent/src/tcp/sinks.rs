@@ -251,8 +251,11 @@ impl Logged for TcpRecord {
             event: "hostscope.tcp.connect_failed",
             body,
             attributes: a,
-            failure: true,
         })
+    }
+
+    fn failure_log(&self) -> bool {
+        self.event == TcpEventKind::ConnectFailed
     }
 }
 

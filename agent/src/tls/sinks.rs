@@ -240,8 +240,11 @@ impl Logged for TlsRecord {
             event: "hostscope.tls.handshake_failed",
             body,
             attributes: a,
-            failure: true,
         })
+    }
+
+    fn failure_log(&self) -> bool {
+        self.outcome == Outcome::Failure
     }
 }
 
