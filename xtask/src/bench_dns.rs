@@ -98,6 +98,17 @@ fn workload() -> anyhow::Result<PathBuf> {
     Ok(workspace_root().join("target/release/examples/dns_bench"))
 }
 
+/// The cgroup v2 mount, where hostscope attaches its packet programs.
+fn cgroup2_root() -> anyhow::Result<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .and_then(|f| f.get(1).map(std::path::PathBuf::from))
+        .context("no cgroup2 mount")
+}
+
 /// `dns_bench <args>`'s one JSON line.
 fn workload_run(bin: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
     let out = Command::new(bin)
@@ -277,7 +288,21 @@ struct Workload<'a> {
 impl Workload<'_> {
     fn measure(&self, mode: Mode, costs: &mut Costs) -> anyhow::Result<Sample> {
         let (n, threads) = (self.lookups.to_string(), STORM_THREADS.to_string());
-        let (children, ids) = start(mode, self.agent, self.script)?;
+        let (children, mut ids) = start(mode, self.agent, self.script)?;
+        // With hostscope, the floor runs on the same packets: empty cgroup_skb programs.
+        let floor = match mode {
+            Mode::Hostscope => {
+                let floor = crate::bench_floor::SkbFloor::attach(&cgroup2_root()?)?;
+                let stats = prog_stats();
+                ids.extend(owned_programs(std::process::id()).into_iter().filter(|id| {
+                    stats
+                        .get(id)
+                        .is_some_and(|p| crate::bench_floor::SKB_PROGRAMS.contains(&p.0.as_str()))
+                }));
+                Some(floor)
+            }
+            _ => None,
+        };
         let cpu0 = children.first().map(|c| usage(c.id()).cpu_s);
         let s0 = snapshot(&ids);
         let storm = workload_run(self.bin, &["storm", &n, &threads]);
@@ -288,6 +313,7 @@ impl Workload<'_> {
         let s2 = snapshot(&ids);
         let flood = workload_run(self.bin, &["flood", &FLOOD.to_string()]);
         let s3 = snapshot(&ids);
+        drop(floor);
         stop_children(children);
         let (storm, flood) = (storm?, flood?);
         let answered = storm["answered"].as_u64().unwrap_or(0);
@@ -416,6 +442,14 @@ pub fn bench_dns(rounds: usize, agent: &Path, lookups: usize) -> anyhow::Result<
         "non-DNS datagrams: hostscope DNS programs {:.0} ns per packet ({flood_runs} runs); the peer {:.0} ns per packet ({peer_flood_runs} runs)",
         flood_ns as f64 / flood_runs.max(1) as f64,
         peer_flood_ns as f64 / peer_flood_runs.max(1) as f64
+    );
+    let is_floor = |n: &str| crate::bench_floor::SKB_PROGRAMS.contains(&n);
+    let (floor_ns, floor_runs) = total(cost_flood, Mode::Hostscope, is_floor);
+    let (tls_ns, tls_runs) = total(cost_flood, Mode::Hostscope, |n| n.starts_with("tls_wire"));
+    println!(
+        "the same non-DNS packets through empty cgroup_skb programs (the floor): {:.0} ns per packet; hostscope's TLS wire programs {:.0}",
+        floor_ns as f64 / floor_runs.max(1) as f64,
+        tls_ns as f64 / tls_runs.max(1) as f64
     );
     if !agent_cpu_us.is_empty() {
         let (m, lo, hi) = spread(&agent_cpu_us);

@@ -100,3 +100,72 @@ impl Floor {
         Ok(Floor { _fds: fds })
     }
 }
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
+const BPF_CGROUP_INET_INGRESS: u32 = 0;
+const BPF_CGROUP_INET_EGRESS: u32 = 1;
+
+/// `mov64 r0, 1; exit`: a cgroup_skb program that lets every packet pass.
+const PASS_PROGRAM: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
+
+/// `union bpf_attr` for BPF_LINK_CREATE.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreate {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    rest: [u64; 12],
+}
+
+/// The floor of the packet hooks the TLS wire and DNS probes use: two cgroup_skb
+/// programs that only let the packet pass, on the cgroup v2 root's egress and ingress
+/// (bpf links: detached when dropped).
+pub struct SkbFloor {
+    _fds: Vec<OwnedFd>,
+}
+
+/// Program names, as bpf_stats lists them.
+pub const SKB_PROGRAMS: [&str; 2] = ["floor_skb_egres", "floor_skb_ingre"];
+
+impl SkbFloor {
+    pub fn attach(cgroup_root: &std::path::Path) -> anyhow::Result<SkbFloor> {
+        let license = c"GPL";
+        let root = std::fs::File::open(cgroup_root)?;
+        let mut fds = Vec::new();
+        for (name, attach_type) in SKB_PROGRAMS
+            .iter()
+            .zip([BPF_CGROUP_INET_EGRESS, BPF_CGROUP_INET_INGRESS])
+        {
+            let mut load = ProgLoad {
+                prog_type: BPF_PROG_TYPE_CGROUP_SKB,
+                insn_cnt: PASS_PROGRAM.len() as u32,
+                insns: PASS_PROGRAM.as_ptr() as u64,
+                license: license.as_ptr() as u64,
+                ..Default::default()
+            };
+            load.prog_name[..name.len()].copy_from_slice(name.as_bytes());
+            // prog_ifindex (0), then expected_attach_type.
+            load.rest[0] = (attach_type as u64) << 32;
+            let prog = match bpf(BPF_PROG_LOAD, &mut load) {
+                Ok(fd) => fd,
+                Err(e) => bail!("loading the empty {name} program: {e}"),
+            };
+            let mut link = LinkCreate {
+                prog_fd: std::os::fd::AsRawFd::as_raw_fd(&prog) as u32,
+                target_fd: std::os::fd::AsRawFd::as_raw_fd(&root) as u32,
+                attach_type,
+                ..Default::default()
+            };
+            let link = match bpf(BPF_LINK_CREATE, &mut link) {
+                Ok(fd) => fd,
+                Err(e) => bail!("attaching {name} to {}: {e}", cgroup_root.display()),
+            };
+            fds.push(prog);
+            fds.push(link);
+        }
+        Ok(SkbFloor { _fds: fds })
+    }
+}
