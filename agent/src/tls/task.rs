@@ -44,6 +44,15 @@ pub struct TrackerTask {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Queued records handled per turn at most, so the other inputs are not starved.
+const TCP_BATCH: usize = 256;
+
+fn on_record(tracker: &mut Tracker, record: &Record, now: u64, out: &mut Output) {
+    if let Record::Tcp(t) = record {
+        tracker.on_tcp(t, now, out);
+    }
+}
+
 impl TrackerTask {
     pub async fn run(mut self) {
         let mut tracker = Tracker::new(self.clock);
@@ -58,9 +67,21 @@ impl TrackerTask {
                     None => break,
                 },
                 rec = self.tcp.recv() => match rec {
-                    Ok(r) => if let Record::Tcp(t) = &*r {
-                        tracker.on_tcp(t, monotonic_ns(), &mut out);
-                    },
+                    Ok(r) => {
+                        let now = monotonic_ns();
+                        on_record(&mut tracker, &r, now, &mut out);
+                        // What is already queued is handled in the same turn: one clock
+                        // read, one publish and one stats copy per batch, not per record.
+                        for _ in 0..TCP_BATCH {
+                            match self.tcp.try_recv() {
+                                Ok(r) => on_record(&mut tracker, &r, now, &mut out),
+                                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                    self.counters.records_lagged.fetch_add(n, Ordering::Relaxed);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         self.counters.records_lagged.fetch_add(n, Ordering::Relaxed);
                     }

@@ -305,12 +305,21 @@ impl Tracker {
                 }
             }
         }
-        let view = self.tcp.entry(key).or_default();
-        if view.owner.pid.is_none() || view.owner.conn_id != Some(r.conn_id) {
-            view.owner = owner();
-        }
-        if view.closed.is_none() {
-            view.closed = closed;
+        // A connect that failed never carried a byte, so no handshake can follow it: it
+        // is not remembered (a refused-connect storm would fill the map for nothing), and
+        // only a view of the same 4-tuple already there learns of it.
+        let view = if r.event == TcpEventKind::ConnectFailed {
+            self.tcp.get_mut(&key)
+        } else {
+            Some(self.tcp.entry(key).or_default())
+        };
+        if let Some(view) = view {
+            if view.owner.pid.is_none() || view.owner.conn_id != Some(r.conn_id) {
+                view.owner = owner();
+            }
+            if view.closed.is_none() {
+                view.closed = closed;
+            }
         }
         self.flush(now, out);
     }
