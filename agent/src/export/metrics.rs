@@ -386,6 +386,9 @@ pub struct MetricsState {
     /// collection time, so they keep counting down between records
     /// ([`Meter::count_down`]).
     countdowns: BTreeMap<(usize, String), (Key, i64)>,
+    /// The last identity's attributes as they go into series keys: records come in runs
+    /// from one process, and building them allocates per attribute.
+    identity_memo: Option<(Arc<Identity>, Key)>,
 }
 
 impl MetricsState {
@@ -409,6 +412,7 @@ impl MetricsState {
             last_collect_ns: now_ns,
             defs,
             countdowns: BTreeMap::new(),
+            identity_memo: None,
         }
     }
 
@@ -449,15 +453,28 @@ impl MetricsState {
             }
         }
         self.opts = opts;
+        // `pids` may have changed what the identity contributes.
+        self.identity_memo = None;
     }
 
     /// Identity attributes allowed on data points: pids only when asked.
-    fn identity_key(&self, identity: &Identity, key: &mut Key) {
-        for (k, v) in &identity.attributes {
-            if !self.opts.pids && (k == "process.pid" || k == "process.parent_pid") {
-                continue;
+    fn identity_key(&mut self, identity: &Arc<Identity>, key: &mut Key) {
+        match &self.identity_memo {
+            Some((last, attrs)) if Arc::ptr_eq(last, identity) => {}
+            _ => {
+                let attrs = identity
+                    .attributes
+                    .iter()
+                    .filter(|(k, _)| {
+                        self.opts.pids || (k != "process.pid" && k != "process.parent_pid")
+                    })
+                    .map(|(k, v)| (k.as_str().into(), val(v)))
+                    .collect();
+                self.identity_memo = Some((identity.clone(), attrs));
             }
-            key.push((k.as_str().into(), val(v)));
+        }
+        if let Some((_, attrs)) = &self.identity_memo {
+            key.extend(attrs.iter().cloned());
         }
     }
 
@@ -545,7 +562,7 @@ impl MetricsState {
     }
 
     /// Adds one record's measurements (its family's [`Measure`]).
-    pub fn observe(&mut self, record: &Record, identity: &Identity, now_ns: u64) {
+    pub fn observe(&mut self, record: &Record, identity: &Arc<Identity>, now_ns: u64) {
         record.view().measure(&mut Meter {
             state: self,
             identity,
@@ -827,7 +844,7 @@ impl MetricsState {
 /// and the time.
 pub struct Meter<'a> {
     state: &'a mut MetricsState,
-    identity: &'a Identity,
+    identity: &'a Arc<Identity>,
     now_ns: u64,
 }
 
@@ -838,7 +855,7 @@ impl Meter<'_> {
 
     /// Adds the record's identity attributes that data points may carry (pids only when
     /// asked).
-    pub fn identity_key(&self, key: &mut Key) {
+    pub fn identity_key(&mut self, key: &mut Key) {
         self.state.identity_key(self.identity, key);
     }
 

@@ -37,14 +37,17 @@ pub fn attr_value(v: &AttrValue) -> any_value::Value {
 /// The attributes every TCP span and log record carries: transport, both endpoints and
 /// the connection id that joins a connection's records.
 pub fn tcp_endpoint_kvs(r: &crate::events::tcp::TcpRecord) -> Vec<KeyValue> {
-    vec![
+    // Room for what spans and logs add after these, so the vector grows once.
+    let mut kvs = Vec::with_capacity(16);
+    kvs.extend([
         kv("network.transport", str_value("tcp")),
         kv("network.peer.address", str_value(r.remote.ip().to_string())),
         kv("network.peer.port", int_value(r.remote.port() as i64)),
         kv("network.local.address", str_value(r.local.ip().to_string())),
         kv("network.local.port", int_value(r.local.port() as i64)),
         kv("hostscope.tcp.conn_id", int_value(r.conn_id as i64)),
-    ]
+    ]);
+    kvs
 }
 
 /// `network.type` of a connection.
